@@ -33,6 +33,11 @@ class KVCache:
 
     `pos` is the number of positions already stored; a forward with a cache writes T new
     positions at pos..pos+T-1 and attends over 0..pos+T-1.
+
+    GPT.generate's static decode step (the one CUDA graphs replay) keeps the position on the
+    device instead: `index` (1,) is where the one new token goes, `visible` (1, 1, 1, block)
+    marks the positions 0..index it may attend to, and attention runs over whole buffers, so
+    every step has the same shapes and the same memory addresses.
     """
 
     def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
@@ -40,6 +45,8 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.pos = 0
+        self.index = None  # static step only: (1,) long tensor
+        self.visible = None  # static step only: (1, 1, 1, block_size) bool tensor
 
 
 class CausalSelfAttention(nn.Module):
@@ -91,20 +98,35 @@ class CausalSelfAttention(nn.Module):
         return att @ v  # (B, nh, T, hs)
 
     def attend_cached(self, q, k, v, cache, layer):
-        """Store this step's keys and values, then attend over everything stored so far."""
+        """Store this step's keys and values at cache.pos.., then attend over everything stored so far."""
+        if cache.index is not None:  # the static decode step: one token, positions on the device
+            cache.k[layer].index_copy_(2, cache.index, k)
+            cache.v[layer].index_copy_(2, cache.index, v)
+            return self.attend_keys(q, cache.k[layer], cache.v[layer], cache.visible)
         start, T = cache.pos, q.size(-2)
         end = start + T
         cache.k[layer][:, :, start:end] = k
         cache.v[layer][:, :, start:end] = v
+        if start == 0:
+            # prefill: nothing earlier is stored, so this is plain causal attention (the very same
+            # computation as the uncached forward, hence the same numbers)
+            return self.attend_causal(q, k, v)
         k_all = cache.k[layer][:, :, :end]  # (B, nh, end, hs)
         v_all = cache.v[layer][:, :, :end]  # (B, nh, end, hs)
-        # query i sits at absolute position start+i and may see keys 0..start+i
-        mask = self.bias[:, :, start:end, :end]  # (1, 1, T, end)
+        # query i sits at absolute position start+i and may see keys 0..start+i; a single new
+        # query (the decode step) sees every stored key, so it needs no mask at all
+        mask = None if T == 1 else self.bias[:, :, start:end, :end]  # (1, 1, T, end)
+        return self.attend_keys(q, k_all, v_all, mask)
+
+    def attend_keys(self, q, k, v, mask=None):
+        """Queries (B, nh, T, hs) over keys and values (B, nh, S, hs); mask (1, 1, T, S) is True
+        where a query may look, None for everywhere."""
         if self.uses_sdpa(q):
-            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-        att = (q @ k_all.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, end)
-        att = att.masked_fill(~mask, float("-inf"))
-        return F.softmax(att, dim=-1) @ v_all  # (B, nh, T, hs)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+        if mask is not None:
+            att = att.masked_fill(~mask, float("-inf"))
+        return F.softmax(att, dim=-1) @ v  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
@@ -268,10 +290,10 @@ class GPT(nn.Module):
             cache.pos += T
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             return logits, loss
-        # inference: only the last position's logits are needed; [-1] keeps the time dim
-        logits = self.lm_head(x[:, [-1], :])  # (B, 1, V)
+        # inference: only the last position's logits are needed; -1: keeps the time dim
+        logits = self.lm_head(x[:, -1:, :])  # (B, 1, V)
         return logits, None
 
     def crop_block_size(self, block_size: int):
@@ -370,43 +392,122 @@ class GPT(nn.Module):
 
     def sample_next(self, logits, temperature=1.0, top_k=None, generator=None):
         """One token per row from last-position logits (B, V): temperature, top-k, softmax,
-        multinomial. temperature=0 means greedy decoding."""
+        multinomial. temperature=0 means greedy decoding.
+
+        The draw is torch.multinomial(probs, 1)'s own algorithm for one sample, argmax(probs / q)
+        with q ~ Exp(1), written out: the same tokens from the same generator state, minus the
+        validity check that multinomial reads back to the host, which would stall every step
+        and cannot be captured in a CUDA graph."""
         if temperature == 0:
             return torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
         logits = logits / temperature
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+            logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+        q = torch.empty_like(probs).exponential_(1, generator=generator)
+        return torch.argmax(probs / q, dim=-1, keepdim=True)  # (B, 1)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, cuda_graph=None
+    ):
         """Extend idx (B, T) by max_new_tokens sampled tokens. Put the model in eval() first.
+
+        Sampling is the classic loop's: the context is the last block_size tokens, the last
+        position's logits are divided by temperature (0 means greedy), cut to the top_k, and
+        one token is drawn per row from their softmax.
 
         With use_cache, each new token costs one position through a KV cache while the
         sequence fits in block_size; past that the context is cropped to the last block_size
         tokens and recomputed each step, exactly as the classic loop does, because every
         token's absolute position (and so every cached key) changes when the window slides.
+        use_cache=False is the classic loop itself.
+
+        On CUDA the cached path records one decode step (and one sliding-window step) as a CUDA
+        graph and replays it, since a small model's step is bound by kernel launches;
+        cuda_graph=False keeps it eager. Graphs need the default generator.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k={top_k} must be >= 1 (or None for no top-k filtering)")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy decoding)")
+        B, T = idx.size()
+        if T < 1:
+            raise ValueError("idx must hold at least one token per row to start from")
+        if cuda_graph is None:
+            cuda_graph = use_cache and idx.is_cuda and generator is None and not torch.compiler.is_compiling()
+        elif cuda_graph and not (use_cache and idx.is_cuda and generator is None):
+            raise ValueError("cuda_graph=True needs use_cache=True, idx on a CUDA device and generator=None")
+        # tokens are written into one preallocated buffer, not concatenated step by step
+        out = idx.new_empty((B, T + max_new_tokens))
+        out[:, :T] = idx
+        if cuda_graph:
+            self.generate_static(out, T, temperature, top_k, capture=True)
+            return out
         block_size = self.config.block_size
         cache = None
-        for _ in range(max_new_tokens):
-            if use_cache and idx.size(1) <= block_size:
+        for t in range(T, T + max_new_tokens):  # t: tokens so far, and where the next one goes
+            if use_cache and t <= block_size:
                 if cache is None:  # prefill with the whole prompt
-                    cache = self.new_cache(idx.size(0))
-                    logits, _ = self(idx, cache=cache)
-                else:  # one new position
-                    logits, _ = self(idx[:, -1:], cache=cache)
-            else:
-                logits, _ = self(idx if idx.size(1) <= block_size else idx[:, -block_size:])
-            idx_next = self.sample_next(logits[:, -1, :], temperature, top_k, generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+                    cache = self.new_cache(B)
+                    logits, _ = self(out[:, :t], cache=cache)
+                else:  # one new position: the token sampled last step
+                    logits, _ = self(out[:, t - 1 : t], cache=cache)
+            else:  # the classic step: the last block_size tokens, recomputed
+                logits, _ = self(out[:, max(0, t - block_size) : t])
+            out[:, t : t + 1] = self.sample_next(logits[:, -1, :], temperature, top_k, generator)
+        return out
+
+    @torch.no_grad()
+    def generate_static(self, out, T, temperature=1.0, top_k=None, generator=None, capture=False):
+        """Fill out[:, T:] with sampled tokens, given the prompt in out[:, :T]: generate's cached
+        path built from steps whose shapes never change, so that CUDA can replay them.
+
+        After an eager prefill, the decode step reads the newest token and its position from
+        device memory, writes its keys and values into the cache, attends over the whole cache
+        through a mask and writes the sampled token back into `out`; past block_size the window
+        step recomputes the last block_size tokens, as the classic loop does. With capture (CUDA
+        only), each kind of step runs once eagerly, is recorded as a graph, and is replayed.
+        """
+        B, end = out.size()
+        block_size = self.config.block_size
+        t = T
+        if T <= block_size and t < end:
+            cache = self.new_cache(B)
+            logits, _ = self(out[:, :T], cache=cache)  # prefill: any length, run eagerly
+            out[:, T : T + 1] = self.sample_next(logits[:, -1, :], temperature, top_k, generator)
+            t += 1
+            steps = min(end, block_size + 1) - t  # steps while the newest token's position < block_size
+            if steps > 0:
+                cache.index = torch.full((1,), t - 1, dtype=torch.long, device=out.device)
+                positions = torch.arange(block_size, device=out.device).view(1, 1, 1, block_size)
+
+                def decode_step():
+                    pos = cache.index
+                    cache.visible = positions <= pos
+                    x = self.transformer.wte(out.index_select(1, pos)) + self.transformer.wpe(pos)  # (B, 1, C)
+                    x = self.transformer.drop(x)
+                    for i, block in enumerate(self.transformer.h):
+                        x = block(x, cache, i)
+                    logits = self.lm_head(self.transformer.ln_f(x))  # (B, 1, V)
+                    out.index_copy_(1, pos + 1, self.sample_next(logits[:, -1, :], temperature, top_k, generator))
+                    pos += 1
+
+                _run_steps(decode_step, steps, capture and out.device)
+                t += steps
+        if t < end:
+            window = torch.arange(t - block_size, t, device=out.device)  # where the context lies in out
+
+            def window_step():
+                logits, _ = self(out.index_select(1, window))  # (B, 1, V): the uncached forward
+                out.index_copy_(1, window[-1:] + 1, self.sample_next(logits[:, -1, :], temperature, top_k, generator))
+                window.add_(1)
+
+            _run_steps(window_step, end - t, capture and out.device)
+        return out
 
     def new_cache(self, batch_size: int) -> KVCache:
         cfg = self.config
@@ -414,6 +515,31 @@ class GPT(nn.Module):
         dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
         hs = cfg.n_embd // cfg.n_head
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, hs, w.device, dtype)
+
+
+# Fewer steps than this are not worth recording a CUDA graph for.
+MIN_GRAPH_STEPS = 4
+
+
+def _run_steps(step, n, capture_device=None):
+    """Call step() n times; given a CUDA device, once eagerly on a side stream (lazy
+    initialisation must not happen while recording), then record it as a CUDA graph and
+    replay that n - 1 times."""
+    if not capture_device or n < MIN_GRAPH_STEPS:
+        for _ in range(n):
+            step()
+        return
+    with torch.cuda.device(capture_device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()  # recorded, not run
+        for _ in range(n - 1):
+            graph.replay()
 
 
 def _is_local_dir(path) -> bool:

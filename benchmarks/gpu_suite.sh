@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one call on the device machine:
+#   bash benchmarks/gpu_suite.sh [stage ...]      stages: env tests train_char bench sample (default: all)
+# Needs .dev/input.txt (Tiny Shakespeare) and .dev/tiktoken_cache carried along. Logs land in $OUT,
+# and a short table is printed last.
+set -u
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export TIKTOKEN_CACHE_DIR="$PWD/.dev/tiktoken_cache"
+OUT=${OUT:-/tmp/gpu_suite}; mkdir -p "$OUT"
+TABLE="$OUT/table.txt"; : > "$TABLE"
+row() { printf '%-28s %s\n' "$1" "$2" | tee -a "$TABLE"; }
+stages=${*:-env tests train_char bench sample}
+
+stage_env() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
+  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/env.txt"
+  row env "$(tr '\n' ' ' < "$OUT/env.txt")"
+}
+
+stage_tests() {
+  python3 -m pytest -q -x tests/test_gpu.py tests/test_model.py tests/test_generate.py 2>&1 | tee "$OUT/tests.txt" | tail -5
+  row "pytest (gpu+model+generate)" "$(tail -1 "$OUT/tests.txt")"
+}
+
+prepare_char() {
+  [ -f data/shakespeare_char/train.bin ] || python3 data/shakespeare_char/prepare.py .dev/input.txt > "$OUT/prepare.txt"
+}
+
+stage_train_char() {  # the issue's end-to-end run, timed from start to exit
+  prepare_char
+  local t0=$(date +%s%N)
+  python3 train.py config/train_shakespeare_char.py ${TRAIN_ARGS:-} > "$OUT/train_char.txt" 2>&1
+  local rc=$? t1=$(date +%s%N)
+  local best=$(grep -o "best val loss [0-9.]*" "$OUT/train_char.txt" | tail -1)
+  local ms=$(grep -o "time [0-9.]*ms" "$OUT/train_char.txt" | tail -20 | grep -o "[0-9.]*" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  row "train_char ${TRAIN_ARGS:-}" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms median_iter=${ms}ms $best"
+  tail -3 "$OUT/train_char.txt"
+}
+
+stage_bench() {
+  for b in ${BENCH_BATCHES:-12 32}; do
+    python3 bench.py --real_data=False --batch_size=$b > "$OUT/bench_b$b.txt" 2>&1
+    row "bench 124M batch $b" "$(grep 'time per iteration' "$OUT/bench_b$b.txt" | cut -c1-150)"
+  done
+}
+
+stage_sample() {
+  python3 benchmarks/sample_speed.py --device=cuda > "$OUT/sample_speed.txt" 2>&1
+  tail -12 "$OUT/sample_speed.txt"
+  row "sample_speed" "see sample_speed.txt"
+}
+
+for s in $stages; do echo "=== $s"; "stage_$s"; done
+echo "=== table"; cat "$TABLE"

@@ -1,0 +1,384 @@
+"""GPT.generate with its KV cache against the classic recompute loop, on CPU in float32.
+
+The cached path must pick the same tokens as recomputing the whole (cropped) context every
+step, including once the sequence has grown past block_size, for both attention paths.
+"""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model import GPT, GPTConfig
+
+VOCAB = 50
+BLOCK = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one CPU thread is fastest, and immune to other busy processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(seed=0, std=0.3, bias=True, block_size=BLOCK, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32):
+    """A small random model. Matrices drawn wider than GPT-2's init (std 0.02) give peaked,
+    well separated logits, so greedy choices are far from ties and generations vary."""
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        block_size=block_size,
+        vocab_size=vocab_size,
+        bias=bias,
+        dropout=0.0,
+    )
+    model = GPT(config)
+    if std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, std)
+    return model.eval()
+
+
+def prompt(batch, length, seed=1, vocab_size=VOCAB):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=g)
+
+
+def generate_static(model, idx, max_new_tokens, **kwargs):
+    """The static-shape steps that CUDA graphs replay, run eagerly (on CPU here)."""
+    out = idx.new_empty((idx.size(0), idx.size(1) + max_new_tokens))
+    out[:, : idx.size(1)] = idx
+    return model.generate_static(out, idx.size(1), **kwargs)
+
+
+def greedy_by_hand(model, idx, max_new_tokens):
+    """The classic loop written out independently: crop, full forward, argmax, append."""
+    block_size = model.config.block_size
+    for _ in range(max_new_tokens):
+        idx_cond = idx[:, -block_size:]
+        logits = model(idx_cond)[0][:, -1, :]
+        idx = torch.cat((idx, logits.argmax(dim=-1, keepdim=True)), dim=1)
+    return idx
+
+
+# (batch, prompt length, new tokens): short runs, runs that pass block_size (16), a prompt that
+# fills the block exactly, one longer than the block, and a run that ends exactly at the block
+CASES = [(1, 1, 10), (1, 5, 40), (3, 5, 40), (2, 16, 6), (2, 23, 9), (1, 15, 2), (2, 3, 13), (4, 1, 33)]
+
+
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+@pytest.mark.parametrize("batch,length,new", CASES)
+def test_greedy_cached_equals_recompute(attention, batch, length, new):
+    model = make_model()
+    model.set_attention(attention)
+    idx = prompt(batch, length)
+    cached = model.generate(idx, new, top_k=1)
+    recomputed = model.generate(idx, new, top_k=1, use_cache=False)
+    assert cached.shape == (batch, length + new)
+    assert torch.equal(cached[:, :length], idx)
+    assert torch.equal(cached, recomputed)
+    assert torch.equal(model.generate(idx, new, temperature=0.0), recomputed)
+    assert torch.equal(model.generate(idx, new, temperature=0.0, use_cache=False), recomputed)
+    assert torch.equal(generate_static(model, idx, new, top_k=1), recomputed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_top_k_1_is_argmax_decoding(seed, use_cache):
+    model = make_model(seed=seed, bias=bool(seed % 2))
+    idx = prompt(2, 4, seed=seed + 10)
+    expected = greedy_by_hand(model, idx, 30)
+    assert torch.equal(model.generate(idx, 30, top_k=1, use_cache=use_cache), expected)
+    assert torch.equal(model.generate(idx, 30, temperature=0, use_cache=use_cache), expected)
+    assert len(set(expected[0, 4:].tolist())) > 3  # not a degenerate repeat of one token
+
+
+def test_greedy_with_gpt2_init():
+    """The same holds for GPT-2's own small init, where logits are nearly flat."""
+    model = make_model(std=None, n_layer=3, n_head=4, n_embd=64, vocab_size=97)
+    idx = prompt(2, 3, vocab_size=97)
+    assert torch.equal(model.generate(idx, 40, top_k=1), greedy_by_hand(model, idx, 40))
+
+
+class Recorder:
+    """Stands in for sample_next: keeps each step's logits and feeds a fixed token sequence,
+    so both paths see the same context whatever their logits."""
+
+    def __init__(self, forced):
+        self.forced = forced  # (B, steps)
+        self.logits = []
+
+    def __call__(self, logits, temperature=1.0, top_k=None, generator=None):
+        self.logits.append(logits.clone())
+        return self.forced[:, len(self.logits) - 1 : len(self.logits)]
+
+
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+@pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 7, 30), (2, 20, 5)])
+def test_cached_logits_equal_recompute_logits_every_step(attention, batch, length, new):
+    model = make_model(seed=3)
+    model.set_attention(attention)
+    idx = prompt(batch, length, seed=4)
+    forced = prompt(batch, new, seed=5)
+    per_path = {}
+    paths = {
+        "cached": lambda: model.generate(idx, new),
+        "recompute": lambda: model.generate(idx, new, use_cache=False),
+        "static": lambda: generate_static(model, idx, new),
+    }
+    for name, run in paths.items():
+        recorder = Recorder(forced)
+        model.sample_next = recorder  # an instance attribute shadows the method
+        assert torch.equal(run(), torch.cat((idx, forced), dim=1))
+        per_path[name] = torch.stack(recorder.logits)  # (new, B, V)
+    del model.sample_next
+    assert per_path["cached"].shape == (new, batch, VOCAB)
+    torch.testing.assert_close(per_path["cached"], per_path["recompute"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(per_path["static"], per_path["recompute"], rtol=1e-5, atol=1e-5)
+
+
+def test_cached_path_feeds_one_position_per_token():
+    """Prefill, then one token per step until the block is full, then the classic crop."""
+    model = make_model()
+    lengths = []
+    model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].size(1)))
+    model.generate(prompt(1, 5), 20)
+    assert lengths == [5] + [1] * (BLOCK - 5) + [BLOCK] * (20 - (BLOCK - 5) - 1)
+    lengths.clear()
+    model.generate(prompt(1, 5), 20, use_cache=False)
+    assert lengths == [min(t, BLOCK) for t in range(5, 25)]
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 5, 200])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_sampled_tokens_equal_with_fixed_generator(top_k, temperature):
+    model = make_model(seed=6, std=0.1)
+    idx = prompt(3, 2, seed=7)
+    runs = []
+    for use_cache in (True, False, True):
+        g = torch.Generator().manual_seed(1234)
+        runs.append(model.generate(idx, 40, temperature=temperature, top_k=top_k, use_cache=use_cache, generator=g))
+    g = torch.Generator().manual_seed(1234)
+    runs.append(generate_static(model, idx, 40, temperature=temperature, top_k=top_k, generator=g))
+    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(runs[0], runs[2])
+    assert torch.equal(runs[0], runs[3])
+    if top_k != 1:
+        assert not torch.equal(runs[0], greedy_by_hand(model, idx, 40))  # it really sampled
+
+
+def test_sampled_tokens_equal_with_global_seed():
+    model = make_model(seed=8, std=0.1)
+    idx = prompt(1, 1)
+    runs = []
+    for use_cache in (True, False):
+        torch.manual_seed(1337)
+        runs.append(model.generate(idx, 50, temperature=0.8, top_k=20, use_cache=use_cache))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 3, 10, 64, 1000])
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 2.0])
+def test_sample_next_matches_hand_computed_distribution(top_k, temperature):
+    """Scale by 1/temperature, keep logits >= the k-th largest, softmax, multinomial."""
+    model = make_model()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 64, generator=g) * 3
+    scaled = logits / temperature
+    if top_k is not None:
+        kth = scaled.sort(dim=-1, descending=True).values[:, min(top_k, 64) - 1 : min(top_k, 64)]
+        scaled = torch.where(scaled >= kth, scaled, torch.full_like(scaled, float("-inf")))
+    probs = F.softmax(scaled, dim=-1)
+    expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(9))
+    got = model.sample_next(logits, temperature, top_k, generator=torch.Generator().manual_seed(9))
+    assert got.shape == (500, 1) and got.dtype == torch.long
+    assert torch.equal(got, expected)
+    if top_k is not None:  # every draw lies in its row's top k
+        top = logits.topk(min(top_k, 64), dim=-1).indices
+        assert (top == got).any(dim=-1).all()
+
+
+def test_sample_next_draws_as_torch_multinomial():
+    """sample_next writes out multinomial's one-draw algorithm: the same tokens from the same seed."""
+    model = make_model()
+    for vocab in (65, 50304):
+        logits = torch.randn(32, vocab, generator=torch.Generator().manual_seed(vocab)) * 2
+        probs = F.softmax(logits, dim=-1)
+        expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(model.sample_next(logits, generator=torch.Generator().manual_seed(3)), expected)
+
+
+def test_temperature_zero_is_argmax():
+    model = make_model()
+    logits = torch.randn(7, VOCAB)
+    assert torch.equal(model.sample_next(logits, temperature=0), logits.argmax(dim=-1, keepdim=True))
+    assert torch.equal(model.sample_next(logits, temperature=0, top_k=5), logits.argmax(dim=-1, keepdim=True))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_zero_new_tokens_returns_the_input(use_cache):
+    model = make_model()
+    idx = prompt(2, 5)
+    out = model.generate(idx, 0, use_cache=use_cache)
+    assert torch.equal(out, idx)
+
+
+def test_cuda_graph_needs_cuda():
+    model = make_model()
+    with pytest.raises(ValueError, match="cuda_graph=True"):
+        model.generate(prompt(1, 3), 5, cuda_graph=True)
+
+
+def test_bad_arguments_raise():
+    model = make_model()
+    idx = prompt(1, 3)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(idx, 5, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(idx, -1)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(idx, 5, temperature=-0.5)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate(idx[:, :0], 5)
+
+
+def test_bf16_autocast_on_cpu():
+    """Under autocast the cache takes the autocast dtype; logits stay close to float32."""
+    model = make_model(seed=2, std=0.1)
+    idx = prompt(2, 3)
+    forced = prompt(2, 20, seed=9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_cache(2)
+        assert cache.k[0].dtype == torch.bfloat16 and cache.k[0].shape == (2, 2, BLOCK, 16)
+        recorder = Recorder(forced)
+        model.sample_next = recorder
+        model.generate(idx, 20)
+    recorder32 = Recorder(forced)
+    model.sample_next = recorder32
+    model.generate(idx, 20)
+    del model.sample_next
+    low, high = torch.stack(recorder.logits).float(), torch.stack(recorder32.logits)
+    assert (low - high).abs().max() < 0.1 * high.abs().max()
+
+
+@pytest.mark.slow
+def test_generate_under_torch_compile():
+    """Dynamo traces the cached forward (the in-place cache writes, cache.pos) without graph
+    breaks. aot_eager keeps this to seconds; inductor's code generation takes minutes on a
+    small CPU but traces the same graphs."""
+    model = make_model(seed=4)
+    idx = prompt(2, 5)
+    expected = greedy_by_hand(model, idx, 20)
+    torch._dynamo.reset()
+    model.compile(backend="aot_eager", fullgraph=True)
+    try:
+        assert torch.equal(model.generate(idx, 20, top_k=1), expected)
+        assert torch.equal(model.generate(idx, 20, top_k=1), expected)  # reusing the compiled graphs
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_cached_matches_recompute():
+    """Eager cached steps under bf16 autocast: logits close to the recompute path's."""
+    model = make_model(seed=5, std=0.1).cuda()
+    idx = prompt(2, 3).cuda()
+    forced = prompt(2, 30, seed=9).cuda()
+    per_path = {}
+    for use_cache in (True, False):
+        recorder = Recorder(forced)
+        model.sample_next = recorder
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model.generate(idx, 30, use_cache=use_cache, cuda_graph=False)
+        per_path[use_cache] = torch.stack(recorder.logits).float()
+    del model.sample_next
+    scale = per_path[False].abs().max()
+    assert (per_path[True] - per_path[False]).abs().max() < 0.05 * scale
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["auto", "manual"])
+@pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 5, 40), (2, 16, 12), (2, 23, 9), (1, 3, 6)])
+def test_cuda_graph_greedy_equals_recompute(attention, batch, length, new):
+    model = make_model().cuda()
+    model.set_attention(attention)
+    idx = prompt(batch, length).cuda()
+    expected = model.generate(idx, new, top_k=1, use_cache=False)
+    assert torch.equal(model.generate(idx, new, top_k=1), expected)  # graphs by default on CUDA
+    assert torch.equal(model.generate(idx, new, temperature=0, cuda_graph=True), expected)
+    assert torch.equal(model.generate(idx, new, temperature=0, cuda_graph=False), expected)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_sampling():
+    model = make_model(seed=6, std=0.1).cuda()
+    idx = prompt(2, 2, seed=7).cuda()
+    runs = {}
+    for name, kwargs in [("graph", {}), ("graph again", {}), ("eager", {"cuda_graph": False})]:
+        torch.manual_seed(1337)
+        runs[name] = model.generate(idx, 40, temperature=0.8, top_k=20, **kwargs)
+    assert torch.equal(runs["graph"], runs["graph again"])  # the same seed, the same tokens
+    assert runs["graph"].shape == (2, 42) and int(runs["graph"].max()) < VOCAB
+    assert len(set(runs["graph"][0, 2:].tolist())) > 3
+    print("graph == eager with the same seed:", torch.equal(runs["graph"], runs["eager"]))
+
+
+class DeviceRecorder:
+    """Recorder made of device operations only, so that a CUDA graph records it too: each call
+    writes its logits into a buffer at a device-side step counter and returns the forced token."""
+
+    def __init__(self, forced, vocab_size):
+        self.forced = forced  # (B, steps) on the GPU
+        self.logits = torch.full((forced.size(1), forced.size(0), vocab_size), float("nan"), device=forced.device)
+        self.step = torch.zeros(1, dtype=torch.long, device=forced.device)
+
+    def __call__(self, logits, temperature=1.0, top_k=None, generator=None):
+        self.logits.index_copy_(0, self.step, logits.float()[None])
+        token = self.forced.index_select(1, self.step)
+        self.step += 1
+        return token
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 5, 30), (2, 20, 10)])
+def test_cuda_graph_logits_every_step(dtype, batch, length, new):
+    """The replayed steps' logits, at every step and past block_size, against recomputing."""
+    model = make_model(seed=2, std=0.1).cuda()
+    idx = prompt(batch, length).cuda()
+    forced = prompt(batch, new, seed=5).cuda()
+    paths = {
+        "graph": lambda: model.generate(idx, new, cuda_graph=True),
+        "static": lambda: generate_static(model, idx, new),
+        "recompute": lambda: model.generate(idx, new, use_cache=False),
+    }
+    logits = {}
+    for name, run in paths.items():
+        recorder = DeviceRecorder(forced, VOCAB)
+        model.sample_next = recorder
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            assert torch.equal(run(), torch.cat((idx, forced), dim=1))
+        assert int(recorder.step) == new
+        logits[name] = recorder.logits
+    del model.sample_next
+    assert not logits["graph"].isnan().any()
+    scale = logits["recompute"].abs().max()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.05
+    for name in ("graph", "static"):
+        assert (logits[name] - logits["recompute"]).abs().max() < tolerance * scale, name
+    assert (logits["graph"] - logits["static"]).abs().max() < tolerance * scale
+
+
+@pytest.mark.gpu
+def test_cuda_graph_bf16_autocast_sampling():
+    model = make_model(seed=2, std=0.1).cuda()
+    idx = prompt(4, 5).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        sampled = model.generate(idx, 40, temperature=0.8, top_k=10)
+    assert sampled.shape == (4, 45) and int(sampled.max()) < VOCAB

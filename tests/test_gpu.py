@@ -1,0 +1,125 @@
+"""CUDA-only checks: the flash SDPA path against the masked-softmax path, GPU training against CPU
+training, bf16 against float32, and generation under autocast and torch.compile.
+Skipped without a GPU (see conftest.py); run them on one with `python -m pytest -m gpu`."""
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+pytestmark = pytest.mark.gpu
+
+
+def tiny(**kw):
+    base = dict(block_size=64, vocab_size=128, n_layer=2, n_head=4, n_embd=64, dropout=0.0, bias=True)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """Plain float32 matmuls, so float32 comparisons with the CPU are meaningful."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_auto_attention_uses_sdpa_on_cuda():
+    model = GPT(tiny()).cuda()
+    assert model.transformer.h[0].attn.uses_sdpa(torch.zeros(1, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_sdpa_matches_masked_softmax_forward_and_backward(dtype, tol):
+    torch.manual_seed(0)
+    model = GPT(tiny()).cuda()
+    idx = torch.randint(0, 128, (4, 64), device="cuda")
+    results = {}
+    for kind in ("manual", "sdpa"):
+        model.zero_grad()
+        model.set_attention(kind)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            logits, loss = model(idx, idx)
+        loss.backward()
+        results[kind] = (logits.float(), [p.grad.clone() for p in model.parameters()])
+    ref_logits, ref_grads = results["manual"]
+    logits, grads = results["sdpa"]
+    assert ((logits - ref_logits).norm() / ref_logits.norm()).item() < tol
+    for g, r in zip(grads, ref_grads):
+        assert ((g - r).norm() / r.norm()).item() < tol * 10
+
+
+def train_losses(device, steps=8, autocast_dtype=None, seed=0):
+    torch.manual_seed(seed)
+    model = GPT(tiny()).to(device)
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), torch.device(device).type)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, 128, (8, 65), generator=gen)
+        # a learnable pattern: every even position repeats the token before it
+        idx[:, 1::2] = idx[:, 0:-1:2]
+        x, y = idx[:, :-1].to(device), idx[:, 1:].to(device)
+        with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_float32_training_on_gpu_matches_cpu():
+    cpu = train_losses("cpu")
+    gpu = train_losses("cuda")
+    assert gpu == pytest.approx(cpu, rel=1e-4, abs=1e-5)
+
+
+def test_bf16_training_tracks_float32():
+    fp32 = train_losses("cuda", steps=60)
+    bf16 = train_losses("cuda", steps=60, autocast_dtype=torch.bfloat16)
+    assert fp32[-1] < fp32[0] - 0.5  # it learned something, so the comparison means something
+    assert bf16[-1] == pytest.approx(fp32[-1], rel=0.05)
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.1
+
+
+def test_cached_logits_track_recompute_under_bf16_autocast():
+    torch.manual_seed(1)
+    model = GPT(tiny()).cuda().eval()
+    idx = torch.randint(0, 128, (2, 40), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        cache = model.new_cache(2)
+        model(idx[:, :10], cache=cache)
+        for t in range(10, 40):
+            cached, _ = model(idx[:, t : t + 1], cache=cache)
+            full, _ = model(idx[:, : t + 1])
+            torch.testing.assert_close(cached.float(), full.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_greedy_generation_is_the_same_cached_and_recomputed_on_cuda():
+    torch.manual_seed(2)
+    model = GPT(tiny()).cuda().eval()
+    idx = torch.randint(0, 128, (3, 5), device="cuda")
+    with torch.no_grad():
+        a = model.generate(idx, 100, top_k=1)  # runs past block_size 64
+        b = model.generate(idx, 100, top_k=1, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_generate_under_torch_compile():
+    torch.manual_seed(3)
+    model = GPT(tiny()).cuda().eval()
+    idx = torch.randint(0, 128, (2, 5), device="cuda")
+    with torch.no_grad():
+        eager = model.generate(idx, 30, top_k=1)
+        model.compile()  # in place: generate's calls to self(...) now run the compiled forward
+        out = model.generate(idx, 30, top_k=1)
+    assert torch.equal(out, eager)
+
+
+def test_fused_adamw_on_cuda():
+    model = GPT(tiny()).cuda()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cuda")
+    assert opt.defaults.get("fused") is True
