@@ -3,13 +3,18 @@
 Everything loaded from disk goes through here, so that no checkpoint or meta.pkl can run code.
 """
 
+import hashlib
 import io
+import math
 import os
 import pickle
+import random
 import sys
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 CHECKPOINT_NAME = "ckpt.pt"
@@ -49,6 +54,25 @@ def default_dtype(device: str) -> str:
     if device_type_of(device) == "cuda" and torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "float32"
+
+
+def retain_freed_memory(max_block_bytes: int = 32 << 20) -> bool:
+    """Ask glibc to keep freed blocks of up to max_block_bytes for reuse instead of handing them
+    back to the kernel. A CPU training step frees and reallocates the same activation buffers
+    each time; by default each comes back as fresh pages to fault in and zero (about 2,000 page
+    faults and several ms of kernel time per step for the small CPU recipe). Changes no numbers.
+    Returns False where it does not apply (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, max_block_bytes)) and bool(mallopt(M_TRIM_THRESHOLD, 4 * max_block_bytes))
 
 
 def device_type_of(device: str) -> str:
@@ -198,8 +222,11 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
 
 
-def load_meta(path: str) -> dict:
-    """Read a char-level meta.pkl ({'vocab_size', 'itos', 'stoi'}) without running code."""
+def load_meta(path: str, required=("vocab_size", "itos", "stoi")) -> dict:
+    """Read a char-level meta.pkl ({'vocab_size', 'itos', 'stoi'}) without running code.
+
+    train.py only needs the vocabulary size, so it asks for `required=("vocab_size",)`.
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -211,6 +238,203 @@ def load_meta(path: str) -> dict:
         raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, strings and ints") from None
     except Exception as e:
         raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
-    if not (isinstance(meta, dict) and {"vocab_size", "itos", "stoi"} <= set(meta)):
-        raise UserError(f"{path} is not a char-level meta.pkl: it needs vocab_size, itos and stoi")
+    if not (isinstance(meta, dict) and set(required) <= set(meta)):
+        raise UserError(f"{path} is not a nanoGPT meta.pkl: it needs {', '.join(required)}")
+    vocab_size = meta.get("vocab_size", 1)
+    if type(vocab_size) is not int or vocab_size < 1:
+        raise UserError(f"{path} has an invalid vocab_size {vocab_size!r}: rerun the dataset's prepare.py")
     return meta
+
+
+# ---------------------------------------------------------------------------- learning rate
+
+
+def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float) -> float:
+    """nanoGPT's schedule: linear warmup, then cosine decay from learning_rate to min_lr at
+    lr_decay_iters, then min_lr. With no room for a decay (lr_decay_iters <= warmup_iters),
+    the warmup ends straight at min_lr instead of dividing by zero."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters or lr_decay_iters <= warmup_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # 0 .. 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 .. 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+# ---------------------------------------------------------------------------- distributed (torchrun)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a torchrun job; the defaults describe a single process."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    enabled: bool = False
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_rank() -> int | None:
+    """The global rank torchrun gave this process, or None when it was not started by torchrun."""
+    rank = int(os.environ.get("RANK", -1))
+    return None if rank == -1 else rank
+
+
+def init_distributed(backend: str, device: str) -> tuple[DistInfo, str]:
+    """Join the torchrun process group when there is one; return it and this process's device.
+
+    On CUDA each process takes the GPU cuda:LOCAL_RANK and the configured backend (nccl);
+    on CPU the group uses gloo, whatever the backend says.
+    """
+    rank = torchrun_rank()
+    if rank is None:
+        return DistInfo(), device
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device_type_of(device) == "cuda":
+        device = f"cuda:{local_rank}"
+        check_device(device)
+        torch.cuda.set_device(device)
+    elif backend != "gloo":
+        if rank == 0:
+            print(f"note: backend {backend!r} needs CUDA; using gloo on {device}")
+        backend = "gloo"
+    try:
+        dist.init_process_group(backend=backend)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"cannot start the {backend} process group ({first_line(e)}): check --backend") from None
+    return DistInfo(rank, local_rank, world_size, True), device
+
+
+def close_distributed(wait: bool = False):
+    """Leave the process group; with wait, first let every rank arrive (rank 0 may still be
+    saving), since tearing gloo down while a peer is busy can abort the process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def split_grad_accum(gradient_accumulation_steps: int, world_size: int) -> int:
+    """The micro-steps each process runs so that all processes together run the configured number."""
+    if gradient_accumulation_steps % world_size != 0:
+        raise UserError(
+            f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} "
+            f"processes: use a multiple of {world_size}"
+        )
+    return gradient_accumulation_steps // world_size
+
+
+# ---------------------------------------------------------------------------- random number generators
+
+
+def rng_state(device: str) -> dict:
+    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe).
+
+    On CUDA only the state of the device this process uses is kept: asking for all devices
+    would start a CUDA context on every GPU of the host from every process.
+    """
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+    if device_type_of(device) == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: str):
+    """Restore what rng_state saved."""
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if "cuda" in state and device_type_of(device) == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# ---------------------------------------------------------------------------- token data
+
+
+def find_data_dir(dataset: str, script_dir: str) -> str:
+    """data/<dataset> under the working directory, else beside the script (python /path/to/train.py)."""
+    candidates = [os.path.join("data", dataset), os.path.join(script_dir, "data", dataset)]
+    for folder in candidates:
+        if os.path.isfile(os.path.join(folder, "train.bin")):
+            return folder
+    raise UserError(
+        f"no training data for dataset {dataset!r}: {os.path.join(candidates[0], 'train.bin')} is missing; "
+        f"run python data/{dataset}/prepare.py first"
+    )
+
+
+def stream_seed(*parts) -> int:
+    """A 63-bit seed that depends on every part (ints and strings) and on nothing else."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class BatchSource:
+    """Random windows of block_size + 1 tokens from <data_dir>/{train,val}.bin (uint16).
+
+    Batch number `key` of a split always holds the same windows: its start positions come
+    from a generator seeded by (seed, split, key), so any process can draw any micro-batch
+    and a resumed run needs no data RNG. Files up to in_memory_bytes are read into memory
+    once; larger ones are memory-mapped afresh for each batch (a long-lived np.memmap keeps
+    growing the resident memory). Batches land on `device`, through pinned memory on CUDA.
+    """
+
+    splits = ("train", "val")
+
+    def __init__(self, data_dir, block_size, batch_size, device, seed=1337, in_memory_bytes=1 << 30):
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.device = torch.device(device)
+        self.paths, self.lengths, self.arrays = {}, {}, {}
+        for split in self.splits:
+            path = os.path.join(data_dir, f"{split}.bin")
+            if not os.path.isfile(path):
+                raise UserError(f"{path} is missing: run python data/{os.path.basename(data_dir)}/prepare.py")
+            size = os.path.getsize(path)
+            if size // 2 < block_size + 1:
+                raise UserError(
+                    f"{path} holds {size // 2} tokens, fewer than block_size + 1 = {block_size + 1}: "
+                    "lower --block_size or prepare more data"
+                )
+            self.paths[split], self.lengths[split] = path, size // 2
+            self.arrays[split] = np.fromfile(path, dtype=np.uint16) if size <= in_memory_bytes else None
+        self.offsets = np.arange(block_size + 1, dtype=np.int64)
+
+    def max_token(self) -> int | None:
+        """The largest token id in the data, when it is held in memory (else None: too costly)."""
+        if any(a is None for a in self.arrays.values()):
+            return None
+        return max(int(a.max()) for a in self.arrays.values())
+
+    def starts(self, split: str, key) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, split, key))
+        return torch.randint(self.lengths[split] - self.block_size, (self.batch_size,), generator=gen)
+
+    def get_batch(self, split: str, key):
+        """Inputs x and targets y (x shifted by one token), both (batch_size, block_size) int64."""
+        data = self.arrays[split]
+        if data is None:
+            data = np.memmap(self.paths[split], dtype=np.uint16, mode="r")
+        windows = data[self.starts(split, key).numpy()[:, None] + self.offsets]  # one gather: (B, T+1)
+        x = torch.from_numpy(windows[:, :-1].astype(np.int64))
+        y = torch.from_numpy(windows[:, 1:].astype(np.int64))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)

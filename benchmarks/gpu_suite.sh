@@ -9,7 +9,7 @@ export TIKTOKEN_CACHE_DIR="$PWD/.dev/tiktoken_cache"
 OUT=${OUT:-/tmp/gpu_suite}; mkdir -p "$OUT"
 TABLE="$OUT/table.txt"; : > "$TABLE"
 row() { printf '%-28s %s\n' "$1" "$2" | tee -a "$TABLE"; }
-stages=${*:-env tests train_char bench sample}
+stages=${*:-env tests train_char sample_e2e bench sample}
 
 stage_env() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
@@ -42,6 +42,13 @@ stage_bench() {
     python3 bench.py --real_data=False --batch_size=$b > "$OUT/bench_b$b.txt" 2>&1
     row "bench 124M batch $b" "$(grep 'time per iteration' "$OUT/bench_b$b.txt" | cut -c1-150)"
   done
+}
+
+stage_sample_e2e() {  # classic sample.py's workload, whole process: 10 x 500 tokens from the char model
+  local t0=$(date +%s%N)
+  python3 sample.py --out_dir=out-shakespeare-char > "$OUT/sample_e2e.txt" 2>&1
+  local rc=$? t1=$(date +%s%N)
+  row "sample.py 10x500 char" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms samples=$(grep -c -- '^---------------$' "$OUT/sample_e2e.txt")"
 }
 
 stage_sample() {

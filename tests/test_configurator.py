@@ -1,0 +1,242 @@
+"""configurator.configure: literals, types, order of files and flags, errors; and the config/ files."""
+
+from pathlib import Path
+
+import pytest
+
+from common import UserError
+from configurator import configure
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def defaults() -> dict:
+    return {
+        "batch_size": 12,
+        "learning_rate": 6e-4,
+        "compile": True,
+        "out_dir": "out",
+        "wandb_run_name": "gpt2",
+        "maybe": None,
+        "_hidden": 1,  # private: not a key
+        "helper": len,  # callable: not a key
+        "ARCH": ("n_layer",),  # not a simple type: not a key
+    }
+
+
+def run(argv, ns=None, **kw):
+    ns = defaults() if ns is None else ns
+    config, changed = configure(ns, argv, verbose=False, **kw)
+    return ns, config, changed
+
+
+def write(tmp_path, text, name="cfg.py") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------- --key=value
+
+
+def test_no_arguments_keeps_defaults_and_lists_only_simple_public_keys():
+    ns, config, changed = run([])
+    assert config == {"batch_size": 12, "learning_rate": 6e-4, "compile": True, "out_dir": "out",
+                      "wandb_run_name": "gpt2", "maybe": None}  # fmt: skip
+    assert changed == set()
+
+
+@pytest.mark.parametrize(
+    "arg, key, value",
+    [
+        ("--batch_size=32", "batch_size", 32),
+        ("--learning_rate=1e-3", "learning_rate", 1e-3),
+        ("--learning_rate=1", "learning_rate", 1.0),  # an int is widened for a float
+        ("--compile=False", "compile", False),
+        ("--out_dir=out-shakespeare", "out_dir", "out-shakespeare"),  # not a literal: kept as text
+        ("--out_dir='quoted'", "out_dir", "quoted"),  # a str literal
+        ("--wandb_run_name=2024", "wandb_run_name", "2024"),  # a str key keeps digits as text
+        ("--out_dir=a=b", "out_dir", "a=b"),  # only the first '=' splits
+        ("--maybe=[1, 2]", "maybe", [1, 2]),  # a None default takes any literal
+    ],
+)
+def test_override_parses_literals(arg, key, value):
+    ns, config, changed = run([arg])
+    assert config[key] == value and type(config[key]) is type(value)
+    assert ns[key] == config[key]  # written back into the namespace
+    assert changed == {key}
+
+
+def test_int_for_float_becomes_float():
+    _, config, _ = run(["--learning_rate=3"])
+    assert type(config["learning_rate"]) is float
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--batch_size=1.5", r"^batch_size expects int, got 1\.5 \(float\)$"),
+        ("--batch_size=big", r"^batch_size expects int, got 'big' \(str\)$"),
+        ("--compile=1", r"^compile expects bool, got 1 \(int\)$"),
+        ("--learning_rate=True", r"^learning_rate expects float, got True \(bool\)$"),
+        ("--batch_size=None", r"^batch_size expects int, got None$"),
+        ("--batchsize=3", r"^unknown config key 'batchsize': did you mean 'batch_size'\?$"),
+        ("--zzz=3", r"^unknown config key 'zzz': known keys are batch_size, compile"),
+        ("--_hidden=2", r"unknown config key '_hidden'"),
+        ("--batch_size", r"needs a value: write --batch_size=VALUE"),
+    ],
+)
+def test_override_errors_are_one_line_naming_the_key(arg, message):
+    with pytest.raises(UserError, match=message) as info:
+        run([arg])
+    assert "\n" not in str(info.value)
+
+
+def test_nullable_keys_accept_none():
+    _, config, _ = run(["--batch_size=None"], nullable=("batch_size",))
+    assert config["batch_size"] is None
+    with pytest.raises(UserError, match="batch_size expects int or None"):
+        run(["--batch_size=x"], nullable=("batch_size",))
+
+
+# ---------------------------------------------------------------------------- config files
+
+
+def test_file_then_flags_apply_in_order(tmp_path):
+    cfg = write(tmp_path, "batch_size = 64\nlearning_rate = 2e-3\n")
+    _, config, changed = run([cfg, "--batch_size=8"])
+    assert config["batch_size"] == 8 and config["learning_rate"] == 2e-3
+    _, config, _ = run(["--batch_size=8", cfg])  # a later file wins over an earlier flag
+    assert config["batch_size"] == 64
+    assert changed == {"batch_size", "learning_rate"}
+
+
+def test_file_may_compute_import_and_keep_helpers(tmp_path):
+    cfg = write(tmp_path, "import math\n_base = 3\nbatch_size = _base * 4 + 1\nout_dir = 'o-' + str(batch_size)\n")
+    _, config, changed = run([cfg])
+    assert config["batch_size"] == 13 and config["out_dir"] == "o-13"
+    assert changed == {"batch_size", "out_dir"}
+
+
+def test_file_that_sets_a_key_to_its_default_does_not_change_it(tmp_path):
+    _, _, changed = run([write(tmp_path, "batch_size = 12\nlearning_rate = 6e-4\n")])
+    assert changed == set()
+
+
+def test_file_int_for_float_and_wrong_type(tmp_path):
+    _, config, _ = run([write(tmp_path, "learning_rate = 1\n")])
+    assert config["learning_rate"] == 1.0 and type(config["learning_rate"]) is float
+    with pytest.raises(UserError, match=r"^compile expects bool, got 'no' \(str\)$"):
+        run([write(tmp_path, "compile = 'no'\n", "bad.py")])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("batch_sise = 4\n", r"unknown config key 'batch_sise' in .*cfg\.py: did you mean 'batch_size'\?"),
+        ("batch_size = (\n", r"syntax error in config file .*cfg\.py, line 1"),
+        ("batch_size = 1 / 0\n", r"config file .*cfg\.py failed: ZeroDivisionError"),
+    ],
+)
+def test_file_errors(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        run([write(tmp_path, text)])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match=r"config file .*nope\.py not found"):
+        run([str(tmp_path / "nope.py")])
+
+
+def test_unknown_key_in_a_file_never_lands_in_the_namespace(tmp_path):
+    ns = defaults()
+    with pytest.raises(UserError):
+        run([write(tmp_path, "batch_size = 4\nbatch_sise = 4\n")], ns)
+    assert "batch_sise" not in ns
+
+
+# ---------------------------------------------------------------------------- the config/ files on train.py
+
+
+@pytest.fixture
+def train_config():
+    import train
+
+    return lambda *argv: train.read_config(list(argv))
+
+
+def test_train_defaults_are_the_classic_ones(train_config):
+    config, changed = train_config()
+    classic = dict(
+        out_dir="out", eval_interval=2000, log_interval=1, eval_iters=200, eval_only=False,
+        always_save_checkpoint=True, init_from="scratch", wandb_log=False, wandb_project="owt",
+        wandb_run_name="gpt2", dataset="openwebtext", gradient_accumulation_steps=40, batch_size=12,
+        block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, learning_rate=6e-4,
+        max_iters=600000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, decay_lr=True,
+        warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5, backend="nccl", compile=True,
+    )  # fmt: skip
+    assert {k: config[k] for k in classic} == classic
+    beyond_classic = {"compile_mode", "fsdp"}  # opt-in keys this project adds, off by default
+    assert set(config) == set(classic) | {"device", "dtype"} | beyond_classic
+    assert config["compile_mode"] == "default" and config["fsdp"] is False
+    assert changed == set()
+
+
+def test_dtype_follows_the_final_device(train_config):
+    config, _ = train_config("--device=cpu")
+    assert config["dtype"] == "float32"
+    config, _ = train_config("--device=cpu", "--dtype=bfloat16")
+    assert config["dtype"] == "bfloat16"
+
+
+SHAKESPEARE_CHAR = dict(
+    out_dir="out-shakespeare-char", eval_interval=250, eval_iters=200, log_interval=10,
+    always_save_checkpoint=False, wandb_log=False, wandb_project="shakespeare-char", wandb_run_name="mini-gpt",
+    dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64, block_size=256, n_layer=6,
+    n_head=6, n_embd=384, dropout=0.2, learning_rate=1e-3, max_iters=5000, lr_decay_iters=5000, min_lr=1e-4,
+    beta2=0.99, warmup_iters=100,
+)  # fmt: skip
+GPT2 = dict(
+    wandb_log=True, wandb_project="owt", wandb_run_name="gpt2-124M", batch_size=12, block_size=1024,
+    gradient_accumulation_steps=40, max_iters=600000, lr_decay_iters=600000, eval_interval=1000, eval_iters=200,
+    log_interval=10, weight_decay=0.1,
+)  # fmt: skip
+FINETUNE = dict(
+    out_dir="out-shakespeare", eval_interval=5, eval_iters=40, wandb_log=False, wandb_project="shakespeare",
+    dataset="shakespeare", init_from="gpt2-xl", always_save_checkpoint=False, batch_size=1,
+    gradient_accumulation_steps=32, max_iters=20, learning_rate=3e-5, decay_lr=False,
+)  # fmt: skip
+EVAL = dict(batch_size=8, eval_iters=500, eval_only=True, wandb_log=False)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("train_shakespeare_char.py", SHAKESPEARE_CHAR),
+        ("train_gpt2.py", GPT2),
+        ("finetune_shakespeare.py", FINETUNE),
+        ("eval_gpt2.py", dict(EVAL, init_from="gpt2")),
+        ("eval_gpt2_medium.py", dict(EVAL, init_from="gpt2-medium")),
+        ("eval_gpt2_large.py", dict(EVAL, init_from="gpt2-large")),
+        ("eval_gpt2_xl.py", dict(EVAL, init_from="gpt2-xl")),
+    ],
+)
+def test_config_files_hold_the_classic_values(train_config, name, expected):
+    config, _ = train_config(str(REPO / "config" / name))
+    assert {k: config[k] for k in expected} == expected
+    for k, v in expected.items():
+        assert type(config[k]) is type(v), k
+
+
+def test_finetune_run_name_is_timestamped(train_config):
+    config, _ = train_config(str(REPO / "config" / "finetune_shakespeare.py"))
+    prefix, stamp = config["wandb_run_name"].split("-", 1)
+    assert prefix == "ft" and float(stamp) > 1.6e9
+
+
+def test_cpu_recipe_flags_on_top_of_the_config(train_config):
+    config, changed = train_config(
+        str(REPO / "config" / "train_shakespeare_char.py"), "--device=cpu", "--compile=False", "--max_iters=2000"
+    )
+    assert (config["device"], config["compile"], config["max_iters"], config["batch_size"]) == ("cpu", False, 2000, 64)
+    assert {"device", "compile", "max_iters", "batch_size", "dataset"} <= changed
