@@ -19,17 +19,17 @@ median_iter_ms() {  # median of the last 6 logged step times
 train() {  # name nproc args...
   local name=$1 n=$2; shift 2
   if [ "$n" = 1 ]; then cmd=(python3 train.py); else cmd=(torchrun --standalone --nproc_per_node="$n" train.py); fi
-  timeout ${LIMIT:-200} "${cmd[@]}" "$@" --out_dir="out-$name" > "$OUT/$name.txt" 2>&1
+  timeout ${LIMIT:-110} "${cmd[@]}" "$@" --out_dir="out-$name" > "$OUT/$name.txt" 2>&1
   echo "rc=$? $(median_iter_ms "$OUT/$name.txt")ms/iter $(grep -o 'val loss [0-9.]*' "$OUT/$name.txt" | tail -1) $(grep -o 'peak GPU memory on rank 0: [0-9.]* GiB' "$OUT/$name.txt")"
 }
 
 GPT2="config/train_gpt2.py --dataset=shakespeare --wandb_log=False --eval_iters=4 --eval_interval=1000 --log_interval=1"
-GPT2="$GPT2 --batch_size=16 --gradient_accumulation_steps=8 --max_iters=14"
+GPT2="$GPT2 --batch_size=16 --gradient_accumulation_steps=8 --max_iters=14 --compile=False"
 row "124M, 1 GPU, 8x16x1024 tok/iter" "$(train g1 1 $GPT2)"
 row "124M, $NGPU GPUs DDP, same batch" "$(train g$NGPU $NGPU $GPT2)"
 
 XL="config/train_gpt2.py --dataset=shakespeare --wandb_log=False --eval_iters=1 --eval_interval=1000 --log_interval=1"
-XL="$XL --n_layer=48 --n_head=25 --n_embd=1600 --batch_size=4 --gradient_accumulation_steps=$NGPU --max_iters=4 --compile=False"
+XL="$XL --n_layer=48 --n_head=25 --n_embd=1600 --batch_size=4 --gradient_accumulation_steps=$NGPU --max_iters=2 --compile=False"
 row "gpt2-xl shape, $NGPU GPUs DDP" "$(train xl_ddp $NGPU $XL)"
 row "gpt2-xl shape, $NGPU GPUs FSDP" "$(train xl_fsdp $NGPU $XL --fsdp=True)"
 echo "=== table"; cat "$TABLE"
