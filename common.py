@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import random
+import re
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -129,7 +130,7 @@ def save_checkpoint(obj, path: str):
     A crash at any moment leaves either the previous checkpoint or the new one, never half.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{os.getpid()}-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -147,6 +148,41 @@ def save_checkpoint(obj, path: str):
         os.close(dir_fd)
 
 
+_TEMP_CHECKPOINT = re.compile(r"^\.ckpt-(\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_checkpoint_temps(folder: str) -> list[str]:
+    """Delete the temp files that save_checkpoint left in folder when its process was killed
+    mid-write (`.ckpt-<pid>-*.tmp` whose pid no longer runs); never anything else."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_CHECKPOINT.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process: leave its file alone
+    return True
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load a checkpoint with weights_only=True, so a crafted file cannot run code."""
     if not os.path.isfile(path):
@@ -156,7 +192,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
             raise UserError(
                 f"refusing to load {path}: it holds objects other than tensors and plain values, "
                 "which could run code; only load checkpoints you trust with plain contents"
@@ -219,7 +255,11 @@ class _PlainUnpickler(pickle.Unpickler):
     """Admits only what pickle builds without importing anything: dicts, lists, str, int, ..."""
 
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        raise _Refused(f"global {module}.{name} is not allowed")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A meta.pkl asked for an importable object (what a code-running pickle needs)."""
 
 
 def load_meta(path: str, required=("vocab_size", "itos", "stoi")) -> dict:
@@ -234,7 +274,7 @@ def load_meta(path: str, required=("vocab_size", "itos", "stoi")) -> dict:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     try:
         meta = _PlainUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, strings and ints") from None
     except Exception as e:
         raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None

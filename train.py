@@ -178,7 +178,9 @@ def build_model(run, changed: set, meta_vocab_size):
 
 
 def adopt_architecture(run, model, changed: set):
-    """A resumed or pretrained model fixes the architecture; block_size may only shrink (crop)."""
+    """A resumed or pretrained model fixes the architecture; block_size may only shrink (crop).
+    An architecture key set (by a file or flag) to a value the model does not have is an error;
+    keys left alone, or set to the model's own values (classic configs), are taken as they are."""
     c = run.config
     if c["init_from"] == "scratch":
         return
@@ -193,9 +195,14 @@ def adopt_architecture(run, model, changed: set):
     else:
         model.crop_block_size(c["block_size"])
     for k in ("n_layer", "n_head", "n_embd", "bias"):
-        if k in changed and c[k] != getattr(model.config, k):
-            run.say(f"note: {k}={c[k]} ignored: the {c['init_from']} model has {k}={getattr(model.config, k)}")
-        c[k] = getattr(model.config, k)
+        have = getattr(model.config, k)
+        if k in changed and c[k] != have:
+            source = "checkpoint" if c["init_from"] == "resume" else f"{c['init_from']} model"
+            raise UserError(
+                f"{k}={c[k]} contradicts the {source}, which has {k}={have}: "
+                f"drop --{k} (the architecture comes from the {source}) or set --{k}={have}"
+            )
+        c[k] = have
 
 
 def check_vocab(run, meta_vocab_size):
@@ -484,6 +491,8 @@ def prepare_out_dir(run):
         raise UserError(f"cannot create out_dir {out}: {e.strerror}; choose another --out_dir") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"out_dir {out} is not writable: choose another --out_dir")
+    for name in common.remove_stale_checkpoint_temps(out):
+        run.say(f"note: removed {os.path.join(out, name)}, a partial checkpoint of a killed run")
 
 
 def find_data(c: dict, say):
@@ -572,6 +581,8 @@ def open_outputs(run):
 
 def main(argv=None):
     config, changed = read_config(argv)
+    if common.torchrun_rank() is not None:  # fail before joining the process group, on every rank
+        common.split_grad_accum(config["gradient_accumulation_steps"], int(os.environ.get("WORLD_SIZE", 1)))
     dist, run_device = common.init_distributed(config["backend"], config["device"])
     run = SimpleNamespace(config=config, dist=dist, device=run_device, iter_num=0, best_val_loss=1e9)
     finished = False

@@ -1,0 +1,395 @@
+"""Every failure a user can cause is one `error:` line that names the problem and the fix, exits
+non-zero and leaves what the user had untouched; a SIGKILL at any moment leaves a loadable
+checkpoint; crafted checkpoints and meta.pkl files are refused without running their code."""
+
+import hashlib
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import TINY, make_dataset, run_train
+
+import common
+from common import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = {
+    "train": REPO / "train.py",
+    "sample": REPO / "sample.py",
+    "bench": REPO / "bench.py",
+    "prepare": REPO / "data" / "shakespeare_char" / "prepare.py",
+}
+BENCH = [
+    "--device=cpu",
+    "--compile=False",
+    "--n_layer=1",
+    "--n_head=1",
+    "--n_embd=16",
+    "--block_size=16",
+    "--batch_size=2",
+    "--vocab_size=32",
+    "--burn_in=0",
+    "--num_steps=1",
+    "--repeats=1",
+]
+TRAIN = [*TINY, "--gradient_accumulation_steps=1"]  # the default, 40 micro-steps, is slow on 2 cores
+RESUME = ["--init_from=resume", "--out_dir=out"]
+TEMP_NAME = re.compile(r"^\.ckpt-\d+-\w+\.tmp$")
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NANOGPT_INPUT_FILE")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env | extra
+
+
+def run_script(script: str, cwd: Path, args, env=None) -> subprocess.CompletedProcess:
+    fixed = {"train": TRAIN, "sample": ["--device=cpu"], "bench": BENCH, "prepare": []}[script]
+    cmd = [sys.executable, str(SCRIPTS[script]), *fixed, *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=env or clean_env())
+
+
+def snapshot(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, phrase: str):
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, f"no message on stderr; stdout:\n{proc.stdout[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("error: "), proc.stderr
+    assert sum(line.startswith("error:") for line in lines) == 1, proc.stderr
+    assert phrase in lines[-1], f"{phrase!r} not in {lines[-1]!r}"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """data/tiny (vocab 32), data/wide (vocab 64) and out/ckpt.pt of a 2-step run on data/tiny."""
+    root = tmp_path_factory.mktemp("base")
+    make_dataset(root)
+    make_dataset(root, name="wide", vocab=64)
+    run_train(root, *TRAIN, "--out_dir=out", "--max_iters=2", "--eval_interval=2")
+    (root / "out" / "train_log.csv").unlink()  # so that a resumed run's log is a new file, not a change
+    return root
+
+
+@pytest.fixture
+def work(base, tmp_path):
+    folder = tmp_path / "w"
+    shutil.copytree(base, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------- the table of bad inputs
+
+
+def _write(rel, data):
+    def setup(root: Path):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+    return setup
+
+
+def _remove(rel):
+    return lambda root: (root / rel).unlink()
+
+
+def _truncate(rel):
+    def setup(root: Path):
+        data = (root / rel).read_bytes()
+        (root / rel).write_bytes(data[: len(data) // 2])
+
+    return setup
+
+
+_GARBAGE = bytes(random.Random(0).randrange(256) for _ in range(4096))
+
+# (id, script, args, setup, phrase in the message, extra env)
+CASES = [
+    ("unknown-key", "train", ["--learning_rat=1"], None, "unknown config key 'learning_rat': did you mean", None),
+    ("wrong-type", "train", ["--batch_size=2.5"], None, "batch_size expects int, got 2.5 (float)", None),
+    ("config-missing", "train", ["nope_config.py"], None, "config file nope_config.py not found", None),
+    (
+        "config-syntax",
+        "train",
+        ["bad_config.py"],
+        _write("bad_config.py", "n_layer = (\n"),
+        "syntax error in config file bad_config.py, line 1",
+        None,
+    ),
+    ("dataset-missing", "train", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    (
+        "val-bin-missing",
+        "train",
+        [],
+        _remove("data/tiny/val.bin"),
+        "val.bin is missing: run python data/tiny/prepare.py",
+        None,
+    ),
+    ("bins-too-short", "train", ["--block_size=2000"], None, "fewer than block_size + 1 = 2001", None),
+    (
+        "meta-vocab-too-big",
+        "train",
+        [*RESUME, "--dataset=wide"],
+        None,
+        "meta.pkl has vocab_size=64 but the model has 32",
+        None,
+    ),
+    ("meta-corrupt", "train", [], _write("data/tiny/meta.pkl", _GARBAGE), "meta.pkl is corrupt", None),
+    ("resume-no-ckpt", "train", ["--init_from=resume", "--out_dir=empty"], None, "no checkpoint at empty", None),
+    ("ckpt-truncated", "train", RESUME, _truncate("out/ckpt.pt"), "is truncated or corrupt", None),
+    ("ckpt-garbage", "train", RESUME, _write("out/ckpt.pt", _GARBAGE), "corrupt", None),
+    (
+        "arch-contradicts-ckpt",
+        "train",
+        [*RESUME, "--n_layer=4"],
+        None,
+        "n_layer=4 contradicts the checkpoint, which has n_layer=2",
+        None,
+    ),
+    ("n_embd-vs-n_head", "train", ["--n_head=3"], None, "n_embd=32 is not divisible by n_head=3", None),
+    (
+        "block_size-beyond-ckpt",
+        "train",
+        [*RESUME, "--block_size=32"],
+        None,
+        "block_size=32 does not fit the resume model, whose block_size is 16",
+        None,
+    ),
+    (
+        "grad-accum-vs-world",
+        "train",
+        ["--gradient_accumulation_steps=3"],
+        None,
+        "gradient_accumulation_steps=3 does not divide among 2 processes",
+        {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"},
+    ),
+    ("unknown-device", "train", ["--device=tpu"], None, "unknown device 'tpu'", None),
+    pytest.param(
+        "no-cuda", "train", ["--device=cuda"], None, "no CUDA GPU is available", None, marks=NO_CUDA, id="no-cuda"
+    ),
+    ("unknown-dtype", "train", ["--dtype=float8"], None, "unknown dtype 'float8'", None),
+    ("out_dir-unwritable", "train", ["--out_dir=afile/sub"], _write("afile", "x"), "cannot create out_dir", None),
+    ("negative-max_iters", "train", ["--max_iters=-1"], None, "max_iters=-1 must not be negative", None),
+    (
+        "loss-not-finite",
+        "train",
+        [*RESUME, "--learning_rate=1e30", "--decay_lr=False", "--max_iters=12"],
+        None,
+        "is not finite at iter",
+        None,
+    ),
+    ("sample-no-ckpt", "sample", ["--out_dir=empty"], None, "no checkpoint at empty", None),
+    ("sample-ckpt-truncated", "sample", ["--out_dir=out"], _truncate("out/ckpt.pt"), "truncated or corrupt", None),
+    ("sample-prompt-chars", "sample", ["--out_dir=out", "--start=zz~"], None, "vocabulary lacks: 'z', '~'", None),
+    (
+        "sample-prompt-file",
+        "sample",
+        ["--out_dir=out", "--start=FILE:nowhere.txt"],
+        None,
+        "prompt file nowhere.txt not found",
+        None,
+    ),
+    ("sample-max_new_tokens", "sample", ["--max_new_tokens=-1"], None, "max_new_tokens=-1 must be 0 or more", None),
+    ("sample-unknown-key", "sample", ["--temprature=0"], None, "did you mean 'temperature'", None),
+    ("bench-dataset-missing", "bench", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    ("bench-bins-too-short", "bench", ["--dataset=tiny", "--block_size=8000"], None, "fewer than block_size", None),
+    ("bench-unknown-dtype", "bench", ["--dtype=half", "--real_data=False"], None, "unknown dtype 'half'", None),
+    (
+        "prepare-download-fails",
+        "prepare",
+        ["--out-dir", "data/shakespeare_char"],
+        None,
+        "could not download",
+        {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""},
+    ),
+    (
+        "prepare-input-missing",
+        "prepare",
+        ["nowhere.txt", "--out-dir", "data/sc"],
+        None,
+        "input file not found: nowhere.txt",
+        None,
+    ),
+]
+
+
+def _case_id(case):
+    return case.id if hasattr(case, "id") else case[0]
+
+
+@pytest.mark.parametrize("name, script, args, setup, phrase, env", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_is_one_clear_line_and_harmless(work, name, script, args, setup, phrase, env):
+    if setup is not None:
+        setup(work)
+    before = snapshot(work)
+    proc = run_script(script, work, args, env=clean_env(**(env or {})))
+    assert_one_line_error(proc, phrase)
+    after = snapshot(work)
+    changed = [p for p in before if after.get(p) != before[p]]
+    assert not changed, f"modified or deleted: {changed}"
+    if script == "prepare":  # nothing half-written is left behind
+        assert not [p for p in after if p not in before], sorted(set(after) - set(before))
+
+
+def test_bf16_on_a_gpu_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"does not support bfloat16: use --dtype=float16"):
+        common.check_dtype("cuda", "bfloat16")
+    assert common.check_dtype("cuda", "float16") is torch.float16
+    assert common.check_dtype("cpu", "bfloat16") is torch.bfloat16  # the CPU emulates it
+    assert common.default_dtype("cuda") == "float16"
+
+
+def test_matching_architecture_keys_still_resume(work):
+    """Classic configs restate the architecture on resume: equal values are fine."""
+    proc = run_script("train", work, [*RESUME, "--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=3"])
+    assert proc.returncode == 0, proc.stderr
+    assert common.load_checkpoint(str(work / "out" / "ckpt.pt"))["iter_num"] == 3
+
+
+# ---------------------------------------------------------------------------- SIGKILL at random moments
+
+
+def _kill_when(proc, out: Path, rng: random.Random, while_saving: bool) -> bool:
+    """SIGKILL proc after a random delay, or in the middle of its 2nd..5th checkpoint write
+    (as soon as its temp file shows up); True if it was still running when killed."""
+    deadline = time.monotonic() + (60 if while_saving else rng.uniform(2.0, 5.0))
+    writes, seen = rng.randint(2, 5), set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        if while_saving and out.is_dir():
+            seen.update(n for n in os.listdir(out) if TEMP_NAME.match(n))
+            if len(seen) >= writes:
+                break
+        time.sleep(0.0002 if while_saving else 0.01)
+    alive = proc.poll() is None
+    if alive:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
+    make_dataset(tmp_path)
+    out = tmp_path / "out"
+    args = [*TRAIN, "--out_dir=out", "--eval_interval=1", "--eval_iters=1", "--always_save_checkpoint=True"]
+    args += ["--n_embd=64", "--log_interval=50"]
+    rng = random.Random(20240607)
+    last_iter, temps_seen = 0, 0
+    for attempt in range(5):
+        init = "resume" if (out / "ckpt.pt").exists() else "scratch"
+        cmd = [sys.executable, str(SCRIPTS["train"]), *args, "--max_iters=100000", f"--init_from={init}"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+        killed = _kill_when(proc, out, rng, while_saving=attempt % 2 == 0)
+        assert killed, f"training stopped before it was killed:\n{proc.stderr.read().decode()[-2000:]}"
+        proc.stderr.close()
+        names = os.listdir(out) if out.is_dir() else []
+        assert all(n in ("ckpt.pt", "train_log.csv") or TEMP_NAME.match(n) for n in names), names
+        temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
+        if "ckpt.pt" in names:
+            ckpt = common.load_checkpoint(str(out / "ckpt.pt"))
+            common.model_from_checkpoint(ckpt)
+            assert ckpt["iter_num"] >= last_iter  # never back to an older state
+            last_iter = ckpt["iter_num"]
+    assert last_iter > 0, "no checkpoint was ever written"
+    assert temps_seen >= 1, "no kill landed during a checkpoint write"
+    max_iters = last_iter + 3
+    done = run_train(tmp_path, *args, f"--max_iters={max_iters}", "--init_from=resume")
+    if any(TEMP_NAME.match(n) for n in names):  # the last kill landed mid-write, so its temp file is gone now
+        assert "partial checkpoint of a killed run" in done.stdout
+    assert common.load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == max_iters
+    assert not [n for n in os.listdir(out) if TEMP_NAME.match(n)]  # the leftovers were cleaned up
+
+
+def test_stale_temp_cleanup_spares_live_processes_and_other_files(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f".ckpt-{dead.pid}-abc_12.tmp", f".ckpt-{os.getppid()}-xyz.tmp", "ckpt.pt", ".ckpt-abc.tmp", "x.tmp"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    assert common.remove_stale_checkpoint_temps(str(tmp_path)) == [names[0]]
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
+
+
+# ---------------------------------------------------------------------------- untrusted and classic files
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("script", ["sample", "train"])
+def test_crafted_checkpoint_is_refused(work, script):
+    marker = work / "payload_ran"
+    ckpt = torch.load(work / "out" / "ckpt.pt", weights_only=True)
+    ckpt["config"]["evil"] = _Payload(marker)
+    torch.save(ckpt, work / "out" / "ckpt.pt")
+    before = snapshot(work)
+    args = ["--out_dir=out"] if script == "sample" else RESUME
+    proc = run_script(script, work, args)
+    assert_one_line_error(proc, "refusing to load out/ckpt.pt")
+    assert not marker.exists()
+    assert snapshot(work) == before
+
+
+def test_crafted_meta_pkl_is_refused_by_train(work):
+    marker = work / "payload_ran"
+    with open(work / "data" / "tiny" / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": 32, "x": _Payload(marker)}, f)
+    proc = run_script("train", work, ["--max_iters=1"])
+    assert_one_line_error(proc, "refusing to load data/tiny/meta.pkl: global posix.system is not allowed")
+    assert not marker.exists()
+
+
+def test_classic_checkpoint_resumes(work):
+    """A checkpoint as classic nanoGPT wrote it: torch.compile's `_orig_mod.` prefixes, the
+    `.attn.bias` mask buffers, and best_val_loss as a 0-dim tensor."""
+    ckpt = torch.load(work / "out" / "ckpt.pt", weights_only=True)
+    n = ckpt["model_args"]["block_size"]
+    state = {f"_orig_mod.{k}": v for k, v in ckpt["model"].items()}
+    for i in range(ckpt["model_args"]["n_layer"]):
+        state[f"_orig_mod.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+    classic = {
+        "model": state,
+        "optimizer": ckpt["optimizer"],
+        "model_args": ckpt["model_args"],
+        "iter_num": ckpt["iter_num"],
+        "best_val_loss": torch.tensor(ckpt["best_val_loss"]),
+        "config": ckpt["config"],
+    }
+    torch.save(classic, work / "out" / "ckpt.pt")
+    common.model_from_checkpoint(common.load_checkpoint(str(work / "out" / "ckpt.pt")))
+    proc = run_script("train", work, [*RESUME, "--max_iters=4"])
+    assert proc.returncode == 0, proc.stderr
+    assert "holds no RNG state" in proc.stdout
+    assert common.load_checkpoint(str(work / "out" / "ckpt.pt"))["iter_num"] == 4
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_classic_meta_pkl_loads_with_every_protocol(tmp_path, protocol):
+    itos = {i: ch for i, ch in enumerate("\n !abc")}
+    meta = {"vocab_size": len(itos), "itos": itos, "stoi": {c: i for i, c in itos.items()}}
+    with open(tmp_path / "meta.pkl", "wb") as f:
+        pickle.dump(meta, f, protocol=protocol)
+    assert common.load_meta(str(tmp_path / "meta.pkl")) == meta
