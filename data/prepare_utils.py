@@ -162,8 +162,7 @@ def check_uint16(ids: np.ndarray) -> None:
     # Casting would silently wrap larger ids, corrupting the stream instead of failing.
     if ids.size and int(ids.max()) >= UINT16_LIMIT:
         raise UserError(
-            f"token id {int(ids.max())} does not fit in uint16 (max {UINT16_LIMIT - 1}); "
-            "use a smaller vocabulary"
+            f"token id {int(ids.max())} does not fit in uint16 (max {UINT16_LIMIT - 1}); use a smaller vocabulary"
         )
 
 

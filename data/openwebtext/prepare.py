@@ -116,8 +116,7 @@ def write_split(dset, path: Path, total_batches: int = TOTAL_BATCHES) -> int:
 
 def write_splits(tokenized, out_dir: Path, total_batches: int = TOTAL_BATCHES) -> dict[str, int]:
     return {
-        split: write_split(dset, Path(out_dir) / f"{split}.bin", total_batches)
-        for split, dset in tokenized.items()
+        split: write_split(dset, Path(out_dir) / f"{split}.bin", total_batches) for split, dset in tokenized.items()
     }
 
 
