@@ -28,6 +28,7 @@ from common import (
     run_main,
 )
 from configurator import configure
+from model import PRETRAINED_SHAPES
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (the checkpoint in out_dir) or a GPT-2 variant, e.g. 'gpt2-xl'
@@ -44,7 +45,7 @@ compile = False  # compile the model's forward with torch.compile (slow to start
 # -----------------------------------------------------------------------------
 
 _SEPARATOR = "---------------"
-_PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+_PRETRAINED = tuple(PRETRAINED_SHAPES)  # gpt2, gpt2-medium, gpt2-large, gpt2-xl
 _TRAIN_HINT = "python train.py config/train_shakespeare_char.py"
 
 

@@ -40,7 +40,7 @@ from common import (
     run_main,
 )
 from configurator import configure
-from model import ARCH_KEYS, GPT, GPTConfig, device_peak_flops
+from model import ARCH_KEYS, GPT, PRETRAINED_SHAPES, GPTConfig, device_peak_flops
 
 # ---------------------------------------------------------------------------- defaults: GPT-2 124M on OpenWebText
 # I/O
@@ -90,7 +90,7 @@ compile_mode = "default"  # torch.compile mode: "reduce-overhead" adds CUDA grap
 _SEED = 1337
 _LOG_NAME = "train_log.csv"
 _LOG_HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
-_PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+_PRETRAINED = tuple(PRETRAINED_SHAPES)  # gpt2, gpt2-medium, gpt2-large, gpt2-xl
 _SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
