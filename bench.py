@@ -8,14 +8,15 @@
 Prints time per iteration, tokens per second and MFU against the device's own peak.
 """
 
+import itertools
 import os
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from common import (
+    BatchSource,
     UserError,
     autocast_context,
     check_device,
@@ -52,7 +53,7 @@ compile_mode = "default"  # torch.compile mode, e.g. 'max-autotune-no-cudagraphs
 # -----------------------------------------------------------------------------
 
 
-def make_batches(cfg, device_type):
+def make_batches(cfg):
     """A function returning (x, y) batches: windows of the real train.bin, or random tokens."""
     if not real_data:
         gen = torch.Generator().manual_seed(seed)
@@ -60,23 +61,15 @@ def make_batches(cfg, device_type):
         y = torch.randint(vocab_size, (batch_size, block_size), generator=gen)
         x, y = x.to(cfg["device"]), y.to(cfg["device"])
         return lambda: (x, y)
-    path = os.path.join("data", dataset, "train.bin")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} not found: run python data/{dataset}/prepare.py, or use --real_data=False")
-    data = np.memmap(path, dtype=np.uint16, mode="r")
-    if len(data) <= block_size:
-        raise UserError(f"{path} has {len(data)} tokens, fewer than block_size+1={block_size + 1}")
-    gen = torch.Generator().manual_seed(seed)
+    folder = os.path.join("data", dataset)
+    if not os.path.isfile(os.path.join(folder, "train.bin")):
+        raise UserError(f"{folder}/train.bin not found: run python data/{dataset}/prepare.py, or use --real_data=False")
+    # train.py's sampler: random windows of block_size + 1 tokens, pinned copies on CUDA
+    source = BatchSource(folder, block_size, batch_size, cfg["device"], seed=seed)
+    keys = itertools.count()
 
     def get_batch():
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=gen).numpy()
-        rows = np.stack([data[i : i + block_size + 1] for i in ix]).astype(np.int64)
-        xy = torch.from_numpy(rows)
-        if device_type == "cuda":
-            xy = xy.pin_memory().to(cfg["device"], non_blocking=True)
-        else:
-            xy = xy.to(cfg["device"])
-        return xy[:, :-1], xy[:, 1:]
+        return source.get_batch("train", next(keys))
 
     return get_batch
 
@@ -137,7 +130,7 @@ def main():
     ).to(device)
     optimizer = model.configure_optimizers(1e-2, 1e-4, (0.9, 0.95), device_type)
     fwd_model = torch.compile(model, mode=compile_mode) if compile else model
-    get_batch = make_batches(cfg, device_type)
+    get_batch = make_batches(cfg)
     ctx = autocast_context(device_type, dtype)
 
     def step():

@@ -1,0 +1,28 @@
+"""bench.py as a CPU smoke test: it runs on real and random tokens and reports consistent figures."""
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train import make_dataset
+
+BENCH = [sys.executable, str(Path(__file__).resolve().parent.parent / "bench.py")]
+SMALL = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16"]
+SMALL += ["--batch_size=4", "--num_steps=2", "--burn_in=1", "--repeats=2"]
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_bench_reports_time_tokens_and_a_sane_loss(tmp_path, real):
+    make_dataset(tmp_path)
+    args = ["--dataset=tiny", "--vocab_size=32"] if real else ["--real_data=False", "--vocab_size=97"]
+    proc = subprocess.run([*BENCH, *SMALL, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ms, tokens_per_s = re.search(r"time per iteration: ([0-9.]+) ms .*?, ([0-9,]+) tokens/s", proc.stdout).groups()
+    # tokens/s is batch_size * block_size over the median step time
+    assert float(tokens_per_s.replace(",", "")) == pytest.approx(4 * 16 / (float(ms) / 1000), rel=0.01)
+    losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", proc.stdout)]
+    vocab = 32 if real else 97
+    assert len(losses) == 2 and all(abs(x - math.log(vocab)) < 0.5 for x in losses)  # near uniform at init
