@@ -19,6 +19,7 @@ on exactly as if it had never stopped: every micro-batch is drawn from its own s
 """
 
 import gc
+import math
 import os
 import shutil
 import time
@@ -295,7 +296,7 @@ def evaluate(run):
     c = run.config
     losses = estimate_loss(run)
     run.say(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-    if not all(map(_finite, losses.values())):
+    if not all(map(math.isfinite, losses.values())):
         raise diverged(run, run.iter_num, "eval loss")
     run.watch.check(run)
     lr = lr_at(c, run.iter_num)
@@ -337,10 +338,6 @@ def save(run):
     }
     run.say(f"saving checkpoint to {run.config['out_dir']}")
     common.save_checkpoint(ckpt, os.path.join(run.config["out_dir"], common.CHECKPOINT_NAME))
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
 
 
 def diverged(run, it: int, what: str) -> UserError:
@@ -440,7 +437,7 @@ def log_step(run, it: int, loss, lr: float):
     now = time.perf_counter()
     dt = (now - run.t_last) / max(run.steps_since, 1)
     run.t_last, run.steps_since = now, 0
-    if not _finite(lossf):
+    if not math.isfinite(lossf):
         run.watch.check(run)
         raise diverged(run, it, "training loss")
     if run.local_iter >= 5:  # let the first steps (compilation, warm-up) pass
