@@ -129,7 +129,7 @@ def main():
         )
     ).to(device)
     optimizer = model.configure_optimizers(1e-2, 1e-4, (0.9, 0.95), device_type)
-    fwd_model = torch.compile(model, mode=compile_mode) if compile else model
+    fwd_model = torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
     get_batch = make_batches(cfg)
     ctx = autocast_context(device_type, dtype)
 

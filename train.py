@@ -86,7 +86,10 @@ fsdp = False  # under torchrun: shard parameters, gradients and optimizer state 
 device = default_device()  # 'cuda', 'cuda:1', 'mps' or 'cpu'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16' (the last with a gradient scaler)
 compile = True  # torch.compile the model
-compile_mode = "default"  # torch.compile mode: "reduce-overhead" adds CUDA graphs (same math)
+# torch.compile mode. 'auto': 'reduce-overhead' (CUDA graphs, the same math) for one process on a
+# GPU without gradient accumulation, where small models are otherwise bound by kernel launches;
+# 'default' elsewhere
+compile_mode = "auto"
 
 _SEED = 1337
 _LOG_NAME = "train_log.csv"
@@ -139,10 +142,30 @@ def resolve_compile(want: bool, device_type: str, say) -> bool:
     return True
 
 
+_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that add CUDA graphs
+
+
+def resolve_compile_mode(mode: str, device_type: str, distributed: bool, micro_steps: int) -> str:
+    """'auto' becomes 'reduce-overhead' (CUDA graphs) for one process on a GPU that takes one
+    micro-step per iteration, else 'default'. CUDA graphs cannot accumulate gradients: each
+    backward replay rewrites the very buffers the previous micro-step's gradients live in."""
+    if mode == "auto":
+        single = device_type == "cuda" and not distributed and micro_steps == 1
+        return "reduce-overhead" if single else "default"
+    if mode in _GRAPH_MODES and micro_steps > 1 and device_type == "cuda":
+        raise UserError(
+            f"compile_mode={mode!r} uses CUDA graphs, which cannot accumulate gradients over "
+            f"{micro_steps} micro-steps: use --compile_mode=default (or auto), or --gradient_accumulation_steps=1"
+        )
+    return mode
+
+
 def compile_model(model, say, mode="default"):
-    say("compiling the model... (takes a ~minute)")
+    say(f"compiling the model (mode {mode})... (takes a ~minute)")
+    # dynamic=False: eval batches (grouped, see eval_group_size) differ in size from training
+    # batches, and without it the second shape seen turns the training graph dynamic (slower)
     try:
-        return torch.compile(model, mode=mode)
+        return torch.compile(model, mode=mode, dynamic=False)
     except RuntimeError as e:  # e.g. a Python version this torch cannot compile for
         say(f"note: compile=True turned off: {common.first_line(e)}")
         return model
@@ -294,7 +317,10 @@ def estimate_loss(run) -> dict:
 def evaluate(run):
     """Eval, print, log and save (when val loss improved, or always if always_save_checkpoint)."""
     c = run.config
+    t0 = time.perf_counter()
     losses = estimate_loss(run)
+    run.seconds["eval" if run.evals else "first eval"] += time.perf_counter() - t0
+    run.evals += 1
     run.say(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not all(map(math.isfinite, losses.values())):
         raise diverged(run, run.iter_num, "eval loss")
@@ -310,7 +336,9 @@ def evaluate(run):
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     if (improved or c["always_save_checkpoint"]) and run.iter_num > 0:
+        t0 = time.perf_counter()
         save(run)
+        run.seconds["save"] += time.perf_counter() - t0
 
 
 def save(run):
@@ -466,7 +494,13 @@ def train_loop(run):
         lr = lr_at(c, it)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        loss = train_step(run, it)
+        if run.local_iter == 0:  # timed apart: compilation happens here
+            t0 = time.perf_counter()
+            loss = train_step(run, it)
+            loss.item()
+            run.seconds["first step"] += time.perf_counter() - t0
+        else:
+            loss = train_step(run, it)
         run.watch.update(loss, it)
         run.steps_since += 1
         if it % c["log_interval"] == 0 and run.dist.master:
@@ -551,7 +585,8 @@ def setup(run, changed: set):
         restore_training_state(run)
     run.eval_model = run.model = model
     if resolve_compile(c["compile"], device_type, run.say):
-        run.eval_model = run.model = compile_model(model, run.say, c["compile_mode"])
+        mode = resolve_compile_mode(c["compile_mode"], device_type, run.dist.enabled, run.micro_steps)
+        run.eval_model = run.model = compile_model(model, run.say, mode)
     if run.dist.enabled and not run.sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -576,12 +611,32 @@ def open_outputs(run):
         run.wandb = wandb
 
 
+_PHASES = ("first eval", "first step", "eval", "save")
+
+
+def timing_summary(run, loop_seconds: float, total_seconds: float) -> str:
+    """Where the time went: setup, the first eval and step (they include compilation), the other
+    evals, checkpoint saves and the other train steps."""
+    t = run.seconds
+    steps = loop_seconds - sum(t.values())
+    parts = [
+        f"setup {total_seconds - loop_seconds:.1f}s",
+        f"first eval {t['first eval']:.1f}s",
+        f"first step {t['first step']:.1f}s",
+        f"{max(run.evals - 1, 0)} more evals {t['eval']:.1f}s",
+        f"checkpoints {t['save']:.1f}s",
+        f"{max(run.local_iter - 1, 0)} more steps {steps:.1f}s",
+    ]
+    return "time: " + ", ".join(parts)
+
+
 def main(argv=None):
     config, changed = read_config(argv)
     if common.torchrun_rank() is not None:  # fail before joining the process group, on every rank
         common.split_grad_accum(config["gradient_accumulation_steps"], int(os.environ.get("WORLD_SIZE", 1)))
     dist, run_device = common.init_distributed(config["backend"], config["device"])
     run = SimpleNamespace(config=config, dist=dist, device=run_device, iter_num=0, best_val_loss=1e9)
+    run.seconds, run.evals, t_setup = dict.fromkeys(_PHASES, 0.0), 0, time.perf_counter()
     finished = False
     try:
         run.local_iter, run.mfu, run.resumed = 0, None, config["init_from"] == "resume"
@@ -601,6 +656,7 @@ def main(argv=None):
         if not config["eval_only"]:
             seconds = time.perf_counter() - start
             run.say(f"iters {first_iter}..{run.iter_num} in {seconds:.1f}s, best val loss {run.best_val_loss:.4f}")
+            run.say(timing_summary(run, seconds, time.perf_counter() - t_setup))
             if common.device_type_of(run.device) == "cuda":
                 run.say(f"peak GPU memory on rank 0: {torch.cuda.max_memory_allocated(run.device) / 2**30:.2f} GiB")
         finished = True

@@ -178,7 +178,7 @@ def test_train_defaults_are_the_classic_ones(train_config):
     assert {k: config[k] for k in classic} == classic
     beyond_classic = {"compile_mode", "fsdp"}  # opt-in keys this project adds, off by default
     assert set(config) == set(classic) | {"device", "dtype"} | beyond_classic
-    assert config["compile_mode"] == "default" and config["fsdp"] is False
+    assert config["compile_mode"] == "auto" and config["fsdp"] is False
     assert changed == set()
 
 

@@ -123,3 +123,27 @@ def test_fused_adamw_on_cuda():
     model = GPT(tiny()).cuda()
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cuda")
     assert opt.defaults.get("fused") is True
+
+
+@pytest.mark.parametrize("accumulate,mode", [(1, "reduce-overhead"), (2, "default")])
+def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
+    """train.py on CUDA with compile_mode 'auto' logs the same losses as the eager run, in float32:
+    CUDA graphs (train and eval graphs alternating) without accumulation, plain compile with it."""
+    from test_train import TINY, make_dataset, read_log, run_train
+
+    make_dataset(tmp_path)
+    base = [a for a in TINY if a not in ("--device=cpu", "--compile=False")]
+    base += ["--device=cuda", "--dtype=float32", "--max_iters=12", "--eval_interval=4", "--always_save_checkpoint=True"]
+    base += [f"--gradient_accumulation_steps={accumulate}"]
+    logs = {}
+    for name, flags in (("eager", ["--compile=False"]), ("compiled", ["--compile=True", "--compile_mode=auto"])):
+        proc = run_train(tmp_path, *base, *flags, f"--out_dir=out-{name}")
+        if name == "compiled":
+            assert f"mode {mode})" in proc.stdout
+        logs[name] = read_log(tmp_path / f"out-{name}")
+    (train_a, eval_a), (train_b, eval_b) = logs["eager"], logs["compiled"]
+    assert [r["iter"] for r in train_a] == [r["iter"] for r in train_b] and len(eval_a) == len(eval_b) == 4
+    for a, b in zip(train_a + eval_a, train_b + eval_b):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-3)
+    for a, b in zip(eval_a, eval_b):
+        assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=1e-3)

@@ -400,3 +400,16 @@ def test_data_dir_falls_back_to_the_script_folder(tmp_path, monkeypatch):
     assert Path(found).resolve() == (tmp_path / "repo" / "data" / "tiny").resolve()
     make_dataset(tmp_path / "elsewhere")  # the working directory wins, as in nanoGPT
     assert common.find_data_dir("tiny", str(tmp_path / "repo")) == os.path.join("data", "tiny")
+
+
+def test_compile_mode_auto_picks_cuda_graphs_only_where_they_work():
+    import train
+
+    assert train.resolve_compile_mode("auto", "cuda", False, 1) == "reduce-overhead"
+    assert train.resolve_compile_mode("auto", "cuda", True, 1) == "default"  # DDP / FSDP
+    assert train.resolve_compile_mode("auto", "cuda", False, 4) == "default"  # accumulation
+    assert train.resolve_compile_mode("auto", "cpu", False, 1) == "default"
+    assert train.resolve_compile_mode("max-autotune-no-cudagraphs", "cuda", False, 4) == "max-autotune-no-cudagraphs"
+    assert train.resolve_compile_mode("reduce-overhead", "cpu", False, 4) == "reduce-overhead"  # no graphs on CPU
+    with pytest.raises(UserError, match="cannot accumulate gradients over 4 micro-steps"):
+        train.resolve_compile_mode("reduce-overhead", "cuda", False, 4)
