@@ -4,7 +4,6 @@ Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT.
 The model never reads a script's globals; scripts pass everything in.
 """
 
-import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -90,12 +89,15 @@ class CausalSelfAttention(nn.Module):
         if self.uses_sdpa(q):
             p = self.dropout if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=p, is_causal=True)
-        T = q.size(-2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
-        att = att.masked_fill(~self.bias[:, :, :T, :T], float("-inf"))
+        B, nh, T, hs = q.size()
+        # The -inf fill of the masked positions rides along in the score matmul (baddbmm adds the
+        # mask to scale * q @ k^T): one kernel instead of a scale and a fill pass, forward and backward.
+        fill = torch.zeros((T, T), dtype=q.dtype, device=q.device).masked_fill_(~self.bias[0, 0, :T, :T], float("-inf"))
+        q3, k3 = q.reshape(B * nh, T, hs), k.reshape(B * nh, T, hs)  # (B*nh, T, hs)
+        att = torch.baddbmm(fill, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, T, T)
         att = F.softmax(att, dim=-1)
         att = self.attn_dropout(att)
-        return att @ v  # (B, nh, T, hs)
+        return (att @ v.reshape(B * nh, T, hs)).view(B, nh, T, hs)  # (B, nh, T, hs)
 
     def attend_cached(self, q, k, v, cache, layer):
         """Store this step's keys and values at cache.pos.., then attend over everything stored so far."""
@@ -357,7 +359,7 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (dim >= 2) only, never on biases
-        and LayerNorm gains; the fused kernel on CUDA."""
+        and LayerNorm gains; the fused kernel (the same update in one pass) on CUDA and CPU."""
         params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -365,9 +367,12 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        use_fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        extra = {"fused": True} if use_fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        if device_type in ("cuda", "cpu"):
+            try:
+                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+            except (RuntimeError, TypeError):  # a torch without the fused kernel for this device
+                pass
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token, PaLM appendix B: 6N for the matmuls plus 12*L*H*Q*T for attention."""
