@@ -13,6 +13,7 @@ import random
 import re
 import sys
 import tempfile
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -152,6 +153,56 @@ def save_checkpoint(obj, path: str):
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def snapshot(obj):
+    """A copy of a checkpoint's nested dicts, lists and tuples with every tensor copied to the
+    CPU, so that training can go on changing the originals while the copy is written."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints (atomically, see save_checkpoint) in a background thread, one at a time.
+
+    submit() takes a CPU snapshot at once, so the file holds the state of that moment, then
+    returns while the file is written and synced; training goes on meanwhile. The next submit()
+    and wait() wait for the write in flight and report its failure as a UserError; the previous
+    checkpoint is intact then. The thread is not a daemon: the interpreter finishes the write
+    before it exits, also after an error.
+    """
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def submit(self, obj, path: str):
+        self.wait()
+        copy = snapshot(obj)
+        self._thread = threading.Thread(target=self._write, args=(copy, path), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, obj, path: str):
+        try:
+            save_checkpoint(obj, path)
+        except Exception as e:  # reported by wait(), in the main thread
+            self._error = (path, e)
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            (path, e), self._error = self._error, None
+            raise UserError(
+                f"could not write the checkpoint {path} ({first_line(e)}): the previous one, if any, is intact; "
+                "free some disk space or choose another --out_dir"
+            )
 
 
 _TEMP_CHECKPOINT = re.compile(r"^\.ckpt-(\d+)-[A-Za-z0-9_]+\.tmp$")

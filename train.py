@@ -365,7 +365,7 @@ def save(run):
         "scaler": run.scaler.state_dict(),
     }
     run.say(f"saving checkpoint to {run.config['out_dir']}")
-    common.save_checkpoint(ckpt, os.path.join(run.config["out_dir"], common.CHECKPOINT_NAME))
+    run.writer.submit(ckpt, os.path.join(run.config["out_dir"], common.CHECKPOINT_NAME))
 
 
 def diverged(run, it: int, what: str) -> UserError:
@@ -637,6 +637,7 @@ def main(argv=None):
     dist, run_device = common.init_distributed(config["backend"], config["device"])
     run = SimpleNamespace(config=config, dist=dist, device=run_device, iter_num=0, best_val_loss=1e9)
     run.seconds, run.evals, t_setup = dict.fromkeys(_PHASES, 0.0), 0, time.perf_counter()
+    run.writer = common.CheckpointWriter()
     finished = False
     try:
         run.local_iter, run.mfu, run.resumed = 0, None, config["init_from"] == "resume"
@@ -651,6 +652,9 @@ def main(argv=None):
         start, first_iter = time.perf_counter(), run.iter_num
         try:
             train_loop(run)
+            t0 = time.perf_counter()
+            run.writer.wait()  # the last checkpoint is on disk before the run reports success
+            run.seconds["save"] += time.perf_counter() - t0
         finally:
             run.log.close()
         if not config["eval_only"]:

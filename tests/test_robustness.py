@@ -318,6 +318,42 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     assert not [n for n in os.listdir(out) if TEMP_NAME.match(n)]  # the leftovers were cleaned up
 
 
+def test_failed_checkpoint_write_is_one_line_and_keeps_the_old_checkpoint(work):
+    """A checkpoint that cannot be written (here: a file-size limit, as a full disk would) ends the
+    run with one line; the previous ckpt.pt is untouched and no temp file is left behind."""
+    import resource
+
+    before = snapshot(work)
+    limit = (work / "out" / "ckpt.pt").stat().st_size // 2
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, "--out_dir=out", "--max_iters=2", "--eval_interval=2"]
+    proc = subprocess.run(
+        cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean_env(), preexec_fn=small_files
+    )
+    assert_one_line_error(proc, "could not write the checkpoint")
+    after = snapshot(work)
+    assert after["out/ckpt.pt"] == before["out/ckpt.pt"]
+    assert not [name for name in os.listdir(work / "out") if TEMP_NAME.match(name)]
+
+
+def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
+    weights = torch.arange(6.0)
+    writer = common.CheckpointWriter()
+    writer.submit({"model": {"w": weights}, "iter_num": 3}, str(tmp_path / "ckpt.pt"))
+    weights.add_(100.0)  # training goes on while the file is written
+    writer.wait()
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert torch.equal(saved["model"]["w"], torch.arange(6.0)) and saved["iter_num"] == 3
+    writer.submit({"x": 1}, str(tmp_path / "missing" / "ckpt.pt"))
+    with pytest.raises(UserError, match="could not write the checkpoint"):
+        writer.wait()
+    writer.wait()  # the failure is reported once
+
+
 def test_stale_temp_cleanup_spares_live_processes_and_other_files(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
