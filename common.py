@@ -155,15 +155,24 @@ def save_checkpoint(obj, path: str):
         os.close(dir_fd)
 
 
-def snapshot(obj):
+def snapshot(obj, _copies=None):
     """A copy of a checkpoint's nested dicts, lists and tuples with every tensor copied to the
-    CPU, so that training can go on changing the originals while the copy is written."""
+    CPU, so that training can go on changing the originals while the copy is written. Tensors
+    that are the same view of the same memory (tied weights: wte and lm_head) stay one tensor,
+    as torch.save would store them; state dicts keep their class and version metadata."""
+    copies = {} if _copies is None else _copies
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        key = (obj.device, obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride())
+        if key not in copies:
+            copies[key] = obj.detach().to("cpu", copy=True)
+        return copies[key]
     if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
+        out = type(obj)((k, snapshot(v, copies)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
+        return type(obj)(snapshot(v, copies) for v in obj)
     return obj
 
 
@@ -171,10 +180,11 @@ class CheckpointWriter:
     """Writes checkpoints (atomically, see save_checkpoint) in a background thread, one at a time.
 
     submit() takes a CPU snapshot at once, so the file holds the state of that moment, then
-    returns while the file is written and synced; training goes on meanwhile. The next submit()
-    and wait() wait for the write in flight and report its failure as a UserError; the previous
-    checkpoint is intact then. The thread is not a daemon: the interpreter finishes the write
-    before it exits, also after an error.
+    returns while the file is written and synced; training goes on meanwhile. poll() reports a
+    failed write once it is known; submit() and wait() wait for the write in flight first. A
+    failure is a UserError, and the file at the path is then still a complete earlier checkpoint
+    (or none). The thread is not a daemon: the interpreter finishes the write before it exits,
+    also after an error.
     """
 
     def __init__(self):
@@ -193,6 +203,11 @@ class CheckpointWriter:
         except Exception as e:  # reported by wait(), in the main thread
             self._error = (path, e)
 
+    def poll(self):
+        """Report a failed write as soon as it is known, without waiting for one in flight."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
     def wait(self):
         if self._thread is not None:
             self._thread.join()
@@ -200,8 +215,8 @@ class CheckpointWriter:
         if self._error is not None:
             (path, e), self._error = self._error, None
             raise UserError(
-                f"could not write the checkpoint {path} ({first_line(e)}): the previous one, if any, is intact; "
-                "free some disk space or choose another --out_dir"
+                f"could not write the checkpoint {path} ({first_line(e)}); the file there, if any, is a complete "
+                "earlier checkpoint: free some disk space or choose another --out_dir"
             )
 
 

@@ -317,6 +317,7 @@ def estimate_loss(run) -> dict:
 def evaluate(run):
     """Eval, print, log and save (when val loss improved, or always if always_save_checkpoint)."""
     c = run.config
+    run.writer.poll()  # a checkpoint that failed to write stops the run now, not at the end
     t0 = time.perf_counter()
     losses = estimate_loss(run)
     run.seconds["eval" if run.evals else "first eval"] += time.perf_counter() - t0
@@ -494,7 +495,7 @@ def train_loop(run):
         lr = lr_at(c, it)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        if run.local_iter == 0:  # timed apart: compilation happens here
+        if run.local_iter == 0:  # timed apart: compilation happens here (CUDA graphs record on a later step)
             t0 = time.perf_counter()
             loss = train_step(run, it)
             loss.item()
@@ -585,8 +586,7 @@ def setup(run, changed: set):
         restore_training_state(run)
     run.eval_model = run.model = model
     if resolve_compile(c["compile"], device_type, run.say):
-        mode = resolve_compile_mode(c["compile_mode"], device_type, run.dist.enabled, run.micro_steps)
-        run.eval_model = run.model = compile_model(model, run.say, mode)
+        run.eval_model = run.model = compile_model(model, run.say, run.compile_mode)
     if run.dist.enabled and not run.sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -643,6 +643,9 @@ def main(argv=None):
         run.local_iter, run.mfu, run.resumed = 0, None, config["init_from"] == "resume"
         run.say = print if dist.master else (lambda *a, **k: None)
         run.micro_steps = common.split_grad_accum(config["gradient_accumulation_steps"], dist.world_size)
+        device_type = common.device_type_of(run.device)
+        if config["compile"]:  # checked before any setup work: a contradiction fails fast
+            run.compile_mode = resolve_compile_mode(config["compile_mode"], device_type, dist.enabled, run.micro_steps)
         setup(run, changed)
         run.say("final config: " + ", ".join(f"{k}={v!r}" for k, v in sorted(config.items())))
         tokens = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]

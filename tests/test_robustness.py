@@ -354,6 +354,31 @@ def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
     writer.wait()  # the failure is reported once
 
 
+def test_checkpoint_writer_keeps_tied_weights_one_tensor_and_state_dict_metadata(tmp_path):
+    """The snapshot stores wte and lm_head (one Parameter) once, as torch.save of the live state
+    dict would: the file is no bigger than a direct save."""
+    from model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(block_size=8, vocab_size=512, n_layer=1, n_head=1, n_embd=32))
+    state = model.state_dict()
+    writer = common.CheckpointWriter()
+    writer.submit({"model": state}, str(tmp_path / "bg.pt"))
+    writer.wait()
+    torch.save({"model": state}, tmp_path / "direct.pt")
+    saved = torch.load(tmp_path / "bg.pt", weights_only=True)["model"]
+    assert saved["lm_head.weight"].data_ptr() == saved["transformer.wte.weight"].data_ptr()
+    assert type(saved) is type(state) and saved._metadata == state._metadata
+    assert (tmp_path / "bg.pt").stat().st_size <= (tmp_path / "direct.pt").stat().st_size * 1.01
+
+
+def test_checkpoint_writer_poll_reports_a_failed_write_without_a_new_save(tmp_path):
+    writer = common.CheckpointWriter()
+    writer.submit({"x": 1}, str(tmp_path / "missing" / "ckpt.pt"))
+    writer._thread.join()  # the write has failed by now
+    with pytest.raises(UserError, match="could not write the checkpoint"):
+        writer.poll()
+
+
 def test_stale_temp_cleanup_spares_live_processes_and_other_files(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
