@@ -89,15 +89,8 @@ class CausalSelfAttention(nn.Module):
         if self.uses_sdpa(q):
             p = self.dropout if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=p, is_causal=True)
-        B, nh, T, hs = q.size()
-        # The -inf fill of the masked positions rides along in the score matmul (baddbmm adds the
-        # mask to scale * q @ k^T): one kernel instead of a scale and a fill pass, forward and backward.
-        fill = torch.zeros((T, T), dtype=q.dtype, device=q.device).masked_fill_(~self.bias[0, 0, :T, :T], float("-inf"))
-        q3, k3 = q.reshape(B * nh, T, hs), k.reshape(B * nh, T, hs)  # (B*nh, T, hs)
-        att = torch.baddbmm(fill, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, T, T)
-        att = F.softmax(att, dim=-1)
-        att = self.attn_dropout(att)
-        return (att @ v.reshape(B * nh, T, hs)).view(B, nh, T, hs)  # (B, nh, T, hs)
+        T = q.size(-2)
+        return self.attend_masked(q, k, v, self.bias[:, :, :T, :T], dropout=True)
 
     def attend_cached(self, q, k, v, cache, layer):
         """Store this step's keys and values at cache.pos.., then attend over everything stored so far."""
@@ -125,10 +118,25 @@ class CausalSelfAttention(nn.Module):
         where a query may look, None for everywhere."""
         if self.uses_sdpa(q):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+        return self.attend_masked(q, k, v, mask)
+
+    def attend_masked(self, q, k, v, mask=None, dropout=False):
+        """The masked-softmax path: softmax(q k^T / sqrt(hs), -inf where mask is False) v, with
+        attention dropout if asked. Queries (B, nh, T, hs), keys and values (B, nh, S, hs), mask
+        (1, 1, T, S). The KV-cache paths take no dropout, as their SDPA twin."""
+        B, nh, T, hs = q.size()
+        S = k.size(-2)
+        # The -inf fill of the masked positions rides along in the score matmul (baddbmm adds it
+        # to scale * q @ k^T): one kernel instead of a scale and a fill pass, forward and backward.
+        fill = torch.zeros((T, S), dtype=q.dtype, device=q.device)
         if mask is not None:
-            att = att.masked_fill(~mask, float("-inf"))
-        return F.softmax(att, dim=-1) @ v  # (B, nh, T, hs)
+            fill.masked_fill_(~mask[0, 0], float("-inf"))
+        q3, k3, v3 = q.reshape(B * nh, T, hs), k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)  # (B*nh, T|S, hs)
+        att = torch.baddbmm(fill, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, T, S)
+        att = F.softmax(att, dim=-1)
+        if dropout:
+            att = self.attn_dropout(att)
+        return (att @ v3).view(B, nh, T, hs)  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
