@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -318,9 +318,8 @@ def evaluate(run):
     """Eval, print, log and save (when val loss improved, or always if always_save_checkpoint)."""
     c = run.config
     run.writer.poll()  # a checkpoint that failed to write stops the run now, not at the end
-    t0 = time.perf_counter()
-    losses = estimate_loss(run)
-    run.seconds["eval" if run.evals else "first eval"] += time.perf_counter() - t0
+    with timed(run, "eval" if run.evals else "first eval"):
+        losses = estimate_loss(run)
     run.evals += 1
     run.say(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not all(map(math.isfinite, losses.values())):
@@ -337,9 +336,8 @@ def evaluate(run):
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     if (improved or c["always_save_checkpoint"]) and run.iter_num > 0:
-        t0 = time.perf_counter()
-        save(run)
-        run.seconds["save"] += time.perf_counter() - t0
+        with timed(run, "save"):
+            save(run)
 
 
 def save(run):
@@ -496,10 +494,9 @@ def train_loop(run):
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         if run.local_iter == 0:  # timed apart: compilation happens here (CUDA graphs record on a later step)
-            t0 = time.perf_counter()
-            loss = train_step(run, it)
-            loss.item()
-            run.seconds["first step"] += time.perf_counter() - t0
+            with timed(run, "first step"):
+                loss = train_step(run, it)
+                loss.item()
         else:
             loss = train_step(run, it)
         run.watch.update(loss, it)
@@ -614,6 +611,16 @@ def open_outputs(run):
 _PHASES = ("first eval", "first step", "eval", "save")
 
 
+@contextmanager
+def timed(run, phase: str):
+    """Add the wall time of the block to run.seconds[phase] (one of _PHASES)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        run.seconds[phase] += time.perf_counter() - t0
+
+
 def timing_summary(run, loop_seconds: float, total_seconds: float) -> str:
     """Where the time went: setup, the first eval and step (they include compilation), the other
     evals, checkpoint saves and the other train steps."""
@@ -655,16 +662,15 @@ def main(argv=None):
         start, first_iter = time.perf_counter(), run.iter_num
         try:
             train_loop(run)
-            t0 = time.perf_counter()
-            run.writer.wait()  # the last checkpoint is on disk before the run reports success
-            run.seconds["save"] += time.perf_counter() - t0
+            with timed(run, "save"):
+                run.writer.wait()  # the last checkpoint is on disk before the run reports success
         finally:
             run.log.close()
         if not config["eval_only"]:
             seconds = time.perf_counter() - start
             run.say(f"iters {first_iter}..{run.iter_num} in {seconds:.1f}s, best val loss {run.best_val_loss:.4f}")
             run.say(timing_summary(run, seconds, time.perf_counter() - t_setup))
-            if common.device_type_of(run.device) == "cuda":
+            if device_type == "cuda":
                 run.say(f"peak GPU memory on rank 0: {torch.cuda.max_memory_allocated(run.device) / 2**30:.2f} GiB")
         finished = True
     finally:
