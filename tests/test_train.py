@@ -5,6 +5,7 @@ import csv
 import math
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -89,11 +90,25 @@ def trained(tmp_path_factory):
     """One 20-step run shared by several tests: its folder and out_dir (always_save_checkpoint)."""
     root = tmp_path_factory.mktemp("trained")
     make_dataset(root)
-    run_train(root, *TINY, "--out_dir=out", "--max_iters=20", "--eval_interval=10")
+    proc = run_train(root, *TINY, "--out_dir=out", "--max_iters=20", "--eval_interval=10")
+    (root / "stdout.txt").write_text(proc.stdout)
     return root, root / "out"
 
 
 # ---------------------------------------------------------------------------- learning, log and LR
+
+
+def test_run_ends_with_where_the_time_went(trained):
+    """The closing `time:` line counts the evals and steps the run made, and its parts add up to
+    no more than the loop's own wall time."""
+    root, _ = trained
+    out = (root / "stdout.txt").read_text()
+    loop = float(re.search(r"iters 0\.\.20 in ([0-9.]+)s", out).group(1))
+    line = re.search(r"^time: (.*)$", out, re.M).group(1)
+    assert "2 more evals" in line and "19 more steps" in line  # evals at 0, 10, 20; steps 0..19
+    parts = [float(x) for x in re.findall(r"([0-9.]+)s", line)]
+    assert len(parts) == 6 and all(p >= 0 for p in parts)
+    assert sum(parts[1:]) <= loop + 0.2  # all but setup happen inside the loop (0.1 s rounding each)
 
 
 def test_loss_falls_and_log_has_every_row(trained):
