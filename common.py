@@ -115,17 +115,52 @@ def check_dtype(device: str, dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def autocast_context(device_type: str, dtype: str):
-    """Mixed precision for forward passes; float32 runs without autocast."""
+def autocast_context(device_type: str, dtype: str, cache: bool = True):
+    """Mixed precision for forward passes; float32 runs without autocast. cache=False for a
+    forward recorded as a CUDA graph: cached casts would be freed while the graph still uses them."""
     if dtype == "float32":
         return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+    return torch.autocast(device_type=device_type, dtype=DTYPES[dtype], cache_enabled=cache)
 
 
 def enable_tf32():
     """TF32 matmuls and convolutions on Ampere and newer, as nanoGPT does."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+class CapturedCall:
+    """fn(*inputs) recorded once as a CUDA graph, then replayed with one launch per call.
+
+    A call copies its inputs into the recorded ones and replays every kernel fn launched; the
+    outputs are the same tensors at every call, valid until the next one. Recording runs fn
+    `warmup` times first on a side stream (CUDA's rule; torch.compile compiles there), calling
+    before_each() ahead of every run and of the recording. The CUDA RNG state is put back
+    afterwards, so replays draw the same random numbers (dropout) as if the warm-up never ran.
+    """
+
+    def __init__(self, fn, example_inputs, before_each=lambda: None, warmup=2):
+        self.inputs = [t.clone() for t in example_inputs]
+        device = self.inputs[0].device
+        rng = torch.cuda.get_rng_state(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                before_each()
+                fn(*self.inputs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        before_each()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = fn(*self.inputs)
+        torch.cuda.set_rng_state(rng, device)
+
+    def __call__(self, *inputs):
+        for recorded, new in zip(self.inputs, inputs, strict=True):
+            recorded.copy_(new)
+        self.graph.replay()
+        return self.outputs
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -125,10 +125,11 @@ def test_fused_adamw_on_cuda():
     assert opt.defaults.get("fused") is True
 
 
-@pytest.mark.parametrize("accumulate,mode", [(1, "reduce-overhead"), (2, "default")])
+@pytest.mark.parametrize("accumulate,mode", [(1, "regional"), (2, "default")])
 def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
     """train.py on CUDA with compile_mode 'auto' logs the same losses as the eager run, in float32:
-    CUDA graphs (train and eval graphs alternating) without accumulation, plain compile with it."""
+    compiled blocks and recorded CUDA graphs (train and eval graphs alternating) without
+    accumulation, plain compile with it."""
     from test_train import TINY, make_dataset, read_log, run_train
 
     make_dataset(tmp_path)
@@ -148,3 +149,77 @@ def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-3)
     for a, b in zip(eval_a, eval_b):
         assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=1e-3)
+
+
+def test_captured_call_replays_fresh_dropout_and_follows_the_rng_state():
+    """A recorded forward with dropout draws new masks at every replay, as eager calls do, and
+    replays from a restored RNG state repeat exactly (what an exact resume needs)."""
+    import common
+
+    drop = torch.nn.Dropout(0.5)
+    x = torch.ones(4096, device="cuda")
+    torch.manual_seed(0)
+    call = common.CapturedCall(lambda t: drop(t) * 3.0, (x,))
+    state = torch.cuda.get_rng_state()
+    first = call(x).clone()
+    second = call(x).clone()
+    assert not torch.equal(first, second)  # a fresh mask at each replay
+    for out in (first, second):
+        kept = out != 0
+        assert 0.4 < kept.float().mean().item() < 0.6
+        assert torch.equal(out[kept], torch.full_like(out[kept], 6.0))  # x / (1 - p) * 3
+    torch.cuda.set_rng_state(state)
+    assert torch.equal(call(x), first)  # the same RNG state, the same mask
+    assert torch.equal(call(x), second)
+    y = torch.arange(4096.0, device="cuda")
+    out = call(y)  # new inputs are copied in: the result follows them
+    assert torch.equal(out[out != 0], (y * 6.0)[out != 0])
+
+
+def test_captured_forward_backward_matches_eager_gradients():
+    """train.py's recorded forward + backward writes the same gradients as eager autograd, and
+    overwrites them (not adds to them) at the next replay."""
+    import common
+
+    torch.manual_seed(0)
+    model = GPT(tiny()).cuda()
+    x = torch.randint(0, 128, (4, 64), device="cuda")
+    y = torch.randint(0, 128, (4, 64), device="cuda")
+
+    def forward_backward(a, b):
+        _, loss = model(a, b)
+        loss.backward()
+        return loss.detach()
+
+    call = common.CapturedCall(forward_backward, (x, y), before_each=lambda: model.zero_grad(set_to_none=True))
+    for batch in ((x, y), (y, x), (x, y)):
+        loss = call(*batch).clone()
+        graphed = {n: p.grad.clone() for n, p in model.named_parameters()}
+        reference = GPT(tiny()).cuda()
+        reference.load_state_dict(model.state_dict())
+        _, ref_loss = reference(*batch)
+        ref_loss.backward()
+        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+        for n, p in reference.named_parameters():
+            torch.testing.assert_close(graphed[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_train_py_recorded_graphs_resume_exactly(tmp_path):
+    """With dropout, the regional mode's recorded graphs continue a resumed run exactly as the
+    run that never stopped: the RNG state saved and restored drives the replays."""
+    from test_train import TINY, make_dataset, read_log, run_train
+
+    make_dataset(tmp_path)
+    args = [a for a in TINY if a not in ("--device=cpu", "--compile=False")]
+    # float32: kernels that add with atomics (attention backward) then differ by ~1e-7 at most,
+    # while another dropout mask moves the loss by far more than the tolerance below
+    args += ["--device=cuda", "--dtype=float32", "--compile=True", "--dropout=0.1", "--eval_interval=6"]
+    args += ["--gradient_accumulation_steps=1"]  # one micro-step: the mode with recorded graphs
+    run_train(tmp_path, *args, "--out_dir=a", "--max_iters=12")
+    run_train(tmp_path, *args, "--out_dir=b", "--max_iters=6")
+    resumed = run_train(tmp_path, *args, "--out_dir=b", "--max_iters=12", "--init_from=resume")
+    assert "mode regional" in resumed.stdout
+    (a_train, a_eval), (b_train, b_eval) = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert [r["iter"] for r in b_train] == [r["iter"] for r in a_train] and len(a_eval) == len(b_eval) == 3
+    for a, b in zip(a_train + a_eval, b_train + b_eval):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5), a["iter"]

@@ -417,14 +417,37 @@ def test_data_dir_falls_back_to_the_script_folder(tmp_path, monkeypatch):
     assert common.find_data_dir("tiny", str(tmp_path / "repo")) == os.path.join("data", "tiny")
 
 
+def test_regional_compile_keeps_the_module_and_its_checkpoint_names():
+    """compile_mode='regional' compiles the blocks in place: the model stays the same module with
+    the same parameters, and its state dict has the classic names (no `_orig_mod.` anywhere)."""
+    import train
+    from model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=32))
+    names, params = list(model.state_dict()), list(model.parameters())
+    assert train.compile_model(model, lambda *a: None, "regional") is model
+    assert list(model.state_dict()) == names
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    assert all(block._compiled_call_impl is not None for block in model.transformer.h)
+
+
 def test_compile_mode_auto_picks_cuda_graphs_only_where_they_work():
     import train
 
-    assert train.resolve_compile_mode("auto", "cuda", False, 1) == "reduce-overhead"
-    assert train.resolve_compile_mode("auto", "cuda", True, 1) == "default"  # DDP / FSDP
-    assert train.resolve_compile_mode("auto", "cuda", False, 4) == "default"  # accumulation
-    assert train.resolve_compile_mode("auto", "cpu", False, 1) == "default"
-    assert train.resolve_compile_mode("max-autotune-no-cudagraphs", "cuda", False, 4) == "max-autotune-no-cudagraphs"
-    assert train.resolve_compile_mode("reduce-overhead", "cpu", False, 4) == "reduce-overhead"  # no graphs on CPU
+    assert train.resolve_compile_mode("auto", "cuda", False, 1, "bfloat16") == "regional"
+    assert train.resolve_compile_mode("auto", "cuda", False, 1, "float16") == "reduce-overhead"
+    assert train.resolve_compile_mode("auto", "cuda", True, 1, "bfloat16") == "default"  # DDP / FSDP
+    assert train.resolve_compile_mode("auto", "cuda", False, 4, "bfloat16") == "default"  # accumulation
+    assert train.resolve_compile_mode("auto", "cpu", False, 1, "float32") == "default"
+    mode = "max-autotune-no-cudagraphs"
+    assert train.resolve_compile_mode(mode, "cuda", False, 4, "bfloat16") == mode
+    assert train.resolve_compile_mode("reduce-overhead", "cpu", False, 4, "float32") == "reduce-overhead"
+    # train.py records its own graphs only in regional mode, where they can work
+    assert train.records_graphs("regional", "cuda", False, 1, "bfloat16")
+    assert train.records_graphs("regional", "cuda", False, 1, "float32")
+    for where in (("cpu", False, 1, "float32"), ("cuda", True, 1, "bfloat16"), ("cuda", False, 2, "bfloat16")):
+        assert not train.records_graphs("regional", *where)
+    assert not train.records_graphs("regional", "cuda", False, 1, "float16")
+    assert not train.records_graphs("default", "cuda", False, 1, "bfloat16")
     with pytest.raises(UserError, match="cannot accumulate gradients over 4 micro-steps"):
-        train.resolve_compile_mode("reduce-overhead", "cuda", False, 4)
+        train.resolve_compile_mode("reduce-overhead", "cuda", False, 4, "bfloat16")

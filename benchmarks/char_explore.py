@@ -1,0 +1,206 @@
+"""Where the shakespeare_char run's time goes on a GPU, one way of running the model per process.
+
+    python benchmarks/char_explore.py VARIANT [--profile]
+
+VARIANT: words joined by '-': inductor (torch.compile of the whole model; with ro: mode
+reduce-overhead, CUDA graph trees, as train.py), regional (each Block compiled), cudagraphs
+(torch.compile's Inductor-free CUDA-graph backend), eager (none of these), graph (the train step
+and the eval pass captured by hand in one CUDA graph each), hybrid (the eval pass eager, captured
+by hand), noat (no autotuning of pointwise Triton kernels), a leading 124m (GPT-2 124M at batch
+12 x 1024 instead of the shakespeare_char model); or sdpa (attention backends alone).
+Prints one JSON line: seconds to import and to compile, median ms per train step and per eval
+pass (25 batches of 64 x 256, as train.py's grouped eval). Run each variant with a fresh
+TORCHINDUCTOR_CACHE_DIR to see cold compilation. Random tokens: speed does not depend on them.
+"""
+
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+
+T0 = time.perf_counter()
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import GPT, GPTConfig  # noqa: E402
+
+T_IMPORT = time.perf_counter() - T0
+GPT2 = sys.argv[1].startswith("124m")  # GPT-2 124M, one micro-batch of 12 x 1024
+B, T, V, GROUP = (12, 1024, 50304, 1) if GPT2 else (64, 256, 65, int(os.environ.get("EVAL_GROUP", 25)))
+
+
+def make_model():
+    torch.manual_seed(1337)
+    if GPT2:
+        cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=V, dropout=0.0, bias=False)
+    else:
+        cfg = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=T, vocab_size=V, dropout=0.2, bias=False)
+    model = GPT(cfg).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=True, capturable=True)
+    return model, opt
+
+
+def batches(n, rows):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    return [(torch.randint(0, V, (rows, T), device="cuda", generator=g),) * 2 for _ in range(n)]
+
+
+def autocast(cache=True):
+    return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
+
+
+def eager_step(model, opt, x, y, cache=True):
+    with autocast(cache):
+        _, loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def timed_ms(fn, n, repeats=3):
+    out = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        torch.cuda.synchronize()
+        out.append((time.perf_counter() - t) / n * 1000)
+    return statistics.median(out), out
+
+
+class Captured:
+    """One CUDA graph of a function of static inputs, captured after warm-up on a side stream."""
+
+    def __init__(self, fn, *static):
+        self.static = static
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                fn(*static)
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(*static)
+
+    def __call__(self, *inputs):
+        for dst, src in zip(self.static, inputs):
+            dst.copy_(src)
+        self.graph.replay()
+        return self.out
+
+
+def sdpa_backends():
+    """Attention alone at the training shape (dropout 0.2, causal), forward + backward, per backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(B, 6, T, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        for p in (0.2, 0.0):
+            try:
+                with sdpa_kernel(getattr(SDPBackend, name)):
+
+                    def f(i, p=p):
+                        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+                        y.sum().backward()
+
+                    ms, _ = timed_ms(f, 50)
+                print(json.dumps({"sdpa": name, "dropout": p, "fwd_bwd_ms": round(ms, 4)}))
+            except RuntimeError as e:
+                print(json.dumps({"sdpa": name, "dropout": p, "error": str(e).splitlines()[0][:120]}))
+
+
+def build(variant):
+    """The train and eval functions for a variant; compilation or capture happens in here."""
+    model, opt = make_model()
+    train, evals = batches(8, B), batches(2, B * GROUP)
+    parts = set(variant.split("-"))
+    if parts & {"inductor", "regional", "cudagraphs"}:
+        importlib.import_module("torch._inductor.compile_fx")
+    if "noat" in parts:
+        torch._inductor.config.triton.autotune_pointwise = False
+    if "regional" in parts:
+        for block in model.transformer.h:
+            block.compile(dynamic=False)
+    train_model = eval_model = model
+    if "inductor" in parts:
+        mode = "reduce-overhead" if "ro" in parts else "default"
+        train_model = torch.compile(model, mode=mode, dynamic=False)
+        eval_model = model if "hybrid" in parts else train_model
+    if "cudagraphs" in parts:
+        train_model = eval_model = torch.compile(model, backend="cudagraphs", dynamic=False)
+    manual_train = "graph" in parts
+    manual_eval = "graph" in parts or "hybrid" in parts
+    t = time.perf_counter()
+    if manual_train:
+        step_graph = Captured(lambda x, y: eager_step(model, opt, x, y, cache=False), *[a.clone() for a in train[0]])
+
+        def train_fn(i):
+            return step_graph(*train[i % len(train)])
+    else:
+
+        def train_fn(i):
+            x, y = train[i % len(train)]
+            return eager_step(train_model, opt, x, y)
+
+        for i in range(3):
+            train_fn(i)
+    torch.cuda.synchronize()
+    t_train = time.perf_counter() - t
+    model.eval()
+    t = time.perf_counter()
+
+    def fwd(x, y):
+        with torch.no_grad(), autocast(not manual_eval):
+            return eval_model(x, y)[1]
+
+    if manual_eval:
+        eval_graph = Captured(fwd, *[a.clone() for a in evals[0]])
+
+        def eval_fn(i):
+            return eval_graph(*evals[i % len(evals)])
+    else:
+
+        def eval_fn(i):
+            return fwd(*evals[i % len(evals)])
+
+        eval_fn(0)
+    torch.cuda.synchronize()
+    t_eval = time.perf_counter() - t
+    model.train()
+    return model, train_fn, eval_fn, {"prepare_train_s": round(t_train, 2), "prepare_eval_s": round(t_eval, 2)}
+
+
+def run(variant, profile):
+    if variant == "sdpa":
+        return sdpa_backends()
+    res = {"variant": variant, "import_torch_s": round(T_IMPORT, 2)}
+    model, train_fn, eval_fn, prep = build(variant)
+    res.update(prep)
+    n = 30 if GPT2 else 300
+    res["step_ms"], res["step_ms_all"] = timed_ms(train_fn, n)
+    model.eval()
+    res["eval_pass_ms"], _ = timed_ms(eval_fn, max(16, 400 // GROUP))
+    res["eval_ms_per_25_batches"] = round(res["eval_pass_ms"] * 25 / GROUP, 2)
+    model.train()
+    res["step_ms_after_eval"], _ = timed_ms(train_fn, n)
+    res["total_s"] = round(time.perf_counter() - T0, 1)
+    print(json.dumps(res), flush=True)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
+
+        with prof(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as p:
+            for i in range(10):
+                train_fn(i)
+            torch.cuda.synchronize()
+        print(p.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], "--profile" in sys.argv)
