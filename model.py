@@ -295,16 +295,22 @@ class GPT(nn.Module):
         x = self.transformer.drop(tok_emb + pos_emb)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)
-        x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += T
         if targets is not None:
-            logits = self.lm_head(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
+            return self.head_with_loss(x, targets)
+        x = self.transformer.ln_f(x)
         # inference: only the last position's logits are needed; -1: keeps the time dim
         logits = self.lm_head(x[:, -1:, :])  # (B, 1, V)
         return logits, None
+
+    def head_with_loss(self, x, targets):
+        """The final LayerNorm, the logits (B, T, V) of every position and their mean cross-entropy
+        against targets (B, T), where -1 marks a position to ignore. A method of its own so that
+        train.py can compile it apart from the blocks (see train.compile_blocks)."""
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
     def crop_block_size(self, block_size: int):
         """Shrink the context length, e.g. to finetune GPT-2 (1024) with a shorter block."""

@@ -3,7 +3,7 @@
     python benchmarks/char_explore.py VARIANT [--profile]
 
 VARIANT: words joined by '-': inductor (torch.compile of the whole model; with ro: mode
-reduce-overhead, CUDA graph trees, as train.py), regional (each Block compiled), cudagraphs
+reduce-overhead, CUDA graph trees), regional (train.py's compile_blocks; with blocksonly: the blocks alone), cudagraphs
 (torch.compile's Inductor-free CUDA-graph backend), eager (none of these), graph (the train step
 and the eval pass captured by hand in one CUDA graph each), hybrid (the eval pass eager, captured
 by hand), noat (no autotuning of pointwise Triton kernels), a leading 124m (GPT-2 124M at batch
@@ -125,8 +125,13 @@ def build(variant):
     if "noat" in parts:
         torch._inductor.config.triton.autotune_pointwise = False
     if "regional" in parts:
-        for block in model.transformer.h:
-            block.compile(dynamic=False)
+        if "blocksonly" in parts:
+            for block in model.transformer.h:
+                block.compile(dynamic=False)
+        else:
+            import train  # its compile_blocks: the blocks and the head
+
+            train.compile_blocks(model)
     train_model = eval_model = model
     if "inductor" in parts:
         mode = "reduce-overhead" if "ro" in parts else "default"
