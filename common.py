@@ -141,25 +141,33 @@ class CapturedCall:
 
     def __init__(self, fn, example_inputs, before_each=lambda: None, warmup=2):
         self.inputs = [t.clone() for t in example_inputs]
-        device = self.inputs[0].device
-        rng = torch.cuda.get_rng_state(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                before_each()
-                fn(*self.inputs)
-        torch.cuda.current_stream(device).wait_stream(side)
-        before_each()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = fn(*self.inputs)
-        torch.cuda.set_rng_state(rng, device)
+        # the inputs' GPU, which need not be the current one (--device=cuda:1 without torchrun):
+        # recording on another device's stream would capture nothing and replay nothing
+        self.device = self.inputs[0].device
+        with torch.cuda.device(self.device):
+            rng = torch.cuda.get_rng_state(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    before_each()
+                    fn(*self.inputs)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            before_each()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=side):
+                self.outputs = fn(*self.inputs)
+            torch.cuda.set_rng_state(rng, self.device)
 
     def __call__(self, *inputs):
         for recorded, new in zip(self.inputs, inputs, strict=True):
+            if new.shape != recorded.shape or new.dtype != recorded.dtype:  # copy_ would broadcast or cast
+                raise ValueError(
+                    f"recorded for {recorded.dtype} {tuple(recorded.shape)}, given {new.dtype} {tuple(new.shape)}"
+                )
             recorded.copy_(new)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.outputs
 
 

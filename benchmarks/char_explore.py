@@ -129,9 +129,7 @@ def build(variant):
             for block in model.transformer.h:
                 block.compile(dynamic=False)
         else:
-            import train  # its compile_blocks: the blocks and the head
-
-            train.compile_blocks(model)
+            importlib.import_module("train").compile_blocks(model)  # the blocks and the head
     train_model = eval_model = model
     if "inductor" in parts:
         mode = "reduce-overhead" if "ro" in parts else "default"

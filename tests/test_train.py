@@ -429,7 +429,10 @@ def test_regional_compile_keeps_the_module_and_its_checkpoint_names():
     assert list(model.state_dict()) == names
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
     assert all(block._compiled_call_impl is not None for block in model.transformer.h)
-    assert "head_with_loss" in vars(model)  # the head and loss compiled as well
+    assert "head_with_loss" not in vars(model)  # a small vocabulary's head stays eager
+    big = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=train._COMPILED_HEAD_VOCAB))
+    train.compile_model(big, lambda *a: None, "regional")
+    assert "head_with_loss" in vars(big)  # a large one's head and loss are compiled as well
 
 
 def test_compile_mode_auto_picks_cuda_graphs_only_where_they_work():
