@@ -1,5 +1,6 @@
 """CUDA-only checks: the flash SDPA path against the masked-softmax path, GPU training against CPU
-training, bf16 against float32, and generation under autocast and torch.compile.
+training, bf16 against float32, generation under autocast and torch.compile, and train.py's recorded
+CUDA graphs (fresh dropout per replay, eager-equal gradients, exact resume).
 Skipped without a GPU (see conftest.py); run them on one with `python -m pytest -m gpu`."""
 
 import pytest
