@@ -140,24 +140,13 @@ class CapturedCall:
     """
 
     def __init__(self, fn, example_inputs, before_each=lambda: None, warmup=2):
+        from model import record_cuda_graph
+
         self.inputs = [t.clone() for t in example_inputs]
-        # the inputs' GPU, which need not be the current one (--device=cuda:1 without torchrun):
-        # recording on another device's stream would capture nothing and replay nothing
-        self.device = self.inputs[0].device
-        with torch.cuda.device(self.device):
-            rng = torch.cuda.get_rng_state(self.device)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    before_each()
-                    fn(*self.inputs)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            before_each()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=side):
-                self.outputs = fn(*self.inputs)
-            torch.cuda.set_rng_state(rng, self.device)
+        self.device = self.inputs[0].device  # not necessarily the current one (--device=cuda:1)
+        rng = torch.cuda.get_rng_state(self.device)
+        self.graph, self.outputs = record_cuda_graph(lambda: fn(*self.inputs), self.device, warmup, before_each)
+        torch.cuda.set_rng_state(rng, self.device)
 
     def __call__(self, *inputs):
         for recorded, new in zip(self.inputs, inputs, strict=True):

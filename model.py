@@ -540,23 +540,36 @@ class GPT(nn.Module):
 MIN_GRAPH_STEPS = 4
 
 
+def record_cuda_graph(fn, device, warmup=1, before_each=lambda: None):
+    """Run fn() `warmup` times on a side stream of `device` (lazy initialisation and compilation
+    must not happen while recording), then record one more call as a CUDA graph, not run.
+    before_each() goes ahead of every call. Returns the graph and what the recorded call returned.
+    Everything happens on `device`, which need not be the current one: recording on another
+    device's stream would capture nothing."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                before_each()
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        before_each()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            out = fn()
+    return graph, out
+
+
 def _run_steps(step, n, capture_device=None):
-    """Call step() n times; given a CUDA device, once eagerly on a side stream (lazy
-    initialisation must not happen while recording), then record it as a CUDA graph and
-    replay that n - 1 times."""
+    """Call step() n times; given a CUDA device, once eagerly, then recorded as a CUDA graph
+    and replayed n - 1 times."""
     if not capture_device or n < MIN_GRAPH_STEPS:
         for _ in range(n):
             step()
         return
+    graph, _ = record_cuda_graph(step, capture_device)  # the warm-up call is the first step
     with torch.cuda.device(capture_device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()  # recorded, not run
         for _ in range(n - 1):
             graph.replay()
 

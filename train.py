@@ -355,7 +355,7 @@ def eval_pass_loss(run, x, y):
     if run.eval_graph is None:
 
         def forward(x, y):
-            with common.autocast_context("cuda", run.config["dtype"], cache=False):
+            with run.record_ctx:
                 return run.eval_model(x, y)[1]
 
         run.eval_graph = common.CapturedCall(forward, (x, y))
@@ -523,7 +523,7 @@ def replay_forward_backward(run, x, y):
     if run.step_graph is None:
 
         def forward_backward(x, y):
-            with common.autocast_context("cuda", run.config["dtype"], cache=False):
+            with run.record_ctx:
                 _, loss = run.model(x, y)
             loss.backward()
             return loss.detach()
@@ -661,16 +661,18 @@ def setup(run, changed: set):
     compiled = None
     if resolve_compile(c["compile"], device_type, run.say):
         compiled = compile_model(model, run.say, run.compile_mode)
-    if compiled is None:
-        run.graphs = False
-    else:
+    if compiled is not None:
         run.eval_model = run.model = compiled
+    where = (device_type, run.dist.enabled, run.micro_steps, c["dtype"])
+    run.graphs = compiled is not None and records_graphs(run.compile_mode, *where)
+    run.step_graph = run.eval_graph = None  # recorded at the first step and the first eval
     if run.dist.enabled and not run.sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [run.dist.local_rank] if device_type == "cuda" else None
         run.model = DDP(run.eval_model, device_ids=ids)
     run.ctx = autocast_context(device_type, c["dtype"])
+    run.record_ctx = autocast_context(device_type, c["dtype"], cache=False)  # inside CUDA-graph recordings
     run.watch = NonFiniteWatch(run.device)
 
 
@@ -732,11 +734,9 @@ def main(argv=None):
         run.say = print if dist.master else (lambda *a, **k: None)
         run.micro_steps = common.split_grad_accum(config["gradient_accumulation_steps"], dist.world_size)
         device_type = common.device_type_of(run.device)
-        run.graphs, run.step_graph, run.eval_graph = False, None, None
         if config["compile"]:  # checked before any setup work: a contradiction fails fast
             where = (device_type, dist.enabled, run.micro_steps, config["dtype"])
             run.compile_mode = resolve_compile_mode(config["compile_mode"], *where)
-            run.graphs = records_graphs(run.compile_mode, *where)  # if compilation works out
         setup(run, changed)
         run.say("final config: " + ", ".join(f"{k}={v!r}" for k, v in sorted(config.items())))
         tokens = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
