@@ -24,6 +24,7 @@ T0 = time.perf_counter()
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import CapturedCall  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 T_IMPORT = time.perf_counter() - T0
@@ -73,28 +74,6 @@ def timed_ms(fn, n, repeats=3):
     return statistics.median(out), out
 
 
-class Captured:
-    """One CUDA graph of a function of static inputs, captured after warm-up on a side stream."""
-
-    def __init__(self, fn, *static):
-        self.static = static
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn(*static)
-        torch.cuda.current_stream().wait_stream(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn(*static)
-
-    def __call__(self, *inputs):
-        for dst, src in zip(self.static, inputs):
-            dst.copy_(src)
-        self.graph.replay()
-        return self.out
-
-
 def sdpa_backends():
     """Attention alone at the training shape (dropout 0.2, causal), forward + backward, per backend."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -141,7 +120,7 @@ def build(variant):
     manual_eval = "graph" in parts or "hybrid" in parts
     t = time.perf_counter()
     if manual_train:
-        step_graph = Captured(lambda x, y: eager_step(model, opt, x, y, cache=False), *[a.clone() for a in train[0]])
+        step_graph = CapturedCall(lambda x, y: eager_step(model, opt, x, y, cache=False), train[0])
 
         def train_fn(i):
             return step_graph(*train[i % len(train)])
@@ -163,7 +142,7 @@ def build(variant):
             return eval_model(x, y)[1]
 
     if manual_eval:
-        eval_graph = Captured(fwd, *[a.clone() for a in evals[0]])
+        eval_graph = CapturedCall(fwd, evals[0])
 
         def eval_fn(i):
             return eval_graph(*evals[i % len(evals)])
