@@ -6,7 +6,8 @@ VARIANT: words joined by '-': inductor (torch.compile of the whole model; with r
 reduce-overhead, CUDA graph trees), regional (train.py's compile_blocks; with blocksonly: the blocks alone), cudagraphs
 (torch.compile's Inductor-free CUDA-graph backend), eager (none of these), graph (the train step
 and the eval pass captured by hand in one CUDA graph each), hybrid (the eval pass eager, captured
-by hand), noat (no autotuning of pointwise Triton kernels), a leading 124m (GPT-2 124M at batch
+by hand), noat (no autotuning of pointwise Triton kernels), manual (the masked-softmax attention
+path instead of SDPA, compiled by Inductor like the rest), a leading 124m (GPT-2 124M at batch
 12 x 1024 instead of the shakespeare_char model); or sdpa (attention backends alone).
 Prints one JSON line: seconds to import and to compile, median ms per train step and per eval
 pass (25 batches of 64 x 256, as train.py's grouped eval). Run each variant with a fresh
@@ -32,12 +33,13 @@ GPT2 = sys.argv[1].startswith("124m")  # GPT-2 124M, one micro-batch of 12 x 102
 B, T, V, GROUP = (12, 1024, 50304, 1) if GPT2 else (64, 256, 65, int(os.environ.get("EVAL_GROUP", 25)))
 
 
-def make_model():
+def make_model(attention="auto"):
     torch.manual_seed(1337)
     if GPT2:
-        cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=V, dropout=0.0, bias=False)
+        shape = dict(n_layer=12, n_head=12, n_embd=768, dropout=0.0)
     else:
-        cfg = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=T, vocab_size=V, dropout=0.2, bias=False)
+        shape = dict(n_layer=6, n_head=6, n_embd=384, dropout=0.2)
+    cfg = GPTConfig(**shape, block_size=T, vocab_size=V, bias=False, attention=attention)
     model = GPT(cfg).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=True, capturable=True)
     return model, opt
@@ -96,9 +98,9 @@ def sdpa_backends():
 
 def build(variant):
     """The train and eval functions for a variant; compilation or capture happens in here."""
-    model, opt = make_model()
-    train, evals = batches(8, B), batches(2, B * GROUP)
     parts = set(variant.split("-"))
+    model, opt = make_model("manual" if "manual" in parts else "auto")
+    train, evals = batches(8, B), batches(2, B * GROUP)
     if parts & {"inductor", "regional", "cudagraphs"}:
         importlib.import_module("torch._inductor.compile_fx")
     if "noat" in parts:
