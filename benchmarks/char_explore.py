@@ -8,17 +8,21 @@ reduce-overhead, CUDA graph trees), regional (train.py's compile_blocks; with bl
 and the eval pass captured by hand in one CUDA graph each), hybrid (the eval pass eager, captured
 by hand), noat (no autotuning of pointwise Triton kernels), manual (the masked-softmax attention
 path instead of SDPA, compiled by Inductor like the rest), a leading 124m (GPT-2 124M at batch
-12 x 1024 instead of the shakespeare_char model); or sdpa (attention backends alone).
+12 x 1024 instead of the shakespeare_char model); or sdpa (attention backends alone); or overlap
+(could compilation hide behind training? see compile_overlap; with idle: the compilation alone, with
+fastswitch: a 0.5 ms GIL switch interval instead of 5 ms).
 Prints one JSON line: seconds to import and to compile, median ms per train step and per eval
 pass (25 batches of 64 x 256, as train.py's grouped eval). Run each variant with a fresh
 TORCHINDUCTOR_CACHE_DIR to see cold compilation. Random tokens: speed does not depend on them.
 """
 
+import copy
 import importlib
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 T0 = time.perf_counter()
@@ -96,6 +100,65 @@ def sdpa_backends():
                 print(json.dumps({"sdpa": name, "dropout": p, "error": str(e).splitlines()[0][:120]}))
 
 
+def compile_one_block(model, result):
+    """Import dynamo and Inductor, then compile a copy of one block as train.py's regional mode does
+    (train forward + backward, eval forward); seconds in result."""
+    t = time.perf_counter()
+    importlib.import_module("torch._inductor.compile_fx")
+    result["import_s"] = round(time.perf_counter() - t, 2)
+    block = copy.deepcopy(model.transformer.h[0])
+    block.compile(dynamic=False, options={"triton.autotune_pointwise": False})
+    h = torch.randn(B, T, model.config.n_embd, device="cuda", requires_grad=True)
+    with autocast():
+        out = block(h)
+    out.float().sum().backward()
+    block.eval()
+    with torch.no_grad(), autocast():
+        block(h)
+    torch.cuda.synchronize()
+    result["compile_total_s"] = round(time.perf_counter() - t, 2)
+
+
+def compile_overlap(parts):
+    """Could torch.compile hide behind training? A background thread compiles (compile_one_block)
+    while this one trains the uncompiled model as train.py's regional mode would (forward + backward
+    replayed from a CUDA graph, clipping and AdamW eager, a sync every 10 steps as log_interval=10);
+    both share Python's lock. Prints ms per step alone, during the compilation and after it."""
+    switch = 0.0005 if "fastswitch" in parts else 0.005
+    sys.setswitchinterval(switch)
+    model, opt = make_model()
+    x, y = batches(1, B)[0]
+
+    def forward_backward(x, y):
+        with autocast(cache=False):
+            _, loss = model(x, y)
+        loss.backward()
+        return loss.detach()
+
+    graph = CapturedCall(forward_backward, (x, y), before_each=lambda: opt.zero_grad(set_to_none=True))
+
+    def train_fn(i):
+        loss = graph(x, y)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if i % 10 == 9:
+            loss.item()
+
+    res = {"variant": "-".join(parts), "switch_interval_s": switch, "import_torch_s": round(T_IMPORT, 2)}
+    res["ms_alone"], _ = timed_ms(train_fn, 200)
+    during, thread = [], threading.Thread(target=compile_one_block, args=(model, res))
+    t = time.perf_counter()
+    thread.start()
+    while thread.is_alive() and "idle" not in parts:
+        during.append(timed_ms(train_fn, 10, repeats=1)[0])
+    thread.join()
+    res["overlap_s"] = round(time.perf_counter() - t, 2)
+    res["ms_during"] = round(statistics.mean(during), 3) if during else None
+    res["steps_during"] = 10 * len(during)
+    res["ms_after"], _ = timed_ms(train_fn, 200)
+    print(json.dumps(res), flush=True)
+
+
 def build(variant):
     """The train and eval functions for a variant; compilation or capture happens in here."""
     parts = set(variant.split("-"))
@@ -163,6 +226,8 @@ def build(variant):
 def run(variant, profile):
     if variant == "sdpa":
         return sdpa_backends()
+    if variant.startswith("overlap"):
+        return compile_overlap(variant.split("-"))
     res = {"variant": variant, "import_torch_s": round(T_IMPORT, 2)}
     model, train_fn, eval_fn, prep = build(variant)
     res.update(prep)
