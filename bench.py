@@ -13,6 +13,9 @@ import os
 import statistics
 import time
 
+import bytecode_cache  # noqa: F401  (before torch: caches its bytecode when the install has none)
+
+# isort: split
 import torch
 
 from common import (

@@ -10,6 +10,9 @@ Settings are the module-level values below, changed by config files and --key=va
 
 import os
 
+import bytecode_cache  # noqa: F401  (before torch: caches its bytecode when the install has none)
+
+# isort: split
 import torch
 
 from common import (

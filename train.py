@@ -27,6 +27,9 @@ from contextlib import contextmanager, nullcontext
 from functools import partial
 from types import SimpleNamespace
 
+import bytecode_cache  # noqa: F401  (before torch: caches its bytecode when the install has none)
+
+# isort: split
 import torch
 
 import common

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one call on the device machine:
 #   bash benchmarks/gpu_suite.sh [stage ...]      stages: env tests train_char sample_e2e bench sample (default: all)
+#                                                 and train_char_nopyc (train_char without bytecode_cache.py)
 # Needs .dev/input.txt (Tiny Shakespeare) and .dev/tiktoken_cache carried along. Logs land in $OUT,
 # and a short table is printed last.
 set -u
@@ -34,11 +35,17 @@ train_char() {  # the issue's end-to-end run, timed from start to exit; $1 names
   local best=$(grep -o "best val loss [0-9.]*" "$OUT/train_char_$1.txt" | tail -1)
   local ms=$(grep -o "time [0-9.]*ms" "$OUT/train_char_$1.txt" | tail -20 | grep -o "[0-9.]*" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   row "train_char $1 ${TRAIN_ARGS:-}" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms median_iter=${ms}ms $best"
+  grep "^time:" "$OUT/train_char_$1.txt" | tee -a "$TABLE"
   tail -3 "$OUT/train_char_$1.txt"
 }
 
 # cold: a fresh torch.compile cache, as on a new machine; warm: the same run again (a user's second run)
+# (bytecode_cache.py keeps its cache inside TORCHINDUCTOR_CACHE_DIR, so cold starts without it too)
 stage_train_char() { export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); train_char cold; train_char warm; }
+stage_train_char_nopyc() {
+  export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) NANOGPT_BYTECODE_CACHE=0
+  train_char nopyc_cold; train_char nopyc_warm; unset NANOGPT_BYTECODE_CACHE
+}
 
 stage_bench() {
   for b in ${BENCH_BATCHES:-12 32}; do
