@@ -201,6 +201,13 @@ def compile_blocks(model):
     # Pointwise kernels take Inductor's heuristic launch config instead of benchmarking several:
     # 1-2 s less compilation, the same step time (H200, shakespeare_char and GPT-2 124M).
     options = {"triton.autotune_pointwise": False}
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        # Inductor's pool of compile workers (each imports torch) costs more than it saves for a
+        # block's few dozen kernels: without it a warm start is 1.5-2 s shorter (the pool took
+        # 0.7-1.1 s to shut down at exit) and a cold one about even (H200, shakespeare_char)
+        import torch._inductor.config
+
+        torch._inductor.config.compile_threads = 1
     for block in model.transformer.h:
         block.compile(dynamic=False, options=options)
     if model.config.vocab_size >= _COMPILED_HEAD_VOCAB:
