@@ -204,7 +204,8 @@ def compile_blocks(model):
     if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
         # Inductor's pool of compile workers (each imports torch) costs more than it saves for a
         # block's few dozen kernels: without it a warm start is 1.5-2 s shorter (the pool took
-        # 0.7-1.1 s to shut down at exit) and a cold one about even (H200, shakespeare_char)
+        # 0.7-1.1 s to shut down at exit) and a cold one about even (H200, shakespeare_char). Set
+        # globally: Dynamo starts the pool before a compile's own `options` take effect.
         import torch._inductor.config
 
         torch._inductor.config.compile_threads = 1

@@ -1,8 +1,10 @@
 """bytecode_cache: a private bytecode cache for packages installed without .pyc files."""
 
+import fcntl
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import REPO
@@ -40,7 +42,7 @@ def cached(cache: Path, pkg: Path, rel: str) -> bool:
 
 USE = (
     "import sys, bytecode_cache\n"
-    "ok = bytecode_cache.use_private_cache({cache!r}, packages=('fakepkg',), precompile=False)\n"
+    "ok = bytecode_cache.use_private_cache({cache!r}, packages=('fakepkg',), start_precompiler=False)\n"
     "import fakepkg.sub.mod\n"
     "print(ok, sys.pycache_prefix, sys.dont_write_bytecode)\n"
 )
@@ -72,6 +74,23 @@ def test_leaves_a_prefix_the_user_chose(tmp_path):
     assert out == f"False {theirs} True"
 
 
+def test_refuses_a_cache_folder_others_can_write(tmp_path):
+    make_package(tmp_path / "pkgs")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # bytecode another user could plant there would be run
+    assert run_python(USE.format(cache=str(cache)), tmp_path / "pkgs") == "False None True"
+
+
+def precompiler_env(cache: Path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), NANOGPT_BYTECODE_CACHE="0", PYTHONPYCACHEPREFIX=str(cache))
+
+
+def run_precompiler(marker: Path, pkg: Path, cache: Path) -> subprocess.CompletedProcess:
+    script = [sys.executable, str(REPO / "bytecode_cache.py"), str(marker), str(pkg)]
+    return subprocess.run(script, env=precompiler_env(cache), capture_output=True, text=True, timeout=120)
+
+
 def test_precompiler_fills_the_cache_shallow_files_first_and_marks_it_done(tmp_path):
     pkg = make_package(tmp_path / "pkgs")
     cache = tmp_path / "cache"
@@ -80,17 +99,42 @@ def test_precompiler_fills_the_cache_shallow_files_first_and_marks_it_done(tmp_p
         "print(bytecode_cache.precompile_marker(sys.argv[1], [sys.argv[2]]))\n"
         "print(*[p.split('fakepkg')[1] for p in bytecode_cache.sources_in_import_order([sys.argv[2]])])\n"
     )
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), NANOGPT_BYTECODE_CACHE="0", PYTHONPYCACHEPREFIX=str(cache))
     listing = subprocess.run(
-        [sys.executable, "-c", code, str(cache), str(pkg)], env=full_env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(cache), str(pkg)], env=precompiler_env(cache), capture_output=True, text=True
     ).stdout.split("\n")
     marker = Path(listing[0])
     assert listing[1].split() == ["/__init__.py", "/top.py", "/sub/__init__.py", "/sub/mod.py"]  # tests/ skipped
 
     cache.mkdir()
-    subprocess.run([sys.executable, str(REPO / "bytecode_cache.py"), str(marker), str(pkg)], env=full_env, check=True)
+    with open(str(marker) + ".lock", "a") as held:  # another precompiler at work: this one leaves
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert run_precompiler(marker, pkg, cache).returncode == 0
+        assert not marker.exists() and not cached(cache, pkg, "top.py")
+    assert run_precompiler(marker, pkg, cache).returncode == 0
     assert marker.exists()
     for rel in ("__init__.py", "top.py", "sub/__init__.py", "sub/mod.py"):
         assert cached(cache, pkg, rel), rel
     assert not cached(cache, pkg, "tests/test_it.py")
     assert not list(pkg.rglob("__pycache__"))
+
+
+def test_precompiler_refuses_to_write_beside_the_sources(tmp_path):
+    pkg = make_package(tmp_path / "pkgs")
+    env = precompiler_env(tmp_path / "cache")
+    del env["PYTHONPYCACHEPREFIX"]
+    script = [sys.executable, str(REPO / "bytecode_cache.py"), str(tmp_path / "marker"), str(pkg)]
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "PYTHONPYCACHEPREFIX" in result.stderr
+    assert not list(pkg.rglob("__pycache__"))
+
+
+def test_the_background_precompiler_is_started_and_finishes(tmp_path):
+    pkg = make_package(tmp_path / "pkgs")
+    cache = tmp_path / "cache"
+    started = USE.replace("start_precompiler=False", "start_precompiler=True").replace("import fakepkg.sub.mod\n", "")
+    assert run_python(started.format(cache=str(cache)), tmp_path / "pkgs") == f"True {cache} False"
+    deadline = time.monotonic() + 60
+    while not [m for m in cache.glob("precompiled-*") if m.suffix != ".lock"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m for m in cache.glob("precompiled-*") if m.suffix != ".lock"], "the precompiler never finished"
+    assert cached(cache, pkg, "top.py") and cached(cache, pkg, "sub/mod.py")  # compiled, never imported
