@@ -201,14 +201,16 @@ def compile_blocks(model):
     # Pointwise kernels take Inductor's heuristic launch config instead of benchmarking several:
     # 1-2 s less compilation, the same step time (H200, shakespeare_char and GPT-2 124M).
     options = {"triton.autotune_pointwise": False}
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if on_gpu and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
         # Inductor's pool of compile workers (each imports torch) costs more than it saves for a
-        # block's few dozen kernels: without it a warm start is 1.5-2 s shorter (the pool took
-        # 0.7-1.1 s to shut down at exit) and a cold one about even (H200, shakespeare_char). Set
-        # globally: Dynamo starts the pool before a compile's own `options` take effect.
-        import torch._inductor.config
+        # block's few dozen Triton kernels: without it a warm start is 1.5-2 s shorter (the pool
+        # took 0.7-1.1 s to shut down at exit) and a cold one about even (H200, shakespeare_char).
+        # CPU kernels (C++, seconds each) keep the pool. Set globally: Dynamo starts the pool
+        # before a compile's own `options` take effect.
+        from torch._inductor import config as inductor_config
 
-        torch._inductor.config.compile_threads = 1
+        inductor_config.compile_threads = 1
     for block in model.transformer.h:
         block.compile(dynamic=False, options=options)
     if model.config.vocab_size >= _COMPILED_HEAD_VOCAB:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one call on the device machine:
 #   bash benchmarks/gpu_suite.sh [stage ...]      stages: env tests train_char sample_e2e bench sample (default: all)
-#                                                 and train_char_nopyc (train_char without bytecode_cache.py)
+#                                                 and train_char_nopyc (train_char without bytecode_cache.py),
+#                                                 compile_threads_ab (short runs: in-process Inductor vs its pool)
 # Needs .dev/input.txt (Tiny Shakespeare) and .dev/tiktoken_cache carried along. Logs land in $OUT,
 # and a short table is printed last.
 set -u
@@ -45,6 +46,27 @@ stage_train_char() { export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); train_char col
 stage_train_char_nopyc() {
   export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) NANOGPT_BYTECODE_CACHE=0
   train_char nopyc_cold; train_char nopyc_warm; unset NANOGPT_BYTECODE_CACHE
+}
+
+# Regional compile runs Inductor in-process; TORCHINDUCTOR_COMPILE_THREADS=16 brings back its worker pool.
+# Alternated 300-iteration runs: Inductor's cache emptied before each "fresh" one (bytecode kept), then warm.
+short_run() {  # $1 name, $2 compile threads ("" = train.py's choice)
+  local t0=$(date +%s%N)
+  env ${2:+TORCHINDUCTOR_COMPILE_THREADS=$2} python3 train.py config/train_shakespeare_char.py \
+    ${SHORT_ARGS:---max_iters=300 --eval_interval=150 --eval_iters=40} > "$OUT/short_$1.txt" 2>&1
+  local rc=$? t1=$(date +%s%N)
+  row "short $1" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms $(grep '^time:' "$OUT/short_$1.txt")"
+}
+stage_compile_threads_ab() {
+  prepare_char
+  export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
+  short_run fill_cache ""
+  local fresh_inductor='find "$TORCHINDUCTOR_CACHE_DIR" -mindepth 1 -maxdepth 1 ! -name pycache -exec rm -rf {} +'
+  for i in 1 2; do
+    eval "$fresh_inductor"; short_run "fresh_inprocess_$i" ""
+    eval "$fresh_inductor"; short_run "fresh_pool_$i" 16
+  done
+  for i in 1 2; do short_run "warm_inprocess_$i" ""; short_run "warm_pool_$i" 16; done
 }
 
 stage_bench() {
