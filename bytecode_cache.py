@@ -94,7 +94,7 @@ def use_private_cache(cache_dir: str, packages=PACKAGES, start_precompiler: bool
     sys.dont_write_bytecode = False
     os.environ["PYTHONPYCACHEPREFIX"] = cache_dir  # Inductor's compile workers import torch too
     if start_precompiler and os.environ.get("LOCAL_RANK", "0") == "0":  # one precompiler per machine under torchrun
-        dirs = [d for d in map(package_dir, packages) if d]
+        dirs = [first] + [d for d in map(package_dir, packages[1:]) if d]
         start_precompile(cache_dir, dirs)
     return True
 

@@ -57,14 +57,16 @@ short_run() {  # $1 name, $2 compile threads ("" = train.py's choice)
   local rc=$? t1=$(date +%s%N)
   row "short $1" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms $(grep '^time:' "$OUT/short_$1.txt")"
 }
+empty_inductor_cache() {  # all of torch.compile's cache but the bytecode
+  find "$TORCHINDUCTOR_CACHE_DIR" -mindepth 1 -maxdepth 1 ! -name pycache -exec rm -rf {} +
+}
 stage_compile_threads_ab() {
   prepare_char
   export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
   short_run fill_cache ""
-  local fresh_inductor='find "$TORCHINDUCTOR_CACHE_DIR" -mindepth 1 -maxdepth 1 ! -name pycache -exec rm -rf {} +'
   for i in 1 2; do
-    eval "$fresh_inductor"; short_run "fresh_inprocess_$i" ""
-    eval "$fresh_inductor"; short_run "fresh_pool_$i" 16
+    empty_inductor_cache; short_run "fresh_inprocess_$i" ""
+    empty_inductor_cache; short_run "fresh_pool_$i" 16
   done
   for i in 1 2; do short_run "warm_inprocess_$i" ""; short_run "warm_pool_$i" 16; done
 }

@@ -86,9 +86,9 @@ def precompiler_env(cache: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), NANOGPT_BYTECODE_CACHE="0", PYTHONPYCACHEPREFIX=str(cache))
 
 
-def run_precompiler(marker: Path, pkg: Path, cache: Path) -> subprocess.CompletedProcess:
+def run_precompiler(marker: Path, pkg: Path, env: dict) -> subprocess.CompletedProcess:
     script = [sys.executable, str(REPO / "bytecode_cache.py"), str(marker), str(pkg)]
-    return subprocess.run(script, env=precompiler_env(cache), capture_output=True, text=True, timeout=120)
+    return subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_precompiler_fills_the_cache_shallow_files_first_and_marks_it_done(tmp_path):
@@ -108,9 +108,9 @@ def test_precompiler_fills_the_cache_shallow_files_first_and_marks_it_done(tmp_p
     cache.mkdir()
     with open(str(marker) + ".lock", "a") as held:  # another precompiler at work: this one leaves
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert run_precompiler(marker, pkg, cache).returncode == 0
+        assert run_precompiler(marker, pkg, precompiler_env(cache)).returncode == 0
         assert not marker.exists() and not cached(cache, pkg, "top.py")
-    assert run_precompiler(marker, pkg, cache).returncode == 0
+    assert run_precompiler(marker, pkg, precompiler_env(cache)).returncode == 0
     assert marker.exists()
     for rel in ("__init__.py", "top.py", "sub/__init__.py", "sub/mod.py"):
         assert cached(cache, pkg, rel), rel
@@ -122,8 +122,7 @@ def test_precompiler_refuses_to_write_beside_the_sources(tmp_path):
     pkg = make_package(tmp_path / "pkgs")
     env = precompiler_env(tmp_path / "cache")
     del env["PYTHONPYCACHEPREFIX"]
-    script = [sys.executable, str(REPO / "bytecode_cache.py"), str(tmp_path / "marker"), str(pkg)]
-    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+    result = run_precompiler(tmp_path / "marker", pkg, env)
     assert result.returncode != 0 and "PYTHONPYCACHEPREFIX" in result.stderr
     assert not list(pkg.rglob("__pycache__"))
 
