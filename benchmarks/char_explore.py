@@ -8,9 +8,9 @@ reduce-overhead, CUDA graph trees), regional (train.py's compile_blocks; with bl
 and the eval pass captured by hand in one CUDA graph each), hybrid (the eval pass eager, captured
 by hand), noat (no autotuning of pointwise Triton kernels), manual (the masked-softmax attention
 path instead of SDPA, compiled by Inductor like the rest), a leading 124m (GPT-2 124M at batch
-12 x 1024 instead of the shakespeare_char model); or sdpa (attention backends alone); or overlap
-(could compilation hide behind training? see compile_overlap; with idle: the compilation alone, with
-fastswitch: a 0.5 ms GIL switch interval instead of 5 ms).
+12 x 1024, or GPT2_BATCH x 1024, instead of the shakespeare_char model); or sdpa (attention
+backends alone); or overlap (could compilation hide behind training? see compile_overlap; with
+idle: the compilation alone, with fastswitch: a 0.5 ms GIL switch interval instead of 5 ms).
 Prints one JSON line: seconds to import and to compile, median ms per train step and per eval
 pass (25 batches of 64 x 256, as train.py's grouped eval). Run each variant with a fresh
 TORCHINDUCTOR_CACHE_DIR to see cold compilation. Random tokens: speed does not depend on them.
@@ -34,7 +34,10 @@ from model import GPT, GPTConfig  # noqa: E402
 
 T_IMPORT = time.perf_counter() - T0
 GPT2 = sys.argv[1].startswith("124m")  # GPT-2 124M, one micro-batch of 12 x 1024
-B, T, V, GROUP = (12, 1024, 50304, 1) if GPT2 else (64, 256, 65, int(os.environ.get("EVAL_GROUP", 25)))
+if GPT2:
+    B, T, V, GROUP = int(os.environ.get("GPT2_BATCH", 12)), 1024, 50304, 1
+else:
+    B, T, V, GROUP = 64, 256, 65, int(os.environ.get("EVAL_GROUP", 25))
 
 
 def make_model(attention="auto"):
@@ -249,6 +252,41 @@ def run(variant, profile):
                 train_fn(i)
             torch.cuda.synchronize()
         print(p.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
+        print(kernel_breakdown(p.events(), 10, matmul_flops_per_step(model), res["step_ms"]))
+
+
+# kernel name fragments per kind, attention first (cuDNN's attention kernels are also "sm90_")
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
+    ("optimizer", ("multi_tensor", "adam")),
+    ("inductor (Triton)", ("triton",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    name = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in name for k in keys)), "other")
+
+
+def matmul_flops_per_step(model) -> float:
+    """Forward + backward FLOPs of the Linear layers (the tied head included) for one B x T batch."""
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6 * weights * B * T
+
+
+def kernel_breakdown(events, steps: int, matmul_flops: float, step_ms: float) -> str:
+    """GPU kernel time per step by kind, and the rate the matmuls ran at."""
+    ms = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kind = kernel_kind(e.name)
+            ms[kind] = ms.get(kind, 0.0) + e.time_range.elapsed_us() / 1000 / steps
+    lines = [f"step {step_ms:.2f} ms (timed), kernels {sum(ms.values()):.2f} ms per step:"]
+    lines += [f"  {kind:<18} {t:7.2f} ms" for kind, t in sorted(ms.items(), key=lambda kv: -kv[1])]
+    if ms.get("matmul"):
+        lines.append(f"  matmuls at {matmul_flops / (ms['matmul'] / 1000) / 1e12:.0f} TFLOP/s")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
