@@ -1,193 +1,131 @@
 """Time the full training step (forward, backward, optimizer) of a GPT-2-shaped model.
 
-    python bench.py                                   # GPT-2 124M, batch 12, on the best device
-    python bench.py --batch_size=32                   # the classic H100/H200 comparison point
-    python bench.py --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=64 \\
-        --block_size=64 --batch_size=4 --real_data=False --num_steps=3   # a CPU smoke test
+    python bench.py                          # GPT-2 124M, batch 12, on the best device there is
+    python bench.py --batch_size=32          # the README's comparison point
+    python bench.py --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
+        --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
 
-Prints time per iteration, tokens per second and MFU against the device's own peak.
+Prints the time per iteration (the median of the timed repeats), tokens per second, MFU against
+the device's own peak, and the peak GPU memory.
 """
 
-import itertools
-import os
 import statistics
 import time
 
-import bytecode_cache  # noqa: F401  (before torch: caches its bytecode when the install has none)
-
-# isort: split
 import torch
 
-from common import (
-    BatchSource,
-    UserError,
-    autocast_context,
-    check_device,
-    check_dtype,
-    default_device,
-    default_dtype,
-    enable_tf32,
-    run_main,
-)
 from configurator import configure
-from model import GPT, GPTConfig, device_peak_flops
+from dataloader import Batches
+from errors import report_user_errors
+from hardware import autocast, check_device, default_device, default_dtype, peak_flops
+from model import GPT, GPTConfig
+
+report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
 # -----------------------------------------------------------------------------
-batch_size = 12
-block_size = 1024
-bias = False
-real_data = True  # sample from data/<dataset>/train.bin; False: random tokens
-dataset = "openwebtext"
-seed = 1337
-device = default_device()
-dtype = default_dtype(device)
-compile = True  # torch.compile the model
+batch_size = 12  # sequences per step
+block_size = 1024  # tokens per sequence
+bias = False  # biases in the Linear and LayerNorm layers
+real_data = True  # windows of data/<dataset>/train.bin; False: random tokens
+dataset = "openwebtext"  # the dataset of real_data
+seed = 1337  # the random seed
+device = default_device()  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
+dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
+compile = True  # use PyTorch 2.0 to compile the model to be faster
+compile_mode = "default"  # the torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
 profile = False  # write a torch.profiler trace to ./bench_log instead of timing
-# beyond classic bench.py: model shape and how long to measure
-n_layer = 12
-n_head = 12
-n_embd = 768
-vocab_size = 50304
+n_layer = 12  # transformer blocks (GPT-2 124M)
+n_head = 12  # attention heads per block
+n_embd = 768  # width of the residual stream
+vocab_size = 50304  # GPT-2's vocabulary, padded to a multiple of 64
+head_loss = "auto"  # 'full' logits, 'chunked' (chunked_loss.py), or 'auto': the model's own choice
 burn_in = 10  # untimed steps first: compilation, autotuning, allocator warm-up
 num_steps = 20  # steps per timed repeat
 repeats = 3  # timed repeats; the median is reported
-attn_backend = "auto"  # 'auto', or force an SDPA backend on CUDA: 'flash', 'cudnn', 'efficient', 'math'
-compile_mode = "default"  # torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
 # -----------------------------------------------------------------------------
+config, changed = configure(globals())
+if "dtype" not in changed:  # the default dtype follows the device finally chosen
+    dtype = default_dtype(device)
+# -----------------------------------------------------------------------------
+device_type = check_device(device, dtype)
+torch.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+ctx = autocast(device_type, dtype)
+
+# data: train.py's batches, or random tokens made once
+if real_data:
+    batches = Batches(dataset, block_size, batch_size, device, seed=seed)
+    get_batch = lambda step: batches.get("train", step)  # noqa: E731
+else:
+    x = torch.randint(vocab_size, (batch_size, block_size), device=device)
+    y = torch.randint(vocab_size, (batch_size, block_size), device=device)
+    get_batch = lambda step: (x, y)  # noqa: E731
+
+# model and optimizer
+model = GPT(GPTConfig(block_size, vocab_size, n_layer, n_head, n_embd, dropout=0.0, bias=bias, head_loss=head_loss))
+model.to(device)
+raw_model = model
+optimizer = model.configure_optimizers(
+    weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type
+)
+if compile:
+    print(f"compiling the model (mode {compile_mode})...")
+    model = torch.compile(model, mode=compile_mode, dynamic=False)
 
 
-def make_batches(cfg):
-    """A function returning (x, y) batches: windows of the real train.bin, or random tokens."""
-    if not real_data:
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randint(vocab_size, (batch_size, block_size), generator=gen)
-        y = torch.randint(vocab_size, (batch_size, block_size), generator=gen)
-        x, y = x.to(cfg["device"]), y.to(cfg["device"])
-        return lambda: (x, y)
-    folder = os.path.join("data", dataset)
-    if not os.path.isfile(os.path.join(folder, "train.bin")):
-        raise UserError(f"{folder}/train.bin not found: run python data/{dataset}/prepare.py, or use --real_data=False")
-    # train.py's sampler: random windows of block_size + 1 tokens, pinned copies on CUDA
-    source = BatchSource(folder, block_size, batch_size, cfg["device"], seed=seed)
-    keys = itertools.count()
-
-    def get_batch():
-        return source.get_batch("train", next(keys))
-
-    return get_batch
+def step(k):
+    X, Y = get_batch(k)
+    with ctx:
+        _, loss = model(X, Y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
-def sdpa_context(device_type):
-    from contextlib import nullcontext
-
-    if attn_backend == "auto" or device_type != "cuda":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backends = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    if attn_backend not in backends:
-        raise UserError(f"unknown attn_backend {attn_backend!r}: use auto, {', '.join(backends)}")
-    return sdpa_kernel(backends[attn_backend])
-
-
-def sync(device_type):
+def timed_steps(first, n):
+    """Seconds per step over n steps (a host clock read after the device is done), and the last loss."""
     if device_type == "cuda":
         torch.cuda.synchronize()
-
-
-def run_steps(n, step, device_type):
-    """Run n steps and return seconds per step (host clock after a device sync)."""
-    sync(device_type)
     t0 = time.perf_counter()
-    for _ in range(n):
-        loss = step()
-    sync(device_type)
-    return (time.perf_counter() - t0) / n, loss.item()
+    for k in range(first, first + n):
+        loss = step(k)
+    lossf = loss.item()  # waits for the device
+    return (time.perf_counter() - t0) / n, lossf
 
 
-def main():
-    cfg, changed = configure(globals())
-    global dtype
-    if "dtype" not in changed:
-        dtype = cfg["dtype"] = default_dtype(device)
-    device_type = check_device(device)
-    check_dtype(device, dtype)
-    torch.manual_seed(seed)
-    enable_tf32()
-
-    model = GPT(
-        GPTConfig(
-            block_size=block_size,
-            vocab_size=vocab_size,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            dropout=0.0,
-            bias=bias,
-        )
-    ).to(device)
-    optimizer = model.configure_optimizers(1e-2, 1e-4, (0.9, 0.95), device_type)
-    fwd_model = torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
-    get_batch = make_batches(cfg)
-    ctx = autocast_context(device_type, dtype)
-
-    def step():
-        x, y = get_batch()
-        with ctx, sdpa_context(device_type):
-            _, loss = fwd_model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    if profile:
-        return run_profile(step)
-
+if profile:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device_type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    schedule = torch.profiler.schedule(wait=5, warmup=5, active=5, repeat=1)
+    trace = torch.profiler.tensorboard_trace_handler("./bench_log")
+    with torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=trace) as prof:
+        for k in range(15):
+            step(k)
+            prof.step()
+    print(prof.key_averages().table(sort_by=f"{device_type}_time_total", row_limit=40))
+    print("profile written to ./bench_log")
+else:
     t0 = time.perf_counter()
-    run_steps(burn_in, step, device_type)
-    print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s (includes compilation)")
+    timed_steps(0, burn_in)
+    print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s (compilation included)")
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for r in range(repeats):
-        dt, loss = run_steps(num_steps, step, device_type)
+        dt, lossf = timed_steps(burn_in + r * num_steps, num_steps)
         times.append(dt)
-        print(f"repeat {r}: {dt * 1000:.2f} ms/iter, loss {loss:.4f}")
-    report(model, statistics.median(times), times)
-
-
-def report(model, dt, times):
-    tokens = batch_size * block_size
-    peak, label = device_peak_flops(device)
-    mfu = model.estimate_mfu(batch_size, dt, peak_flops=peak) if peak else None
-    mfu_text = f"{mfu * 100:.1f}% of {label}" if mfu is not None else label
+        print(f"repeat {r}: {dt * 1000:.2f} ms/iter, loss {lossf:.4f}")
+    dt = statistics.median(times)
+    peak, mfu_note = peak_flops(device)
     spread = (max(times) - min(times)) * 1000
-    print(
-        f"time per iteration: {dt * 1000:.2f} ms (median of {len(times)}, spread {spread:.2f} ms), "
-        f"{tokens / dt:,.0f} tokens/s, MFU {mfu_text}"
-    )
-
-
-def run_profile(step):
-    wait, warmup, active = 5, 5, 5
-    schedule = torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    handler = torch.profiler.tensorboard_trace_handler("./bench_log")
-    with torch.profiler.profile(
-        activities=activities, schedule=schedule, on_trace_ready=handler, record_shapes=False, with_stack=False
-    ) as prof:
-        for _ in range(wait + warmup + active):
-            step()
-            prof.step()
-    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
-    print("profile written to ./bench_log")
-
-
-if __name__ == "__main__":
-    run_main(main)
+    line = f"time per iteration: {dt * 1000:.2f} ms (median of {repeats}, spread {spread:.2f} ms)"
+    line += f", {batch_size * block_size / dt:,.0f} tokens/s"
+    if peak is not None:
+        line += f", MFU {raw_model.estimate_mfu(batch_size, dt, peak) * 100:.1f}%"
+    if device_type == "cuda":
+        line += f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    print(line)
+    print(mfu_note)

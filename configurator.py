@@ -1,127 +1,144 @@
-"""Apply config files and --key=value overrides to a script's module-level defaults.
+"""Apply config files and --key=value flags to a script's module-level defaults, in order.
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+    python train.py --help
 
-Each script declares its defaults as plain module-level values, then calls
-`configure(globals())`. Arguments are applied in order: a bare argument is a config
-file (plain Python, executed), `--key=value` sets one key. Values parse as Python
-literals and fall back to strings; the type must match the default (an int is
-accepted for a float). Unknown keys and wrong types raise UserError naming the key.
+A script declares its defaults as plain module-level values, then calls configure(globals()). A
+bare argument is a config file (plain Python, executed); --key=value sets one key. Values parse as
+Python literals and fall back to strings; the type must match the default's (an int is fine for
+a float). --help (or -h) lists every key with its default and the comment beside it.
 """
 
 import ast
+import difflib
+import io
+import os
 import sys
+import tokenize
 
-from common import UserError
+from errors import UserError
 
 SIMPLE_TYPES = (int, float, bool, str)
 
 
-def config_keys(namespace: dict) -> list[str]:
-    """The names a user may set: public module-level values of a simple type."""
-    return [
-        k
-        for k, v in namespace.items()
-        if not k.startswith("_") and (v is None or isinstance(v, SIMPLE_TYPES)) and not callable(v)
-    ]
+def config_keys(namespace):
+    """The names a user may set: public module-level values of a simple type (or None)."""
+    return [k for k, v in namespace.items() if not k.startswith("_") and (v is None or isinstance(v, SIMPLE_TYPES))]
 
 
-def coerce(key: str, value, default, nullable=()):
-    """Check value against the default's type; an int is widened for a float key."""
+def coerce(key, value, default, nullable=()):
+    """value, checked against the type of the default; an int is widened for a float key."""
     if default is None or (value is None and key in nullable):
         return value
-    expected = type(default)
-    if expected is float and type(value) is int:
+    if type(default) is float and type(value) is int:
         return float(value)
-    if type(value) is not expected:
+    if type(value) is not type(default):
         shown = "None" if value is None else f"{value!r} ({type(value).__name__})"
-        extra = " or None" if key in nullable else ""
-        raise UserError(f"{key} expects {expected.__name__}{extra}, got {shown}")
+        also = " or None" if key in nullable else ""
+        raise UserError(f"{key} expects {type(default).__name__}{also}, got {shown}")
     return value
 
 
-def parse_value(text: str, default):
-    """A literal when the text is one, else the text itself; string keys take text as typed."""
+def parse_value(text, default):
+    """A Python literal when the text is one, else the text itself; string keys take text as typed."""
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
     if isinstance(default, str) and not isinstance(value, str):
-        return text  # e.g. --wandb_run_name=2024 stays the string '2024'
+        return text  # --wandb_run_name=2024 stays the string '2024'
     return value
 
 
-def apply_file(path: str, namespace: dict, keys: list[str], nullable=()) -> list[str]:
-    """Execute a config file against a copy of the namespace and take the keys it sets."""
+def unknown_key(key, keys, script, where=""):
+    close = difflib.get_close_matches(key, keys, n=3)
+    guess = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
+    return UserError(f"unknown config key {key!r}{where}: {guess}(python {script} --help lists every key)")
+
+
+def apply_file(path, namespace, keys, nullable, script):
+    """Execute a config file against a copy of the namespace; take the keys it set. Returns them."""
     try:
         with open(path) as f:
-            source = f.read()
+            code = compile(f.read(), path, "exec")
     except FileNotFoundError:
         raise UserError(f"config file {path} not found: check the path (configs live in config/)") from None
     except OSError as e:
         raise UserError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        code = compile(source, path, "exec")
     except SyntaxError as e:
         raise UserError(f"syntax error in config file {path}, line {e.lineno}: {e.msg}") from None
     scope = dict(namespace)
     try:
         exec(code, scope)
-    except Exception as e:  # a config file is user code: report where it failed, briefly
+    except Exception as e:  # a config file is user code: say where it failed, briefly
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
     changed = []
     for k, v in scope.items():
-        if k.startswith("_") or k in ("__builtins__",) or not isinstance(v, SIMPLE_TYPES + (type(None),)):
-            continue
+        if k.startswith("_") or not isinstance(v, (*SIMPLE_TYPES, type(None))) or k in namespace and k not in keys:
+            continue  # private names, modules and functions, the script's own non-config globals
         if k not in keys:
-            if k in namespace:
-                continue  # a non-config global such as a helper constant
-            raise UserError(f"unknown config key {k!r} in {path}: {did_you_mean(k, keys)}")
-        if v is namespace[k] or v == namespace[k] and type(v) is type(namespace[k]):
-            continue
-        namespace[k] = coerce(k, v, namespace[k], nullable)
-        changed.append(k)
+            raise unknown_key(k, keys, script, where=f" in {path}")
+        if not (v is namespace[k] or v == namespace[k] and type(v) is type(namespace[k])):
+            namespace[k] = coerce(k, v, namespace[k], nullable)
+            changed.append(k)
     return changed
 
 
-def apply_override(arg: str, namespace: dict, keys: list[str], nullable=()) -> str:
-    """Apply one --key=value argument."""
-    body = arg[2:]
-    if "=" not in body:
-        raise UserError(f"argument {arg!r} needs a value: write --{body}=VALUE")
-    key, text = body.split("=", 1)
+def apply_flag(arg, namespace, keys, nullable, script):
+    """Apply one --key=value; return the key."""
+    key, eq, text = arg[2:].partition("=")
     if key not in keys:
-        raise UserError(f"unknown config key {key!r}: {did_you_mean(key, keys)}")
+        raise unknown_key(key, keys, script)
+    if not eq:
+        raise UserError(f"argument {arg!r} needs a value: write --{key}=VALUE")
     namespace[key] = coerce(key, parse_value(text, namespace[key]), namespace[key], nullable)
     return key
 
 
-def did_you_mean(key: str, keys: list[str]) -> str:
-    import difflib
+def help_text(namespace, keys, script):
+    """Usage, then every key with its default and the comment on its line, under the comment lines
+    that head each group of keys in the script's defaults block."""
+    lines = [f"usage: python {script} [config_file.py ...] [--key=value ...]"]
+    lines += ["Config files (plain Python) and --key=value flags apply in order; a value is a Python literal, or text."]
+    path = namespace.get("__file__")
+    source = open(path).read() if path and os.path.isfile(path) else ""
+    comments = {}  # line number -> (column, text) of every comment
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = (tok.start[1], tok.string.lstrip("#").strip())
+    key_at = {}  # line number -> the key assigned there
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in keys:
+            key_at.setdefault(node.lineno, node.targets[0].id)
+    for n in range(min(key_at, default=1) - 1, max(key_at, default=-1) + 1):  # from the heading of the first
+        if n in key_at:
+            key = key_at[n]
+            lines.append(f"  --{key}={namespace[key]!r}".ljust(36) + " " + comments.get(n, (0, ""))[1])
+        elif n in comments and comments[n][0] == 0 and comments[n][1].strip("-"):
+            lines.append(comments[n][1] + ":")
+    return "\n".join(line.rstrip() for line in lines)
 
-    close = difflib.get_close_matches(key, keys, n=1)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return "known keys are " + ", ".join(sorted(keys))
 
-
-def configure(namespace: dict, argv=None, nullable=(), verbose=True) -> tuple[dict, set]:
-    """Apply sys.argv[1:] (or argv) to namespace in order.
-
-    Returns the final config (every settable key and its value) and the set of keys that
-    a file or flag changed, so scripts can derive defaults such as dtype from device.
-    """
+def configure(namespace, argv=None, nullable=()):
+    """Apply sys.argv[1:] (or argv) to namespace, in order. Returns the final config (every key and
+    its value) and the set of keys a file or flag changed, so that a script can let defaults such
+    as dtype follow the device finally chosen."""
     argv = sys.argv[1:] if argv is None else argv
     keys = config_keys(namespace)
+    script = os.path.basename(namespace.get("__file__", "train.py"))
+    if "--help" in argv or "-h" in argv:
+        print(help_text(namespace, keys, script))
+        sys.exit(0)
+    verbose = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
     changed = set()
     for arg in argv:
         if arg.startswith("--"):
-            key = apply_override(arg, namespace, keys, nullable)
+            key = apply_flag(arg, namespace, keys, nullable, script)
             changed.add(key)
             if verbose:
                 print(f"Overriding: {key} = {namespace[key]!r}")
         else:
             if verbose:
                 print(f"Overriding config with {arg}:")
-            changed.update(apply_file(arg, namespace, keys, nullable))
+            changed.update(apply_file(arg, namespace, keys, nullable, script))
     return {k: namespace[k] for k in keys}, changed

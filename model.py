@@ -1,7 +1,7 @@
-"""The GPT-2 language model, written to match nanoGPT's model math and parameter names exactly.
+"""The GPT-2 language model, with nanoGPT's math and parameter names.
 
-Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT.
-The model never reads a script's globals; scripts pass everything in.
+Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT. Training, evaluation
+and every sampling step go through GPT.forward; sampling passes it a KVCache.
 """
 
 import math
@@ -12,13 +12,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-ATTENTION_KINDS = ("auto", "sdpa", "manual")
+from cuda_graph import CUDAGraph
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm whose bias can be switched off (torch's own cannot, in older versions)."""
+    """LayerNorm with an optional bias (torch's own could not turn it off before 2.1)."""
 
-    def __init__(self, ndim: int, bias: bool):
+    def __init__(self, ndim, bias):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
@@ -28,122 +28,89 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated to block_size.
+    """The keys and values of every layer for positions 0..block_size-1, filled as sampling goes.
 
-    `pos` is the number of positions already stored; a forward with a cache writes T new
-    positions at pos..pos+T-1 and attends over 0..pos+T-1.
-
-    GPT.generate's static decode step (the one CUDA graphs replay) keeps the position on the
-    device instead: `index` (1,) is where the one new token goes, `visible` (1, 1, 1, block)
-    marks the positions 0..index it may attend to, and attention runs over whole buffers, so
-    every step has the same shapes and the same memory addresses.
+    `pos` is the number of positions stored, kept on the device as a (1,) tensor: a forward with
+    the cache reads it, stores the new keys and values there and advances it, without the host
+    ever looking. So a decode step has the same shapes and memory addresses every time, and CUDA
+    can record it once and replay it (see GPT.generate).
     """
 
-    def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
-        shape = (batch_size, n_head, block_size, head_size)  # (B, nh, block, hs)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.pos = 0
-        self.index = None  # static step only: (1,) long tensor
-        self.visible = None  # static step only: (1, 1, 1, block_size) bool tensor
+    def __init__(self, config, batch_size, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, B, nh, block, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(config.block_size, device=device)  # (block,): the position of each slot
+
+    def begin(self, positions):
+        """Get ready for a forward of the tokens at `positions` (T,)."""
+        self.positions = positions
+        # query t may look at every stored position up to its own: (T, block), True where it may look
+        self.visible = self.slots[None, :] <= positions[:, None]
+
+    def store(self, layer, k, v):
+        """Put one layer's new keys and values (B, nh, T, hs) at their positions; return all of that
+        layer's keys and values (B, nh, block, hs)."""
+        self.k[layer].index_copy_(2, self.positions, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, self.positions, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
-        # one fused projection for query, key and value of all heads
+        # the query, key and value projections of all heads, as one matrix
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.config = config  # read at every call: config.attention picks the path
+        self.layer = layer  # which slice of a KVCache is ours
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.attention = config.attention
-        # The causal mask for the masked-softmax path. Not persistent, so state dicts hold
-        # parameters only and stay interchangeable with nanoGPT's flash-path checkpoints.
+        # the causal mask of the masked-softmax path; not persistent, so state dicts hold
+        # parameters only, like nanoGPT's on its flash path
         mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
-        self.register_buffer("bias", mask.view(1, 1, config.block_size, config.block_size), persistent=False)
+        self.register_buffer("bias", mask, persistent=False)
 
-    def uses_sdpa(self, x) -> bool:
-        if self.attention == "auto":
-            return x.device.type == "cuda"
-        return self.attention == "sdpa"
-
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None):
         B, T, C = x.size()
-        hs = C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is None:
-            y = self.attend_causal(q, k, v)
-        else:
-            y = self.attend_cached(q, k, v, cache, layer)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        mask = None  # causal: each position sees itself and those before it
+        if cache is not None:  # sampling: look at every position stored so far, these T included
+            k, v = cache.store(self.layer, k, v)  # (B, nh, block, hs)
+            mask = cache.visible  # (T, block)
+        y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
-    def attend_causal(self, q, k, v):
-        """Every position attends to itself and the positions before it."""
-        if self.uses_sdpa(q):
-            p = self.dropout if self.training else 0.0
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=p, is_causal=True)
-        T = q.size(-2)
-        return self.attend_masked(q, k, v, self.bias[:, :, :T, :T], dropout=True)
-
-    def attend_cached(self, q, k, v, cache, layer):
-        """Store this step's keys and values at cache.pos.., then attend over everything stored so far."""
-        if cache.index is not None:  # the static decode step: one token, positions on the device
-            cache.k[layer].index_copy_(2, cache.index, k)
-            cache.v[layer].index_copy_(2, cache.index, v)
-            return self.attend_keys(q, cache.k[layer], cache.v[layer], cache.visible)
-        start, T = cache.pos, q.size(-2)
-        end = start + T
-        cache.k[layer][:, :, start:end] = k
-        cache.v[layer][:, :, start:end] = v
-        if start == 0:
-            # prefill: nothing earlier is stored, so this is plain causal attention (the very same
-            # computation as the uncached forward, hence the same numbers)
-            return self.attend_causal(q, k, v)
-        k_all = cache.k[layer][:, :, :end]  # (B, nh, end, hs)
-        v_all = cache.v[layer][:, :, :end]  # (B, nh, end, hs)
-        # query i sits at absolute position start+i and may see keys 0..start+i; a single new
-        # query (the decode step) sees every stored key, so it needs no mask at all
-        mask = None if T == 1 else self.bias[:, :, start:end, :end]  # (1, 1, T, end)
-        return self.attend_keys(q, k_all, v_all, mask)
-
-    def attend_keys(self, q, k, v, mask=None):
-        """Queries (B, nh, T, hs) over keys and values (B, nh, S, hs); mask (1, 1, T, S) is True
-        where a query may look, None for everywhere."""
-        if self.uses_sdpa(q):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.attend_masked(q, k, v, mask)
-
-    def attend_masked(self, q, k, v, mask=None, dropout=False):
-        """The masked-softmax path: softmax(q k^T / sqrt(hs), -inf where mask is False) v, with
-        attention dropout if asked. Queries (B, nh, T, hs), keys and values (B, nh, S, hs), mask
-        (1, 1, T, S). The KV-cache paths take no dropout, as their SDPA twin."""
-        B, nh, T, hs = q.size()
-        S = k.size(-2)
-        # The -inf fill of the masked positions rides along in the score matmul (baddbmm adds it
-        # to scale * q @ k^T): one kernel instead of a scale and a fill pass, forward and backward.
-        fill = torch.zeros((T, S), dtype=q.dtype, device=q.device)
-        if mask is not None:
-            fill.masked_fill_(~mask[0, 0], float("-inf"))
-        q3, k3, v3 = q.reshape(B * nh, T, hs), k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)  # (B*nh, T|S, hs)
-        att = torch.baddbmm(fill, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, T, S)
-        att = F.softmax(att, dim=-1)
-        if dropout:
-            att = self.attn_dropout(att)
-        return (att @ v3).view(B, nh, T, hs)  # (B, nh, T, hs)
+    def attend(self, q, k, v, mask):
+        """softmax(q k^T / sqrt(hs)) v for queries (B, nh, T, hs) over keys and values (B, nh, S, hs),
+        where mask (T, S) is True for the keys a query may see (None: causal)."""
+        dropout = self.dropout if self.training else 0.0
+        use_sdpa = self.config.attention == "sdpa" or self.config.attention == "auto" and q.is_cuda
+        if use_sdpa:  # flash attention and its kin: the (T, S) scores never reach memory
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
+        T, S = q.size(-2), k.size(-2)
+        if mask is None:
+            mask = self.bias[:T, :S]
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+        att = att.masked_fill(~mask, float("-inf"))
+        att = self.attn_dropout(F.softmax(att, dim=-1))
+        return att @ v  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()  # exact erf GELU, as nanoGPT (GPT-2 itself used the tanh form)
+        self.gelu = nn.GELU()  # the exact erf form, as nanoGPT (GPT-2 itself used the tanh one)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -152,71 +119,60 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: attention then MLP, each added to the residual stream."""
+    """Pre-norm transformer block: attention, then the MLP, each added to the residual stream."""
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024  # longest context the model sees (GPT-2: 1024)
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    block_size: int = 1024  # the longest context the model sees (GPT-2: 1024)
+    vocab_size: int = 50304  # GPT-2's 50257 tokens, padded up to a multiple of 64 for faster matmuls
     n_layer: int = 12  # transformer blocks (GPT-2 124M: 12)
     n_head: int = 12  # attention heads per block; must divide n_embd
     n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # 0 for pretraining; 0.1+ helps when finetuning small data
+    dropout: float = 0.0  # 0 for pretraining; 0.1+ helps when finetuning on little data
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit better and faster
-    # 'auto': flash SDPA on CUDA, masked softmax elsewhere; 'sdpa' or 'manual' force one path.
-    # Not a model hyperparameter: it never enters a checkpoint's model_args.
+    # The two fields below choose how the same math runs, not the architecture: they never enter a
+    # checkpoint's model_args. attention: 'auto' is SDPA on CUDA and the masked softmax elsewhere;
+    # 'sdpa' or 'manual' force one.
     attention: str = "auto"
+    # head_loss: how forward(idx, targets) makes the loss: 'chunked' goes chunk by chunk without the
+    # whole (B, T, V) logits (and returns None for them), 'full' makes them; 'auto' is chunked on CUDA
+    # for a vocabulary of 8,192 or more (see chunked_loss.py), full elsewhere.
+    head_loss: str = "auto"
 
     def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: pick n_embd as a multiple of n_head"
             )
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention={self.attention!r}: choose one of {', '.join(ATTENTION_KINDS)}")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.attention not in ("auto", "sdpa", "manual"):
+            raise ValueError(f"attention={self.attention!r}: choose auto, sdpa or manual")
+        if self.head_loss not in ("auto", "chunked", "full"):
+            raise ValueError(f"head_loss={self.head_loss!r}: choose auto, chunked or full")
 
 
-# The keys of GPTConfig that define a checkpoint's architecture (nanoGPT's model_args, less dropout).
+# The GPTConfig fields that make a checkpoint's architecture (nanoGPT's model_args, less dropout)
 ARCH_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 
-# Dense bf16 tensor-core peaks in FLOP/s, by a substring of torch.cuda.get_device_name().
-# Checked in order, so more specific names come first.
-GPU_PEAK_FLOPS = (
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("GH200", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("A10G", 70e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),  # fp16; V100 has no bf16
-    ("T4", 65e12),  # fp16
-)
-
-PRETRAINED_SHAPES = {
+# OpenAI's GPT-2 checkpoints, by their Hugging Face names
+PRETRAINED = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
@@ -224,20 +180,8 @@ PRETRAINED_SHAPES = {
 }
 
 
-def device_peak_flops(device) -> tuple[float | None, str]:
-    """The dense bf16 peak of `device` and a label saying where the figure comes from."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None, f"no reference peak for {device.type}"
-    name = torch.cuda.get_device_name(device)
-    for key, flops in GPU_PEAK_FLOPS:
-        if key in name:
-            return flops, f"{flops / 1e12:.0f} TFLOP/s dense bf16 peak of {name}"
-    return None, f"no reference peak known for {name}"
-
-
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(
@@ -245,12 +189,12 @@ class GPT(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
                 ln_f=LayerNorm(config.n_embd, bias=config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the token embedding and the output projection are one tensor.
+        # weight tying: the token embedding and the output projection are one tensor
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
@@ -266,313 +210,218 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def get_num_params(self, non_embedding=True) -> int:
-        """Parameter count; position embeddings are left out by default, token embeddings stay
-        in because they are tied to lm_head, whose weights do count."""
+    def get_num_params(self, non_embedding=True):
+        """The parameter count, by default without the position embeddings; the token embeddings
+        stay in, since they are also the weights of lm_head."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def set_attention(self, kind: str):
-        """Force an attention path ('sdpa', 'manual') or go back to choosing by device ('auto')."""
-        if kind not in ATTENTION_KINDS:
-            raise ValueError(f"attention={kind!r}: choose one of {', '.join(ATTENTION_KINDS)}")
-        self.config.attention = kind
-        for block in self.transformer.h:
-            block.attn.attention = kind
-
     def forward(self, idx, targets=None, cache=None):
-        """Logits for every position and the mean cross-entropy when `targets` is given;
-        otherwise logits for the last position only, shape (B, 1, vocab_size)."""
+        """Logits (B, T, V) and the mean cross-entropy against targets (B, T), where -1 marks a
+        position to leave out (logits None if config.head_loss made the loss chunk by chunk);
+        without targets, the last position's logits (B, 1, V) only. With a cache, idx continues
+        the tokens already stored in it."""
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos
-        if start + T > self.config.block_size:
-            raise ValueError(f"cannot forward a sequence of length {start + T}: block_size is {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        if T > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        if cache is not None:
+            pos = pos + cache.pos  # after the positions already stored (read on the device: no sync)
+            cache.begin(pos)
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         x = self.transformer.drop(tok_emb + pos_emb)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+        for block in self.transformer.h:
+            x = block(x, cache)
         if cache is not None:
             cache.pos += T
-        if targets is not None:
-            return self.head_with_loss(x, targets)
         x = self.transformer.ln_f(x)
-        # inference: only the last position's logits are needed; -1: keeps the time dim
-        logits = self.lm_head(x[:, -1:, :])  # (B, 1, V)
-        return logits, None
+        if targets is None:  # inference: only the last position's logits are needed
+            return self.lm_head(x[:, -1:, :]), None  # (B, 1, V)
+        how = self.config.head_loss
+        if how == "chunked" or how == "auto" and x.is_cuda and self.config.vocab_size >= 8192:
+            import chunked_loss  # here, not at the top: it loads torch's compiler, which sampling never needs
 
-    def head_with_loss(self, x, targets):
-        """The final LayerNorm, the logits (B, T, V) of every position and their mean cross-entropy
-        against targets (B, T), where -1 marks a position to ignore. A method of its own so that
-        train.py can compile it apart from the blocks (see train.compile_blocks)."""
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+            return None, chunked_loss.linear_cross_entropy(x, self.lm_head.weight, targets)
+        logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def crop_block_size(self, block_size: int):
-        """Shrink the context length, e.g. to finetune GPT-2 (1024) with a shorter block."""
+    def crop_block_size(self, block_size):
+        """Shrink the context, e.g. to finetune GPT-2 (1024) on shorter blocks."""
         if not 1 <= block_size <= self.config.block_size:
             raise ValueError(f"block_size={block_size} must be between 1 and the model's {self.config.block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
         for block in self.transformer.h:
-            block.attn.bias = block.attn.bias[:, :, :block_size, :block_size]
+            block.attn.bias = block.attn.bias[:block_size, :block_size]
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
-        """GPT-2 weights from Hugging Face: a name in PRETRAINED_SHAPES or a local model directory."""
+        """OpenAI's GPT-2 weights through Hugging Face transformers: a name of PRETRAINED, or a
+        local folder that GPT2LMHeadModel.from_pretrained reads."""
         override_args = override_args or {}
-        unknown = set(override_args) - {"dropout"}
-        if unknown:
-            raise ValueError(f"only 'dropout' can be overridden for pretrained models, not {sorted(unknown)}")
+        if set(override_args) - {"dropout"}:
+            raise ValueError(f"only 'dropout' can be overridden for pretrained models, not {sorted(override_args)}")
+        if model_type not in PRETRAINED and not os.path.isdir(model_type):
+            raise ValueError(f"unknown pretrained model {model_type!r}: use one of {', '.join(PRETRAINED)}")
         try:
             from transformers import GPT2LMHeadModel
-        except ImportError as e:
-            raise ImportError(
-                "loading GPT-2 weights needs Hugging Face transformers: pip install 'nanogpt-plus[transformers]'"
-            ) from e
-        if model_type not in PRETRAINED_SHAPES and not _is_local_dir(model_type):
-            raise ValueError(
-                f"unknown pretrained model {model_type!r}: use one of {', '.join(PRETRAINED_SHAPES)} "
-                "or a local Hugging Face model directory"
-            )
+        except ImportError:
+            raise ImportError("GPT-2 weights need Hugging Face transformers: pip install transformers") from None
         hf = GPT2LMHeadModel.from_pretrained(model_type)
-        hc = hf.config
-        config = GPTConfig(
-            n_layer=hc.n_layer,
-            n_head=hc.n_head,
-            n_embd=hc.n_embd,
-            block_size=hc.n_positions,
-            vocab_size=hc.vocab_size,
-            bias=True,  # GPT-2 checkpoints always have biases
-            dropout=override_args.get("dropout", 0.0),
-        )
+        c = hf.config
+        dropout = override_args.get("dropout", 0.0)
+        config = GPTConfig(c.n_positions, c.vocab_size, c.n_layer, c.n_head, c.n_embd, dropout, bias=True)
         model = cls(config)
         model.load_hf_state_dict(hf.state_dict())
         return model
 
+    # Hugging Face's GPT-2 keeps these four weights as Conv1D, (in, out): transposed from nn.Linear
+    HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
     @torch.no_grad()
     def load_hf_state_dict(self, hf_sd):
-        """Copy a Hugging Face GPT2LMHeadModel state dict in, transposing its Conv1D weights."""
-        # HF keeps the attention mask as a buffer; it holds no weights.
-        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        """Copy in a Hugging Face GPT2LMHeadModel state dict (same names, Conv1D weights transposed)."""
+        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # masks
         sd = self.state_dict()
         if set(hf_sd) != set(sd):
             missing, extra = sorted(set(sd) - set(hf_sd)), sorted(set(hf_sd) - set(sd))
             raise ValueError(f"Hugging Face weights do not match: missing {missing[:4]}, unexpected {extra[:4]}")
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         for k, v in hf_sd.items():
-            # HF's Conv1D stores (in, out); nn.Linear wants (out, in)
-            v = v.t() if k.endswith(conv1d) else v
+            v = v.t() if k.endswith(self.HF_TRANSPOSED) else v
             if v.shape != sd[k].shape:
                 raise ValueError(f"shape mismatch for {k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}")
             sd[k].copy_(v)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices and embeddings (dim >= 2) only, never on biases
-        and LayerNorm gains; the fused kernel (the same update in one pass) on CUDA and CPU."""
-        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
+        and LayerNorm gains; the fused kernel where torch has one for the device."""
+        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
         groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        if device_type in ("cuda", "cpu"):
-            try:
-                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
-            except (RuntimeError, TypeError):  # a torch without the fused kernel for this device
-                pass
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+        fused = device_type in ("cuda", "cpu") or None  # None: torch's default (foreach) elsewhere
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token, PaLM appendix B: 6N for the matmuls plus 12*L*H*Q*T for attention."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation: FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as
+        a fraction of peak_flops. FLOPs per token as in the PaLM paper, appendix B."""
         cfg = self.config
-        N = self.get_num_params()
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * N + 12 * L * H * Q * T
+        flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
+        return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak.
+    # ------------------------------------------------------------------------ sampling
 
-        fwdbwd_per_iter sequences of block_size tokens each take dt seconds. peak_flops defaults
-        to the dense bf16 peak of the device holding the model (see device_peak_flops); returns
-        None when no peak is known (CPU, MPS, an unlisted GPU).
-        """
-        if peak_flops is None:
-            peak_flops, _ = device_peak_flops(self.lm_head.weight.device)
-            if peak_flops is None:
-                return None
-        flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
-        return flops_per_iter / dt / peak_flops
+    @staticmethod
+    def check_sampling(max_new_tokens, temperature, top_k):
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be 0 or more")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be 0 or more (0 means greedy decoding)")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k={top_k} must be at least 1, or None to keep every token (--top_k=None)")
 
     def sample_next(self, logits, temperature=1.0, top_k=None, generator=None):
-        """One token per row from last-position logits (B, V): temperature, top-k, softmax,
-        multinomial. temperature=0 means greedy decoding.
+        """One token per row (B, 1) from last-position logits (B, V): scaled by 1/temperature (0
+        means greedy), cut to the top_k, then drawn from their softmax.
 
-        The draw is torch.multinomial(probs, 1)'s own algorithm for one sample, argmax(probs / q)
-        with q ~ Exp(1), written out: the same tokens from the same generator state, minus the
-        validity check that multinomial reads back to the host, which would stall every step
-        and cannot be captured in a CUDA graph."""
+        The draw is torch.multinomial's own algorithm for one sample, argmax(probs / q) with
+        q ~ Exp(1), written out: the same tokens from the same generator state, without the check
+        that multinomial reads back to the host, which would stall every step."""
         if temperature == 0:
-            return torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
+            return torch.argmax(logits, dim=-1, keepdim=True)
         logits = logits / temperature
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
         probs = F.softmax(logits, dim=-1)
         q = torch.empty_like(probs).exponential_(1, generator=generator)
-        return torch.argmax(probs / q, dim=-1, keepdim=True)  # (B, 1)
+        return torch.argmax(probs / q, dim=-1, keepdim=True)
+
+    def kv_cache(self, batch_size):
+        """An empty KVCache on the model's device, in the dtype its keys come out in (autocast's, if on)."""
+        w = self.lm_head.weight
+        dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
+        return KVCache(self.config, batch_size, w.device, dtype)
 
     @torch.no_grad()
     def generate(
-        self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, cuda_graph=None
-    ):
-        """Extend idx (B, T) by max_new_tokens sampled tokens. Put the model in eval() first.
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, cuda_graph=None, generator=None,
+        on_tokens=None,
+    ):  # fmt: skip
+        """Extend idx (B, T) by max_new_tokens sampled tokens; return all of them, (B, T + new).
+        Put the model in eval() first.
 
-        Sampling is the classic loop's: the context is the last block_size tokens, the last
-        position's logits are divided by temperature (0 means greedy), cut to the top_k, and
-        one token is drawn per row from their softmax.
-
-        With use_cache, each new token costs one position through a KV cache while the
-        sequence fits in block_size; past that the context is cropped to the last block_size
-        tokens and recomputed each step, exactly as the classic loop does, because every
-        token's absolute position (and so every cached key) changes when the window slides.
-        use_cache=False is the classic loop itself.
-
-        On CUDA the cached path records one decode step (and one sliding-window step) as a CUDA
-        graph and replays it, since a small model's step is bound by kernel launches;
-        cuda_graph=False keeps it eager. Graphs need the default generator.
+        Each step samples the next token from the logits of the last block_size tokens, as in
+        nanoGPT. With use_cache, the prompt goes through forward once into a KVCache, then each
+        new token costs one position until the sequence fills block_size; from there the last
+        block_size tokens are recomputed at every step, because every token's position (and so
+        every cached key) changes as the window slides. use_cache=False recomputes every step.
+        On CUDA (cuda_graph None or True, no generator) each kind of step runs once for real,
+        is recorded as a CUDA graph and replayed: a small model's step is bound by launches.
+        on_tokens(out, t) is called whenever out[:, :t] has grown by a token.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k={top_k} must be >= 1 (or None for no top-k filtering)")
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy decoding)")
+        self.check_sampling(max_new_tokens, temperature, top_k)
         B, T = idx.size()
         if T < 1:
             raise ValueError("idx must hold at least one token per row to start from")
         if cuda_graph is None:
-            cuda_graph = use_cache and idx.is_cuda and generator is None and not torch.compiler.is_compiling()
-        elif cuda_graph and not (use_cache and idx.is_cuda and generator is None):
-            raise ValueError("cuda_graph=True needs use_cache=True, idx on a CUDA device and generator=None")
-        # tokens are written into one preallocated buffer, not concatenated step by step
-        out = idx.new_empty((B, T + max_new_tokens))
+            cuda_graph = idx.is_cuda and generator is None
+        elif cuda_graph and not (idx.is_cuda and generator is None):
+            raise ValueError("cuda_graph=True needs idx on a CUDA device and generator=None")
+        graph_device = idx.device if cuda_graph else None
+        block, end = self.config.block_size, T + max_new_tokens
+        out = idx.new_empty((B, end))  # every token lands here; nothing is concatenated step by step
         out[:, :T] = idx
-        if cuda_graph:
-            self.generate_static(out, T, temperature, top_k, capture=True)
-            return out
-        block_size = self.config.block_size
-        cache = None
-        for t in range(T, T + max_new_tokens):  # t: tokens so far, and where the next one goes
-            if use_cache and t <= block_size:
-                if cache is None:  # prefill with the whole prompt
-                    cache = self.new_cache(B)
-                    logits, _ = self(out[:, :t], cache=cache)
-                else:  # one new position: the token sampled last step
-                    logits, _ = self(out[:, t - 1 : t], cache=cache)
-            else:  # the classic step: the last block_size tokens, recomputed
-                logits, _ = self(out[:, max(0, t - block_size) : t])
-            out[:, t : t + 1] = self.sample_next(logits[:, -1, :], temperature, top_k, generator)
-        return out
+        told = on_tokens or (lambda out, t: None)
 
-    @torch.no_grad()
-    def generate_static(self, out, T, temperature=1.0, top_k=None, generator=None, capture=False):
-        """Fill out[:, T:] with sampled tokens, given the prompt in out[:, :T]: generate's cached
-        path built from steps whose shapes never change, so that CUDA can replay them.
+        def sample(logits):
+            return self.sample_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
 
-        After an eager prefill, the decode step reads the newest token and its position from
-        device memory, writes its keys and values into the cache, attends over the whole cache
-        through a mask and writes the sampled token back into `out`; past block_size the window
-        step recomputes the last block_size tokens, as the classic loop does. With capture (CUDA
-        only), each kind of step runs once eagerly, is recorded as a graph, and is replayed.
-        """
-        B, end = out.size()
-        block_size = self.config.block_size
-        t = T
-        if T <= block_size and t < end:
-            cache = self.new_cache(B)
-            logits, _ = self(out[:, :T], cache=cache)  # prefill: any length, run eagerly
-            out[:, T : T + 1] = self.sample_next(logits[:, -1, :], temperature, top_k, generator)
+        t = T  # tokens so far: the next one goes to out[:, t]
+        if use_cache and T <= block and T < end:
+            cache = self.kv_cache(B)
+            out[:, T : T + 1] = sample(self(out[:, :T], cache=cache)[0])  # the whole prompt at once
+            t = T + 1
+            told(out, t)
+
+            def decode_step():  # the newest token, at position cache.pos, through the cache
+                logits, _ = self(out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
+                out.scatter_(1, cache.pos.expand(B, 1), sample(logits))  # the next token goes right after it
+
+            t = repeat(decode_step, t, min(end, block + 1), graph_device, lambda t: told(out, t))
+        while t < min(end, block):  # the classic step while the context is still growing
+            out[:, t : t + 1] = sample(self(out[:, :t])[0])
             t += 1
-            steps = min(end, block_size + 1) - t  # steps while the newest token's position < block_size
-            if steps > 0:
-                cache.index = torch.full((1,), t - 1, dtype=torch.long, device=out.device)
-                positions = torch.arange(block_size, device=out.device).view(1, 1, 1, block_size)
-
-                def decode_step():
-                    pos = cache.index
-                    cache.visible = positions <= pos
-                    x = self.transformer.wte(out.index_select(1, pos)) + self.transformer.wpe(pos)  # (B, 1, C)
-                    x = self.transformer.drop(x)
-                    for i, block in enumerate(self.transformer.h):
-                        x = block(x, cache, i)
-                    logits = self.lm_head(self.transformer.ln_f(x))  # (B, 1, V)
-                    out.index_copy_(1, pos + 1, self.sample_next(logits[:, -1, :], temperature, top_k, generator))
-                    pos += 1
-
-                _run_steps(decode_step, steps, capture and out.device)
-                t += steps
+            told(out, t)
         if t < end:
-            window = torch.arange(t - block_size, t, device=out.device)  # where the context lies in out
+            window = torch.arange(t - block, t, device=out.device)  # where the last block_size tokens are
 
-            def window_step():
-                logits, _ = self(out.index_select(1, window))  # (B, 1, V): the uncached forward
-                out.index_copy_(1, window[-1:] + 1, self.sample_next(logits[:, -1, :], temperature, top_k, generator))
+            def window_step():  # the classic step over the last block_size tokens
+                logits, _ = self(out.index_select(1, window))
+                out.index_copy_(1, window[-1:] + 1, sample(logits))
                 window.add_(1)
 
-            _run_steps(window_step, end - t, capture and out.device)
+            repeat(window_step, t, end, graph_device, lambda t: told(out, t))
         return out
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        cfg = self.config
-        w = self.lm_head.weight
-        dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
-        hs = cfg.n_embd // cfg.n_head
-        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, hs, w.device, dtype)
 
-
-# Fewer steps than this are not worth recording a CUDA graph for.
-MIN_GRAPH_STEPS = 4
-
-
-def record_cuda_graph(fn, device, warmup=1, before_each=lambda: None):
-    """Run fn() `warmup` times on a side stream of `device` (lazy initialisation and compilation
-    must not happen while recording), then record one more call as a CUDA graph, not run.
-    before_each() goes ahead of every call. Returns the graph and what the recorded call returned.
-    Everything happens on `device`, which need not be the current one: recording on another
-    device's stream would capture nothing."""
-    with torch.cuda.device(device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                before_each()
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        before_each()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=side):
-            out = fn()
-    return graph, out
-
-
-def _run_steps(step, n, capture_device=None):
-    """Call step() n times; given a CUDA device, once eagerly, then recorded as a CUDA graph
-    and replayed n - 1 times."""
-    if not capture_device or n < MIN_GRAPH_STEPS:
-        for _ in range(n):
+def repeat(step, t, end, graph_device, told):
+    """Call step() once per token until there are `end` tokens (told(t) after each); given a CUDA
+    graph_device, the first call is recorded as a graph there that the others replay."""
+    replay = None
+    while t < end:
+        if replay is not None:
+            replay()
+        elif graph_device is not None and end - t >= 4:  # recording costs about as much as a few eager steps
+            replay = CUDAGraph(step, warmup=1, rewind_rng=False, device=graph_device)  # the warm-up is this step
+        else:
             step()
-        return
-    graph, _ = record_cuda_graph(step, capture_device)  # the warm-up call is the first step
-    with torch.cuda.device(capture_device):
-        for _ in range(n - 1):
-            graph.replay()
-
-
-def _is_local_dir(path) -> bool:
-    return os.path.isdir(str(path))
+        t += 1
+        told(t)
+    return end

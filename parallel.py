@@ -1,23 +1,114 @@
-"""FSDP for train.py: shard a GPT over the processes of a torchrun job with PyTorch's fully_shard,
-and move its state in and out of the classic single-file checkpoint format.
+"""Several processes of one job (torchrun): joining the process group, DDP's gradient sync, and FSDP.
 
-Each transformer block is its own FSDP unit (gathered just before it runs, freed right after);
-the embeddings, final LayerNorm and the tied lm_head form the root unit. The checkpoint holds
-full, unsharded tensors under the usual names, and the optimizer state keyed by parameter
-position as torch.optim's own state_dict() does, so sample.py, a plain resume, or a resume on
-another number of GPUs all read it unchanged.
+Under FSDP each transformer block is its own unit (gathered just before it runs, freed right
+after); the embeddings, final LayerNorm and the tied lm_head form the root unit. Checkpoints hold
+full tensors under the usual names and the optimizer state numbered as torch.optim's own
+state_dict() numbers it, so sample.py, a plain resume, or a resume on another number of GPUs all
+read them unchanged.
 """
+
+import gc
+import os
+from dataclasses import dataclass
 
 import torch
 
+from errors import UserError, first_line
 
-def shard_model(model, device_type: str):
-    """Shard `model` in place over all processes of the default process group."""
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands in a torchrun job; the defaults describe a single process."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    enabled: bool = False
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def torchrun_rank():
+    """The rank torchrun gave this process, or None when torchrun did not start it."""
+    return int(os.environ["RANK"]) if "RANK" in os.environ else None
+
+
+def world_size():
+    """The number of processes of this torchrun job (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) if torchrun_rank() is not None else 1
+
+
+def split_grad_accum(gradient_accumulation_steps, world_size):
+    """The micro-steps each process runs so that all of them together run the configured number."""
+    if gradient_accumulation_steps % world_size != 0:
+        raise UserError(
+            f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} "
+            f"processes: use a multiple of {world_size}"
+        )
+    return gradient_accumulation_steps // world_size
+
+
+def init(backend, device):
+    """Join the torchrun job's process group, if there is one; return it and this process's device:
+    cuda:LOCAL_RANK with the configured backend (nccl), or the CPU with gloo whatever it says."""
+    if torchrun_rank() is None:
+        return Processes(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s)")
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    elif backend != "gloo":
+        if rank == 0:
+            print(f"note: backend {backend!r} needs CUDA; using gloo on {device}")
+        backend = "gloo"
+    try:
+        torch.distributed.init_process_group(backend=backend)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"cannot start the {backend} process group ({first_line(e)}): check --backend") from None
+    return Processes(rank, local_rank, world_size, True), device
+
+
+def close():
+    """Leave the process group once every rank has arrived (rank 0 may still be saving). Any DDP
+    wrapper must be gone first: its reducer outliving the group can abort the process at exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def sync_gradients(model, now):
+    """Whether the next backward all-reduces (DDP) or reduce-scatters (FSDP) the gradients: only on
+    the last micro-step of an iteration, so the others just accumulate locally."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model.require_backward_grad_sync = now
+    elif hasattr(model, "set_requires_gradient_sync"):  # fully_shard's
+        model.set_requires_gradient_sync(now)
+
+
+def gather_rng_states(state, processes):
+    """Every rank's RNG state, in rank order (a collective)."""
+    if not processes.enabled:
+        return [state]
+    states = [None] * processes.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+# ---------------------------------------------------------------------------- FSDP
+
+
+def shard(model, device_type):
+    """Shard the model in place over all processes with fully_shard, one unit per block."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    # Each rank initialised its own copy under its own seed; start all of them from rank 0's
-    # weights, as DDP does, so the run is the one a single process would make.
+    # each rank initialised its own copy under its own seed: all start from rank 0's, as under DDP
     for t in list(model.parameters()) + list(model.buffers()):
         torch.distributed.broadcast(t.data, src=0)
     mesh = init_device_mesh(device_type, (torch.distributed.get_world_size(),))
@@ -27,46 +118,38 @@ def shard_model(model, device_type: str):
     return model
 
 
-def _options(**kw):
+def state_dict_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def _param_names(model, optimizer) -> list[str]:
+def param_names(model, optimizer):
     """The name of each optimizer parameter, in the order torch.optim numbers them."""
     names = {id(p): n for n, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def full_model_state(model) -> dict:
-    """Full tensors on the CPU of rank 0 (other ranks get an empty dict). Collective: all ranks call it."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+def full_state(model, optimizer):
+    """The full model and optimizer state dicts (classic layout) on rank 0's CPU; other ranks get
+    empty dicts. A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return get_model_state_dict(model, options=_options(cpu_offload=True))
-
-
-def full_optimizer_state(model, optimizer) -> dict:
-    """The optimizer state in torch.optim's own numbered format, full, on rank 0. Collective."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    by_name = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    model_sd = get_model_state_dict(model, options=state_dict_options(cpu_offload=True))
+    by_name = get_optimizer_state_dict(model, optimizer, options=state_dict_options(cpu_offload=True))
     if not by_name:
-        return {}
-    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-    groups = []
-    for group in by_name["param_groups"]:
-        groups.append({**group, "params": [index[n] for n in group["params"]]})
-    state = {index[n]: s for n, s in by_name["state"].items()}
-    return {"state": state, "param_groups": groups}
+        return model_sd, {}
+    index = {name: i for i, name in enumerate(param_names(model, optimizer))}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]
+    return model_sd, {"state": {index[n]: s for n, s in by_name["state"].items()}, "param_groups": groups}
 
 
-def load_optimizer_state(model, optimizer, optim_sd: dict):
-    """Scatter a classic checkpoint's full optimizer state into the sharded optimizer. Collective.
-    (The model's weights are loaded before sharding, as in a plain resume.)"""
+def load_optimizer_state(model, optimizer, optim_sd):
+    """Scatter a classic checkpoint's full optimizer state into the sharded optimizer (a collective;
+    the model's weights are loaded before sharding, as in a plain resume)."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    names = _param_names(model, optimizer)
+    names = param_names(model, optimizer)
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in optim_sd["param_groups"]]
     state = {names[int(i)]: s for i, s in optim_sd["state"].items()}
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_options())
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=state_dict_options())

@@ -1,226 +1,142 @@
-"""Sample from a trained model, or from a GPT-2 checkpoint of Hugging Face.
+"""Sample from a trained model, or from OpenAI's GPT-2.
 
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5
-    python sample.py --start=FILE:prompt.txt --temperature=0   # greedy decoding
+    python sample.py --start=FILE:prompt.txt --temperature=0          # greedy, the prompt from a file
 
-Settings are the module-level values below, changed by config files and --key=value flags
-(see configurator.py). Each sample is printed followed by a line of dashes.
+Tokens are printed as they are generated; each sample ends with a line of dashes.
 """
 
+import codecs
 import os
+import sys
+import time
 
-import bytecode_cache  # noqa: F401  (before torch: caches its bytecode when the install has none)
-
-# isort: split
 import torch
 
-from common import (
-    CHECKPOINT_NAME,
-    UserError,
-    autocast_context,
-    check_device,
-    check_dtype,
-    default_device,
-    default_dtype,
-    enable_tf32,
-    first_line,
-    load_checkpoint,
-    load_meta,
-    model_from_checkpoint,
-    run_main,
-)
+import checkpoint
 from configurator import configure
-from model import PRETRAINED_SHAPES
+from dataloader import find_data_file
+from errors import UserError, first_line, report_user_errors
+from hardware import autocast, check_device, default_device, default_dtype
+from model import GPT, PRETRAINED
+
+report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (the checkpoint in out_dir) or a GPT-2 variant, e.g. 'gpt2-xl'
-out_dir = "out"  # ignored unless init_from is 'resume'
-start = "\n"  # the prompt: text such as "<|endoftext|>", or "FILE:prompt.txt" to read it from a file
+init_from = "resume"  # either 'resume' (the checkpoint in out_dir) or a gpt2 variant (e.g. 'gpt2-xl')
+out_dir = "out"  # ignored if init_from is not 'resume'
+start = "\n"  # or "<|endoftext|>" or etc.; "FILE:prompt.txt" reads the prompt from a file
 num_samples = 10  # number of samples to draw
 max_new_tokens = 500  # number of tokens generated in each sample
-temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = greedy
-top_k = 200  # keep only the top_k most likely tokens, clamp others to have 0 probability; None keeps all
-seed = 1337
-device = default_device()  # 'cpu', 'cuda', 'cuda:0', 'mps', ...
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random; 0 = greedy
+top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability; None keeps all
+seed = 1337  # the same seed draws the same samples
+device = default_device()  # 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
-compile = False  # compile the model's forward with torch.compile (slow to start, faster per token)
+compile = False  # use PyTorch 2.0 to compile the model to be faster (slower to start)
+# -----------------------------------------------------------------------------
+config, changed = configure(globals(), nullable={"top_k"})
+if "dtype" not in changed:  # the default dtype follows the device finally chosen
+    dtype = default_dtype(device)
 # -----------------------------------------------------------------------------
 
-_SEPARATOR = "---------------"
-_PRETRAINED = tuple(PRETRAINED_SHAPES)  # gpt2, gpt2-medium, gpt2-large, gpt2-xl
-_TRAIN_HINT = "python train.py config/train_shakespeare_char.py"
+# what cannot work is an error now, before the model is loaded
+device_type = check_device(device, dtype)
+if init_from != "resume" and init_from not in PRETRAINED and not os.path.isdir(init_from):
+    raise UserError(
+        f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
+    )
+if num_samples < 1:
+    raise UserError(f"num_samples={num_samples} must be at least 1")
+try:
+    GPT.check_sampling(max_new_tokens, temperature, top_k)
+except ValueError as e:
+    raise UserError(str(e)) from None
+if start.startswith("FILE:"):  # the prompt from a file
+    try:
+        with open(start[5:], encoding="utf-8") as f:
+            start = f.read()
+    except FileNotFoundError:
+        raise UserError(f"prompt file {start[5:]} not found (from --start={start}): check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read prompt file {start[5:]} ({first_line(e)}): give a UTF-8 text file") from None
 
+torch.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+ctx = autocast(device_type, dtype)
 
-def read_config(argv=None) -> dict:
-    """The settings after config files and flags, with dtype following a changed device."""
-    config, changed = configure(globals(), argv, nullable={"top_k"})
-    if "device" in changed and "dtype" not in changed:
-        config["dtype"] = default_dtype(config["device"])
-    check_settings(config)
-    return config
+# the model
+ckpt = None
+if init_from == "resume":  # init from a model saved in a specific directory
+    ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
+    model = checkpoint.model_from(ckpt, dropout=0.0)
+else:  # init from a given GPT-2 model
+    model = checkpoint.load_pretrained(init_from)
+model.eval()
+model.to(device)
+if compile:
+    model.compile()  # in place: generate's own calls run compiled too
 
-
-def check_settings(c: dict):
-    if c["init_from"] != "resume" and c["init_from"] not in _PRETRAINED and not os.path.isdir(c["init_from"]):
-        raise UserError(
-            f"unknown init_from {c['init_from']!r}: use 'resume' (the checkpoint in out_dir) "
-            f"or one of {', '.join(_PRETRAINED)}"
-        )
-    if c["top_k"] is not None and c["top_k"] < 1:
-        raise UserError(f"top_k={c['top_k']} must be at least 1: use --top_k=None to keep every token")
-    if c["max_new_tokens"] < 0:
-        raise UserError(f"max_new_tokens={c['max_new_tokens']} must be 0 or more")
-    if c["num_samples"] < 1:
-        raise UserError(f"num_samples={c['num_samples']} must be at least 1")
-    if c["temperature"] < 0:
-        raise UserError(f"temperature={c['temperature']} must be 0 or more (0 means greedy decoding)")
-
-
-def load_model(c: dict):
-    """The model in eval mode on the CPU, and the checkpoint it came from (None for GPT-2)."""
-    if c["init_from"] == "resume":
-        ckpt_path = os.path.join(c["out_dir"], CHECKPOINT_NAME)
-        if not os.path.isfile(ckpt_path):
-            raise UserError(
-                f"no checkpoint at {ckpt_path}: train one first ({_TRAIN_HINT}) "
-                "or set --out_dir to the folder that holds ckpt.pt"
-            )
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        model = model_from_checkpoint(ckpt, dropout=0.0)
-    else:
-        from model import GPT
-
-        try:
-            model = GPT.from_pretrained(c["init_from"], dict(dropout=0.0))
-        except Exception as e:  # no network, no transformers, a broken download, ...
-            raise UserError(
-                f"cannot load pretrained {c['init_from']} ({first_line(e)}): it needs the transformers "
-                "package and either internet access or the weights in the Hugging Face cache"
-            ) from None
-        ckpt = None
-    model.eval()
-    return model, ckpt
-
-
-def find_meta(dataset: str) -> str | None:
-    """data/<dataset>/meta.pkl relative to the working directory as classic nanoGPT looks for it,
-    else beside this script."""
-    here = os.path.join("data", dataset, "meta.pkl")
-    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), here)
-    for path in (here, beside):
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def load_codec(ckpt):
-    """encode(text) -> ids and decode(ids) -> text: the dataset's char vocabulary when its meta.pkl
-    exists, else GPT-2's BPE."""
-    dataset = None
-    if ckpt is not None and isinstance(ckpt.get("config"), dict):
-        dataset = ckpt["config"].get("dataset")
-    meta_path = find_meta(str(dataset)) if dataset else None
-    if meta_path is not None:
-        print(f"Loading meta from {meta_path}...")
-        return char_codec(load_meta(meta_path), meta_path)
+# the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
+dataset = ckpt["config"].get("dataset") if ckpt and isinstance(ckpt.get("config"), dict) else None
+meta_path = find_data_file(str(dataset), "meta.pkl") if dataset else None
+if meta_path:
+    print(f"Loading meta from {meta_path}...")
+    meta = checkpoint.load_meta(meta_path, keys=("itos", "stoi"))
+    stoi, itos = meta["stoi"], dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
+    lacking = list(dict.fromkeys(ch for ch in start if ch not in stoi))
+    if lacking:
+        shown = ", ".join(repr(ch) for ch in lacking[:20]) + (", ..." if len(lacking) > 20 else "")
+        raise UserError(f"prompt has characters the vocabulary lacks: {shown}; use characters of {meta_path}")
+    start_ids = [stoi[ch] for ch in start]
+    to_bytes = lambda ids: "".join(itos.get(i, "\ufffd") for i in ids).encode()  # noqa: E731
+else:
     print("No meta.pkl found, assuming GPT-2 encodings...")
-    return gpt2_codec()
-
-
-def char_codec(meta: dict, meta_path: str):
-    stoi = meta["stoi"]
-    itos = meta["itos"]
-    if isinstance(itos, list):
-        itos = dict(enumerate(itos))
-
-    def encode(s: str) -> list[int]:
-        missing = list(dict.fromkeys(ch for ch in s if ch not in stoi))
-        if missing:
-            shown = ", ".join(repr(ch) for ch in missing[:20]) + (", ..." if len(missing) > 20 else "")
-            raise UserError(
-                f"prompt has characters the vocabulary lacks: {shown}; "
-                f"use only characters of the training text ({meta_path} has {len(stoi)})"
-            )
-        return [stoi[ch] for ch in s]
-
-    def decode(ids: list[int]) -> str:
-        return "".join(itos.get(i, "\ufffd") for i in ids)
-
-    return encode, decode
-
-
-def gpt2_codec():
     import tiktoken
 
     try:
         enc = tiktoken.get_encoding("gpt2")
     except Exception as e:
         raise UserError(
-            f"cannot load tiktoken's gpt2 encoding ({first_line(e)}): it is downloaded once, "
-            "so connect to the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
+            f"cannot load tiktoken's gpt2 encoding ({first_line(e)}): it is downloaded once, so connect to "
+            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
         ) from None
-
-    def encode(s: str) -> list[int]:
-        return enc.encode(s, allowed_special={"<|endoftext|>"})
-
-    def decode(ids: list[int]) -> str:
-        # ids past GPT-2's 50257 are the padding of a 50304 vocabulary: they have no text
-        return enc.decode([i for i in ids if i < enc.n_vocab])
-
-    return encode, decode
-
-
-def read_prompt(start: str) -> str:
-    """The prompt text; FILE:path reads it from a file."""
-    if not start.startswith("FILE:"):
-        return start
-    path = start[len("FILE:") :]
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise UserError(f"prompt file {path} not found (from --start=FILE:{path}): check the path") from None
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file {path} is not UTF-8 text: save it as UTF-8") from None
-    except OSError as e:
-        raise UserError(f"cannot read prompt file {path}: {e.strerror}") from None
+    start_ids = enc.encode(start, allowed_special={"<|endoftext|>"})
+    # ids beyond GPT-2's 50257 are the padding of a 50304 vocabulary: they have no text
+    to_bytes = lambda ids: enc.decode_bytes([i for i in ids if i < enc.n_vocab])  # noqa: E731
+if not start_ids:
+    raise UserError("the prompt is empty: give at least one character, e.g. --start='\\n'")
+if max(start_ids) >= model.config.vocab_size:
+    raise UserError(
+        f"the prompt encodes to token id {max(start_ids)} but the model has {model.config.vocab_size} tokens: "
+        "the tokenizer does not match the model (is the dataset's meta.pkl missing from data/?)"
+    )
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
 
-def encode_prompt(encode, text: str, vocab_size: int) -> list[int]:
-    ids = encode(text)
-    if not ids:
-        raise UserError("the prompt is empty: give at least one character, e.g. --start='\\n'")
-    if max(ids) >= vocab_size:
-        raise UserError(
-            f"the prompt encodes to token id {max(ids)} but the model has only {vocab_size} tokens: "
-            "the tokenizer does not match the model (is the dataset's meta.pkl missing from data/?)"
-        )
-    return ids
+class Printer:
+    """Writes a sample's text as its tokens come: what is new, about 20 times a second, decoded
+    as UTF-8 across token boundaries (a GPT-2 token can hold part of a character)."""
+
+    def __init__(self):
+        self.printed, self.last = 0, 0.0
+        self.text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, out, t, final=False):
+        if final or time.time() - self.last > 0.05:
+            new = out[0, self.printed : t].tolist()  # waits for the GPU: only this often
+            sys.stdout.write(self.text.decode(to_bytes(new), final=final))
+            sys.stdout.flush()
+            self.printed, self.last = t, time.time()
 
 
-def main(argv=None):
-    c = read_config(argv)
-    device_type = check_device(c["device"])
-    check_dtype(c["device"], c["dtype"])
-    prompt = read_prompt(c["start"])  # before the slow model load, so a wrong path fails at once
-
-    torch.manual_seed(c["seed"])  # seeds every device
-    enable_tf32()
-    model, ckpt = load_model(c)
-    model.to(c["device"])
-    if c["compile"]:
-        model.compile()  # compiles __call__ in place, so generate's own calls are compiled too
-    encode, decode = load_codec(ckpt)
-    ids = encode_prompt(encode, prompt, model.config.vocab_size)
-    x = torch.tensor(ids, dtype=torch.long, device=c["device"])[None, ...]
-
-    with torch.no_grad(), autocast_context(device_type, c["dtype"]):
-        for _ in range(c["num_samples"]):
-            y = model.generate(x, c["max_new_tokens"], temperature=c["temperature"], top_k=c["top_k"])
-            print(decode(y[0].tolist()))
-            print(_SEPARATOR)
-
-
-if __name__ == "__main__":
-    run_main(main)
+# run generation
+with torch.no_grad(), ctx:
+    for _ in range(num_samples):
+        printer = Printer()
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, on_tokens=printer)
+        printer(y, y.size(1), final=True)
+        print()
+        print("---------------")

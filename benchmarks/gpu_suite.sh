@@ -1,95 +1,82 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one call on the device machine:
-#   bash benchmarks/gpu_suite.sh [stage ...]      stages: env tests train_char sample_e2e bench sample (default: all)
-#                                                 and train_char_nopyc (train_char without bytecode_cache.py),
-#                                                 compile_threads_ab (short runs: in-process Inductor vs its pool)
-# Needs .dev/input.txt (Tiny Shakespeare) and .dev/tiktoken_cache carried along. Logs land in $OUT,
-# and a short table is printed last.
+# The README's single-GPU figures, in one call on a GPU machine:
+#   bash benchmarks/gpu_suite.sh [stage ...]
+# stages: env pyc tests train_char train_char_regional train_char_default sample bench (default: all but tests)
+# Needs the Tiny Shakespeare text at .dev/input.txt and tiktoken's GPT-2 files in .dev/tiktoken_cache.
+# Logs go to $OUT (or /tmp/gpu_suite); a table of the results is printed last.
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TIKTOKEN_CACHE_DIR="$PWD/.dev/tiktoken_cache"
 OUT=${OUT:-/tmp/gpu_suite}; mkdir -p "$OUT"
 TABLE="$OUT/table.txt"; : > "$TABLE"
-row() { printf '%-28s %s\n' "$1" "$2" | tee -a "$TABLE"; }
-stages=${*:-env tests train_char sample_e2e bench sample}
+row() { printf '%-34s %s\n' "$1" "$2" | tee -a "$TABLE"; }
+now() { date +%s.%N; }
+secs() { echo "$1 $2" | awk '{printf "%.1f", $2 - $1}'; }
+stamp() {  # each line with the seconds since the start
+  python3 -u -c 'import sys, time; t0 = time.time(); [print(f"{time.time() - t0:7.2f} {line}", end="") for line in sys.stdin]'
+}
 
 stage_env() {
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
-  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/env.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/env.txt"
+  python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/env.txt"
   row env "$(tr '\n' ' ' < "$OUT/env.txt")"
 }
 
+# What a pip install leaves: bytecode beside the sources of every package (this machine's image ships none)
+stage_pyc() {
+  local site; site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  local t0; t0=$(now)
+  python3 -m compileall -q -j 16 "$site" > /dev/null 2>&1
+  row "compileall site-packages" "$(secs "$t0" "$(now)") s"
+}
+
 stage_tests() {
-  python3 -m pytest -q -x tests/test_gpu.py tests/test_model.py tests/test_generate.py 2>&1 | tee "$OUT/tests.txt" | tail -5
-  row "pytest (gpu+model+generate)" "$(tail -1 "$OUT/tests.txt")"
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/tests.txt" 2>&1
+  row "pytest -m gpu" "$(tail -1 "$OUT/tests.txt")"
 }
 
 prepare_char() {
-  [ -f data/shakespeare_char/train.bin ] || python3 data/shakespeare_char/prepare.py .dev/input.txt > "$OUT/prepare.txt"
+  [ -f data/shakespeare_char/train.bin ] || python3 data/shakespeare_char/prepare.py .dev/input.txt > /dev/null
 }
 
-train_char() {  # the issue's end-to-end run, timed from start to exit; $1 names it
+train_char() {  # $1: a name; the rest: flags. Start to exit, as a user runs it.
+  local name=$1; shift
+  local t0; t0=$(now)
+  python3 train.py config/train_shakespeare_char.py --overwrite=True "$@" 2>&1 | stamp > "$OUT/train_char_$name.txt"
+  local rc=${PIPESTATUS[0]} wall; wall=$(secs "$t0" "$(now)")
+  local best; best=$(grep -o "best val loss [0-9.]*" "$OUT/train_char_$name.txt" | tail -1)
+  local ms; ms=$(grep -o "time [0-9.]*ms" "$OUT/train_char_$name.txt" | tail -100 | grep -o "[0-9.]*" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  local loop; loop=$(grep -o "iters 0..5000 in [0-9.]*s" "$OUT/train_char_$name.txt")
+  row "train_char $name" "rc=$rc ${wall}s (loop: $loop), median ${ms}ms/iter, $best"
+}
+
+# fresh: an empty torch.compile cache, as on a new machine; warm: the same run again
+stage_train_char() {
   prepare_char
-  local t0=$(date +%s%N)
-  python3 train.py config/train_shakespeare_char.py ${TRAIN_ARGS:-} > "$OUT/train_char_$1.txt" 2>&1
-  local rc=$? t1=$(date +%s%N)
-  local best=$(grep -o "best val loss [0-9.]*" "$OUT/train_char_$1.txt" | tail -1)
-  local ms=$(grep -o "time [0-9.]*ms" "$OUT/train_char_$1.txt" | tail -20 | grep -o "[0-9.]*" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  row "train_char $1 ${TRAIN_ARGS:-}" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms median_iter=${ms}ms $best"
-  grep "^time:" "$OUT/train_char_$1.txt" | tee -a "$TABLE"
-  tail -3 "$OUT/train_char_$1.txt"
+  export TORCHINDUCTOR_CACHE_DIR; TORCHINDUCTOR_CACHE_DIR=${FRESH_CACHE:-$(mktemp -d)}
+  train_char fresh; train_char warm
 }
-
-# cold: a fresh torch.compile cache, as on a new machine; warm: the same run again (a user's second run)
-# (bytecode_cache.py keeps its cache inside TORCHINDUCTOR_CACHE_DIR, so cold starts without it too)
-stage_train_char() { export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); train_char cold; train_char warm; }
-stage_train_char_nopyc() {
-  export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) NANOGPT_BYTECODE_CACHE=0
-  train_char nopyc_cold; train_char nopyc_warm; unset NANOGPT_BYTECODE_CACHE
-}
-
-# Regional compile runs Inductor in-process; TORCHINDUCTOR_COMPILE_THREADS=16 brings back its worker pool.
-# Alternated 300-iteration runs: Inductor's cache emptied before each "fresh" one (bytecode kept), then warm.
-short_run() {  # $1 name, $2 compile threads ("" = train.py's choice)
-  local t0=$(date +%s%N)
-  env ${2:+TORCHINDUCTOR_COMPILE_THREADS=$2} python3 train.py config/train_shakespeare_char.py \
-    ${SHORT_ARGS:---max_iters=300 --eval_interval=150 --eval_iters=40} > "$OUT/short_$1.txt" 2>&1
-  local rc=$? t1=$(date +%s%N)
-  row "short $1" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms $(grep '^time:' "$OUT/short_$1.txt")"
-}
-empty_inductor_cache() {  # all of torch.compile's cache but the bytecode
-  find "$TORCHINDUCTOR_CACHE_DIR" -mindepth 1 -maxdepth 1 ! -name pycache -exec rm -rf {} +
-}
-stage_compile_threads_ab() {
+# the same without recording the micro-step as a CUDA graph (each block compiled, launched eagerly)
+stage_train_char_regional() { prepare_char; train_char regional --compile_mode=regional; }
+# torch.compile of the whole model, mode default: the closest to classic nanoGPT's own step
+stage_train_char_default() {
   prepare_char
-  export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
-  short_run fill_cache ""
-  for i in 1 2; do
-    empty_inductor_cache; short_run "fresh_inprocess_$i" ""
-    empty_inductor_cache; short_run "fresh_pool_$i" 16
-  done
-  for i in 1 2; do short_run "warm_inprocess_$i" ""; short_run "warm_pool_$i" 16; done
+  export TORCHINDUCTOR_CACHE_DIR; TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
+  train_char default_fresh --compile_mode=default; train_char default_warm --compile_mode=default
 }
 
-stage_bench() {
-  for b in ${BENCH_BATCHES:-12 32}; do
-    python3 bench.py --real_data=False --batch_size=$b > "$OUT/bench_b$b.txt" 2>&1
-    row "bench 124M batch $b" "$(grep 'time per iteration' "$OUT/bench_b$b.txt" | cut -c1-150)"
+stage_sample() {  # classic sample.py's work: 10 samples of 500 tokens from the char model, whole process
+  local t0; t0=$(now)
+  python3 sample.py --out_dir=out-shakespeare-char 2>&1 | stamp > "$OUT/sample.txt"
+  row "sample.py 10x500" "rc=${PIPESTATUS[0]} $(secs "$t0" "$(now)")s, $(grep -c -- ' ---------------$' "$OUT/sample.txt") samples"
+}
+
+stage_bench() {  # GPT-2 124M training step; BENCH_ARGS adds flags
+  for b in ${BENCH_BATCHES:-32}; do
+    python3 bench.py --real_data=False --batch_size="$b" ${BENCH_ARGS:-} > "$OUT/bench_b$b.txt" 2>&1
+    row "bench 124M b$b ${BENCH_ARGS:-}" "$(grep 'time per iteration' "$OUT/bench_b$b.txt" | sed 's/time per iteration: //')"
   done
 }
 
-stage_sample_e2e() {  # classic sample.py's workload, whole process: 10 x 500 tokens from the char model
-  local t0=$(date +%s%N)
-  python3 sample.py --out_dir=out-shakespeare-char > "$OUT/sample_e2e.txt" 2>&1
-  local rc=$? t1=$(date +%s%N)
-  row "sample.py 10x500 char" "rc=$rc wall=$(( (t1 - t0) / 1000000 ))ms samples=$(grep -c -- '^---------------$' "$OUT/sample_e2e.txt")"
-}
-
-stage_sample() {
-  python3 benchmarks/sample_speed.py --device=cuda > "$OUT/sample_speed.txt" 2>&1
-  tail -12 "$OUT/sample_speed.txt"
-  row "sample_speed" "see sample_speed.txt"
-}
-
-for s in $stages; do echo "=== $s"; "stage_$s"; done
+for s in ${*:-env pyc train_char sample bench train_char_default}; do echo "=== $s"; "stage_$s"; done
 echo "=== table"; cat "$TABLE"

@@ -1,15 +1,15 @@
-# Train a small character-level GPT on Tiny Shakespeare (prepare it first:
-# python data/shakespeare_char/prepare.py). Good for a quick look on a single GPU.
+# Train a character-level baby GPT on Tiny Shakespeare (prepare it first:
+# python data/shakespeare_char/prepare.py). A few minutes on one GPU.
 
 out_dir = "out-shakespeare-char"
-eval_interval = 250  # it overfits fast: evaluate often
+eval_interval = 250  # keep frequent because we'll overfit
 eval_iters = 200
-log_interval = 10  # printing every step would be noise
+log_interval = 10  # don't print too too often
 
-# a small dataset: save only when val loss improves
+# we expect to overfit on this small dataset, so only save when val improves
 always_save_checkpoint = False
 
-wandb_log = False  # override on the command line if you like
+wandb_log = False  # override via command line if you like
 wandb_project = "shakespeare-char"
 wandb_run_name = "mini-gpt"
 
@@ -18,24 +18,35 @@ gradient_accumulation_steps = 1
 batch_size = 64
 block_size = 256  # context of up to 256 previous characters
 
-# a baby GPT
+# baby GPT model :)
 n_layer = 6
 n_head = 6
 n_embd = 384
 dropout = 0.2
 
-learning_rate = 1e-3  # a tiny network can take a large step
+learning_rate = 1e-3  # with baby networks can afford to go a bit higher
 max_iters = 5000
-lr_decay_iters = 5000  # usually equal to max_iters
-min_lr = 1e-4  # learning_rate / 10, usually
-beta2 = 0.99  # a bit higher than usual: few tokens per iteration
+lr_decay_iters = 5000  # make equal to max_iters usually
+min_lr = 1e-4  # learning_rate / 10 usually
+beta2 = 0.99  # make a bit bigger because number of tokens per iter is small
 
-warmup_iters = 100  # hardly needed here
+warmup_iters = 100  # not super necessary potentially
 
-# on a laptop or any machine without a GPU, add for example
-# device = 'cpu'  # run on the CPU only
-# compile = False  # skip torch.compile
-# or, from the command line, the CPU recipe of the README:
-# python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1
-#   --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
-#   --dropout=0.0
+# Without a CUDA GPU the recipe above takes about a day (16 s a step on 2 CPU cores), so there this
+# file trains the quick recipe instead: a smaller model for fewer steps, a few minutes on 2 cores,
+# val loss about 1.9. Flags after this file still apply on top of either recipe.
+if not device.startswith("cuda"):
+    print(
+        f"config/train_shakespeare_char.py: no CUDA GPU (device {device}), so the quick recipe, a few minutes: "
+        "4 layers of 128 over 64 characters, 2,000 iterations (the classic one takes about a day here)"
+    )
+    compile = False  # compiling costs more than it saves in a run this short
+    eval_iters = 20
+    block_size = 64
+    batch_size = 12
+    n_layer = 4
+    n_head = 4
+    n_embd = 128
+    dropout = 0.0
+    max_iters = 2000
+    lr_decay_iters = 2000

@@ -1,13 +1,18 @@
 """configurator.configure: literals, types, order of files and flags, errors; and the config/ files."""
 
+import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from common import UserError
 from configurator import configure
+from errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "train.py"
 
 
 def defaults() -> dict:
@@ -26,7 +31,7 @@ def defaults() -> dict:
 
 def run(argv, ns=None, **kw):
     ns = defaults() if ns is None else ns
-    config, changed = configure(ns, argv, verbose=False, **kw)
+    config, changed = configure(ns, argv, **kw)
     return ns, config, changed
 
 
@@ -80,8 +85,8 @@ def test_int_for_float_becomes_float():
         ("--compile=1", r"^compile expects bool, got 1 \(int\)$"),
         ("--learning_rate=True", r"^learning_rate expects float, got True \(bool\)$"),
         ("--batch_size=None", r"^batch_size expects int, got None$"),
-        ("--batchsize=3", r"^unknown config key 'batchsize': did you mean 'batch_size'\?$"),
-        ("--zzz=3", r"^unknown config key 'zzz': known keys are batch_size, compile"),
+        ("--batchsize=3", r"^unknown config key 'batchsize': did you mean 'batch_size'\? \(python \w+\.py --help"),
+        ("--zzz=3", r"^unknown config key 'zzz': \(python \w+\.py --help lists every key\)$"),
         ("--_hidden=2", r"unknown config key '_hidden'"),
         ("--batch_size", r"needs a value: write --batch_size=VALUE"),
     ],
@@ -159,10 +164,19 @@ def test_unknown_key_in_a_file_never_lands_in_the_namespace(tmp_path):
 
 
 @pytest.fixture
-def train_config():
-    import train
+def train_config(monkeypatch):
+    """train.py's config block run with these arguments: (config, the keys they changed)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # train.py installs its own
 
-    return lambda *argv: train.read_config(list(argv))
+    def run(*argv):
+        source = TRAIN.read_text()
+        end = source.index("\n# ---", source.index("config, changed = configure("))
+        monkeypatch.setattr(sys, "argv", [str(TRAIN), *argv])
+        scope = {"__file__": str(TRAIN), "__name__": "train_config"}
+        exec(compile(source[:end], str(TRAIN), "exec"), scope)
+        return scope["config"], scope["changed"]
+
+    return run
 
 
 def test_train_defaults_are_the_classic_ones(train_config):
@@ -176,10 +190,11 @@ def test_train_defaults_are_the_classic_ones(train_config):
         warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5, backend="nccl", compile=True,
     )  # fmt: skip
     assert {k: config[k] for k in classic} == classic
-    # keys this project adds: fsdp is off by default; compile_mode 'auto' only picks how the same math is launched
-    beyond_classic = {"compile_mode", "fsdp"}
+    # keys this project adds: fsdp and overwrite are off by default; compile_mode 'auto' only picks how
+    # the same math is launched
+    beyond_classic = {"compile_mode", "fsdp", "overwrite"}
     assert set(config) == set(classic) | {"device", "dtype"} | beyond_classic
-    assert config["compile_mode"] == "auto" and config["fsdp"] is False
+    assert config["compile_mode"] == "auto" and config["fsdp"] is False and config["overwrite"] is False
     assert changed == set()
 
 
@@ -223,7 +238,7 @@ EVAL = dict(batch_size=8, eval_iters=500, eval_only=True, wandb_log=False)
     ],
 )
 def test_config_files_hold_the_classic_values(train_config, name, expected):
-    config, _ = train_config(str(REPO / "config" / name))
+    config, _ = train_config("--device=cuda", str(REPO / "config" / name))  # on a GPU (none is needed here)
     assert {k: config[k] for k in expected} == expected
     for k, v in expected.items():
         assert type(config[k]) is type(v), k
@@ -235,9 +250,47 @@ def test_finetune_run_name_is_timestamped(train_config):
     assert prefix == "ft" and float(stamp) > 1.6e9
 
 
-def test_cpu_recipe_flags_on_top_of_the_config(train_config):
+QUICK = dict(compile=False, eval_iters=20, block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+             max_iters=2000, lr_decay_iters=2000)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_shakespeare_char_without_a_gpu_is_the_quick_recipe_and_says_so(train_config, capsys, device):
+    config, _ = train_config(f"--device={device}", str(REPO / "config" / "train_shakespeare_char.py"))
+    assert {k: config[k] for k in QUICK} == QUICK
+    assert {k: config[k] for k in SHAKESPEARE_CHAR if k not in QUICK} == {
+        k: v for k, v in SHAKESPEARE_CHAR.items() if k not in QUICK
+    }
+    said = [line for line in capsys.readouterr().out.splitlines() if "quick recipe" in line]
+    assert len(said) == 1 and f"no CUDA GPU (device {device})" in said[0] and "2,000 iterations" in said[0]
+
+
+def test_flags_apply_on_top_of_the_quick_recipe(train_config):
     config, changed = train_config(
-        str(REPO / "config" / "train_shakespeare_char.py"), "--device=cpu", "--compile=False", "--max_iters=2000"
+        "--device=cpu", str(REPO / "config" / "train_shakespeare_char.py"), "--compile=True", "--max_iters=300"
     )
-    assert (config["device"], config["compile"], config["max_iters"], config["batch_size"]) == ("cpu", False, 2000, 64)
-    assert {"device", "compile", "max_iters", "batch_size", "dataset"} <= changed
+    assert (config["device"], config["compile"], config["max_iters"], config["batch_size"]) == ("cpu", True, 300, 12)
+    assert {"device", "compile", "max_iters", "dataset"} <= changed
+
+
+# ---------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "bench.py"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_key_with_its_default_and_comment(script, flag):
+    """Each script's --help: every key of its defaults block once, its default as Python writes it,
+    and the comment of its line; exit status 0, nothing else done."""
+    proc = subprocess.run([sys.executable, str(REPO / script), "--dataset=nope", flag], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith(f"usage: python {script} [config_file.py ...] [--key=value ...]")
+    source = (REPO / script).read_text()
+    block = source[: source.index("configure(globals()")]
+    keys = re.findall(r"^(\w+) = .*?  # (.*)$", block, re.M)
+    assert len(keys) >= 10
+    listed = dict(re.findall(r"^  --(\w+)=.*?  +(.*)$", proc.stdout, re.M))
+    for key, comment in keys:
+        assert listed.pop(key) == comment.strip(), key
+    assert listed == {}  # nothing but the keys
+    for key, default in re.findall(r"^  --(\w+)=(.*?)  ", proc.stdout, re.M):
+        assert "(" in default or ast.literal_eval(default) is not None or default == "None", key

@@ -50,13 +50,6 @@ def prompt(batch, length, seed=1, vocab_size=VOCAB):
     return torch.randint(0, vocab_size, (batch, length), generator=g)
 
 
-def generate_static(model, idx, max_new_tokens, **kwargs):
-    """The static-shape steps that CUDA graphs replay, run eagerly (on CPU here)."""
-    out = idx.new_empty((idx.size(0), idx.size(1) + max_new_tokens))
-    out[:, : idx.size(1)] = idx
-    return model.generate_static(out, idx.size(1), **kwargs)
-
-
 def greedy_by_hand(model, idx, max_new_tokens):
     """The classic loop written out independently: crop, full forward, argmax, append."""
     block_size = model.config.block_size
@@ -76,7 +69,7 @@ CASES = [(1, 1, 10), (1, 5, 40), (3, 5, 40), (2, 16, 6), (2, 23, 9), (1, 15, 2),
 @pytest.mark.parametrize("batch,length,new", CASES)
 def test_greedy_cached_equals_recompute(attention, batch, length, new):
     model = make_model()
-    model.set_attention(attention)
+    model.config.attention = attention
     idx = prompt(batch, length)
     cached = model.generate(idx, new, top_k=1)
     recomputed = model.generate(idx, new, top_k=1, use_cache=False)
@@ -85,7 +78,6 @@ def test_greedy_cached_equals_recompute(attention, batch, length, new):
     assert torch.equal(cached, recomputed)
     assert torch.equal(model.generate(idx, new, temperature=0.0), recomputed)
     assert torch.equal(model.generate(idx, new, temperature=0.0, use_cache=False), recomputed)
-    assert torch.equal(generate_static(model, idx, new, top_k=1), recomputed)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -123,14 +115,13 @@ class Recorder:
 @pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 7, 30), (2, 20, 5)])
 def test_cached_logits_equal_recompute_logits_every_step(attention, batch, length, new):
     model = make_model(seed=3)
-    model.set_attention(attention)
+    model.config.attention = attention
     idx = prompt(batch, length, seed=4)
     forced = prompt(batch, new, seed=5)
     per_path = {}
     paths = {
         "cached": lambda: model.generate(idx, new),
         "recompute": lambda: model.generate(idx, new, use_cache=False),
-        "static": lambda: generate_static(model, idx, new),
     }
     for name, run in paths.items():
         recorder = Recorder(forced)
@@ -140,7 +131,55 @@ def test_cached_logits_equal_recompute_logits_every_step(attention, batch, lengt
     del model.sample_next
     assert per_path["cached"].shape == (new, batch, VOCAB)
     torch.testing.assert_close(per_path["cached"], per_path["recompute"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(per_path["static"], per_path["recompute"], rtol=1e-5, atol=1e-5)
+
+
+def edited_forwards(monkeypatch, where, device="cpu"):
+    """Edit Block.forward or GPT.forward as a user would (here: a fixed bias on the residual stream
+    or the logits), for every instance at once."""
+    from model import Block
+
+    bias = torch.randn(VOCAB if where == "GPT" else 32, generator=torch.Generator().manual_seed(11)).to(device)
+    if where == "Block":
+        original = Block.forward
+        monkeypatch.setattr(Block, "forward", lambda self, x, cache=None: original(self, x, cache) + bias)
+    else:
+        original = GPT.forward
+
+        def forward(self, idx, targets=None, cache=None):
+            logits, loss = original(self, idx, targets, cache)
+            return logits + 3 * bias, loss
+
+        monkeypatch.setattr(GPT, "forward", forward)
+
+
+def classic_loop(model, idx, max_new_tokens, temperature, top_k, seed):
+    """nanoGPT's sampling loop written out: crop to block_size, forward, scale, top-k, draw, append."""
+    torch.manual_seed(seed)
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -model.config.block_size :])[0][:, -1, :] / temperature
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("Inf")
+        probs = F.softmax(logits, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("where", ["Block", "GPT"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_an_edited_forward_changes_what_every_sampling_path_draws(monkeypatch, where, use_cache):
+    """Prefill, the cached decode step, the growing context and the sliding window all run the model's
+    own forward: edit it, and every sampled token follows the edit exactly as the classic loop's."""
+    model = make_model(seed=12, std=0.1)
+    idx = prompt(2, 3, seed=13)
+    draw = lambda m: (torch.manual_seed(5), m.generate(idx, 30, temperature=0.9, top_k=20, use_cache=use_cache))[1]  # noqa: E731
+    before = draw(model)
+    assert torch.equal(before, classic_loop(model, idx, 30, 0.9, 20, seed=5))
+    edited_forwards(monkeypatch, where)
+    after = draw(model)
+    assert torch.equal(after, classic_loop(model, idx, 30, 0.9, 20, seed=5))  # past block_size (16) too
+    assert not torch.equal(after[:, 3:5], before[:, 3:5])  # from the prefill's token on
+    assert not torch.equal(after[:, 20:], before[:, 20:])  # and in the sliding window
 
 
 def test_cached_path_feeds_one_position_per_token():
@@ -164,11 +203,8 @@ def test_sampled_tokens_equal_with_fixed_generator(top_k, temperature):
     for use_cache in (True, False, True):
         g = torch.Generator().manual_seed(1234)
         runs.append(model.generate(idx, 40, temperature=temperature, top_k=top_k, use_cache=use_cache, generator=g))
-    g = torch.Generator().manual_seed(1234)
-    runs.append(generate_static(model, idx, 40, temperature=temperature, top_k=top_k, generator=g))
     assert torch.equal(runs[0], runs[1])
     assert torch.equal(runs[0], runs[2])
-    assert torch.equal(runs[0], runs[3])
     if top_k != 1:
         assert not torch.equal(runs[0], greedy_by_hand(model, idx, 40))  # it really sampled
 
@@ -254,7 +290,7 @@ def test_bf16_autocast_on_cpu():
     idx = prompt(2, 3)
     forced = prompt(2, 20, seed=9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cache = model.new_cache(2)
+        cache = model.kv_cache(2)
         assert cache.k[0].dtype == torch.bfloat16 and cache.k[0].shape == (2, 2, BLOCK, 16)
         recorder = Recorder(forced)
         model.sample_next = recorder
@@ -307,7 +343,7 @@ def test_cuda_bf16_cached_matches_recompute():
 @pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 5, 40), (2, 16, 12), (2, 23, 9), (1, 3, 6)])
 def test_cuda_graph_greedy_equals_recompute(attention, batch, length, new):
     model = make_model().cuda()
-    model.set_attention(attention)
+    model.config.attention = attention
     idx = prompt(batch, length).cuda()
     expected = model.generate(idx, new, top_k=1, use_cache=False)
     assert torch.equal(model.generate(idx, new, top_k=1), expected)  # graphs by default on CUDA
@@ -355,7 +391,7 @@ def test_cuda_graph_logits_every_step(dtype, batch, length, new):
     forced = prompt(batch, new, seed=5).cuda()
     paths = {
         "graph": lambda: model.generate(idx, new, cuda_graph=True),
-        "static": lambda: generate_static(model, idx, new),
+        "eager": lambda: model.generate(idx, new, cuda_graph=False),
         "recompute": lambda: model.generate(idx, new, use_cache=False),
     }
     logits = {}
@@ -370,9 +406,9 @@ def test_cuda_graph_logits_every_step(dtype, batch, length, new):
     assert not logits["graph"].isnan().any()
     scale = logits["recompute"].abs().max()
     tolerance = 1e-4 if dtype == torch.float32 else 0.05
-    for name in ("graph", "static"):
+    for name in ("graph", "eager"):
         assert (logits[name] - logits["recompute"]).abs().max() < tolerance * scale, name
-    assert (logits["graph"] - logits["static"]).abs().max() < tolerance * scale
+    assert (logits["graph"] - logits["eager"]).abs().max() < tolerance * scale
 
 
 @pytest.mark.gpu

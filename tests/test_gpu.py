@@ -1,6 +1,6 @@
 """CUDA-only checks: the flash SDPA path against the masked-softmax path, GPU training against CPU
 training, bf16 against float32, generation under autocast and torch.compile, and train.py's recorded
-CUDA graphs (fresh dropout per replay, eager-equal gradients, exact resume).
+CUDA graphs (fresh dropout per replay, eager-equal gradients with accumulation, exact resume).
 Skipped without a GPU (see conftest.py); run them on one with `python -m pytest -m gpu`."""
 
 import pytest
@@ -26,9 +26,15 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def test_auto_attention_uses_sdpa_on_cuda():
+def test_auto_attention_uses_sdpa_on_cuda(monkeypatch):
     model = GPT(tiny()).cuda()
-    assert model.transformer.h[0].attn.uses_sdpa(torch.zeros(1, device="cuda"))
+    idx = torch.randint(0, 128, (2, 64), device="cuda")
+    model(idx, idx)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call now fails
+    with pytest.raises(TypeError):
+        model(idx, idx)
+    model.config.attention = "manual"
+    model(idx, idx)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -39,7 +45,7 @@ def test_sdpa_matches_masked_softmax_forward_and_backward(dtype, tol):
     results = {}
     for kind in ("manual", "sdpa"):
         model.zero_grad()
-        model.set_attention(kind)
+        model.config.attention = kind
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             logits, loss = model(idx, idx)
         loss.backward()
@@ -91,7 +97,7 @@ def test_cached_logits_track_recompute_under_bf16_autocast():
     model = GPT(tiny()).cuda().eval()
     idx = torch.randint(0, 128, (2, 40), device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        cache = model.new_cache(2)
+        cache = model.kv_cache(2)
         model(idx[:, :10], cache=cache)
         for t in range(10, 40):
             cached, _ = model(idx[:, t : t + 1], cache=cache)
@@ -126,7 +132,7 @@ def test_fused_adamw_on_cuda():
     assert opt.defaults.get("fused") is True
 
 
-@pytest.mark.parametrize("accumulate,mode", [(1, "regional"), (2, "default")])
+@pytest.mark.parametrize("accumulate,mode", [(1, "auto"), (2, "auto"), (2, "regional")])
 def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
     """train.py on CUDA with compile_mode 'auto' logs the same losses as the eager run, in float32:
     compiled blocks and recorded CUDA graphs (train and eval graphs alternating) without
@@ -138,10 +144,10 @@ def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
     base += ["--device=cuda", "--dtype=float32", "--max_iters=12", "--eval_interval=4", "--always_save_checkpoint=True"]
     base += [f"--gradient_accumulation_steps={accumulate}"]
     logs = {}
-    for name, flags in (("eager", ["--compile=False"]), ("compiled", ["--compile=True", "--compile_mode=auto"])):
+    for name, flags in (("eager", ["--compile=False"]), ("compiled", ["--compile=True", f"--compile_mode={mode}"])):
         proc = run_train(tmp_path, *base, *flags, f"--out_dir=out-{name}")
-        if name == "compiled":
-            assert f"mode {mode})" in proc.stdout
+        if name == "compiled":  # auto: regional (with recorded graphs) without accumulation, default with it
+            assert f"mode {'regional' if accumulate == 1 or mode == 'regional' else 'default'})" in proc.stdout
             assert "skipping cudagraphs" not in proc.stdout + proc.stderr  # Inductor's silent fallback
         logs[name] = read_log(tmp_path / f"out-{name}")
     (train_a, eval_a), (train_b, eval_b) = logs["eager"], logs["compiled"]
@@ -152,15 +158,15 @@ def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
         assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=1e-3)
 
 
-def test_captured_call_replays_fresh_dropout_and_follows_the_rng_state():
+def test_cuda_graph_replays_fresh_dropout_and_follows_the_rng_state():
     """A recorded forward with dropout draws new masks at every replay, as eager calls do, and
     replays from a restored RNG state repeat exactly (what an exact resume needs)."""
-    import common
+    from cuda_graph import CUDAGraph
 
     drop = torch.nn.Dropout(0.5)
     x = torch.ones(4096, device="cuda")
     torch.manual_seed(0)
-    call = common.CapturedCall(lambda t: drop(t) * 3.0, (x,))
+    call = CUDAGraph(lambda t: drop(t) * 3.0, x)
     state = torch.cuda.get_rng_state()
     first = call(x).clone()
     second = call(x).clone()
@@ -179,32 +185,39 @@ def test_captured_call_replays_fresh_dropout_and_follows_the_rng_state():
         call(torch.ones(1, device="cuda"))  # would broadcast into the recorded input
 
 
-def test_captured_forward_backward_matches_eager_gradients():
-    """train.py's recorded forward + backward writes the same gradients as eager autograd, and
-    overwrites them (not adds to them) at the next replay."""
-    import common
+@pytest.mark.parametrize("micro_steps", [1, 3])
+def test_recorded_micro_step_accumulates_the_gradients_of_eager_autograd(micro_steps):
+    """train.py's recorded micro-step (forward + backward, as CUDAGraph records it) adds the same
+    gradients into .grad as eager autograd, over one micro-step or several, once the gradients of
+    the warm-up runs are zeroed, and again after zeroing them in place."""
+    from cuda_graph import CUDAGraph
 
     torch.manual_seed(0)
     model = GPT(tiny()).cuda()
-    x = torch.randint(0, 128, (4, 64), device="cuda")
-    y = torch.randint(0, 128, (4, 64), device="cuda")
+    reference = GPT(tiny()).cuda()
+    batches = [torch.randint(0, 128, (2, 4, 64), device="cuda") for _ in range(2 * micro_steps)]
 
-    def forward_backward(a, b):
-        _, loss = model(a, b)
-        loss.backward()
+    def micro_step(x, y):
+        _, loss = model(x, y)
+        (loss / micro_steps).backward()
         return loss.detach()
 
-    call = common.CapturedCall(forward_backward, (x, y), before_each=lambda: model.zero_grad(set_to_none=True))
-    for batch in ((x, y), (y, x), (x, y)):
-        loss = call(*batch).clone()
-        graphed = {n: p.grad.clone() for n, p in model.named_parameters()}
-        reference = GPT(tiny()).cuda()
+    call = CUDAGraph(micro_step, *batches[0])
+    model.zero_grad(set_to_none=False)
+    for step in range(2):
         reference.load_state_dict(model.state_dict())
-        _, ref_loss = reference(*batch)
-        ref_loss.backward()
-        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
-        for n, p in reference.named_parameters():
-            torch.testing.assert_close(graphed[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
+        reference.zero_grad(set_to_none=True)
+        for x, y in batches[step * micro_steps : (step + 1) * micro_steps]:
+            loss = call(x, y).clone()
+            _, ref_loss = reference(x, y)
+            (ref_loss / micro_steps).backward()
+            assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+        for (n, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+        with torch.no_grad():  # an optimizer step, so that the next step's gradients differ
+            for p in model.parameters():
+                p -= 1e-3 * p.grad
+        model.zero_grad(set_to_none=False)
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 2e-3)])
@@ -227,3 +240,64 @@ def test_train_py_recorded_graphs_resume_exactly(tmp_path, dtype, tol):
     assert [r["iter"] for r in b_train] == [r["iter"] for r in a_train] and len(a_eval) == len(b_eval) == 3
     for a, b in zip(a_train + a_eval, b_train + b_eval):
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=tol), a["iter"]
+
+
+def test_torch_cuda_graph_modes_refuse_gradient_accumulation(tmp_path):
+    from test_train import TINY, make_dataset, run_train
+
+    make_dataset(tmp_path)
+    args = [a for a in TINY if a not in ("--device=cpu", "--compile=False")] + ["--device=cuda"]
+    proc = run_train(tmp_path, *args, "--compile_mode=reduce-overhead", "--gradient_accumulation_steps=4", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: compile_mode='reduce-overhead' records CUDA graphs, which cannot accumulate")
+
+
+@pytest.mark.parametrize("where", ["Block", "GPT"])
+def test_an_edited_forward_changes_what_the_cuda_graphs_draw(monkeypatch, where):
+    """The recorded decode and window steps replay the model's own forward: an edit to it shows in
+    every token they draw, as in the classic loop (greedy, so both paths compare token for token)."""
+    from test_generate import edited_forwards, make_model, prompt
+
+    model = make_model(seed=12, std=0.1).cuda()
+    idx = prompt(2, 3, seed=13).cuda()
+    before = model.generate(idx, 30, temperature=0)
+    edited_forwards(monkeypatch, where, device="cuda")
+    after = model.generate(idx, 30, temperature=0)
+    expected = model.generate(idx, 30, temperature=0, use_cache=False, cuda_graph=False)
+    assert torch.equal(after, expected)
+    assert not torch.equal(after[:, 3:], before[:, 3:])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_chunked_head_loss_on_cuda_tracks_the_full_one(dtype, tol):
+    """'auto' chunks the head and loss on CUDA for a large vocabulary: the same loss and gradients
+    as the full logits, in float32 and under bf16 autocast, eager and inside a compiled model."""
+    import chunked_loss
+
+    torch.manual_seed(4)
+    cfg = dict(block_size=64, vocab_size=10000, n_layer=2, n_head=4, n_embd=64)
+    full = GPT(GPTConfig(**cfg, head_loss="full")).cuda()
+    chunked = GPT(GPTConfig(**cfg)).cuda()
+    chunked.load_state_dict(full.state_dict())
+    idx = torch.randint(0, 10000, (4, 64), device="cuda")
+    targets = torch.randint(0, 10000, (4, 64), device="cuda")
+    targets[:, :5] = -1
+    old_chunk, chunked_loss.CHUNK_TOKENS = chunked_loss.CHUNK_TOKENS, 100  # several uneven chunks
+    try:
+        results = {}
+        for name, model in (("full", full), ("chunked", chunked), ("compiled", torch.compile(chunked))):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                logits, loss = model(idx, targets)
+            loss.backward()
+            assert (logits is None) == (name != "full")
+            results[name] = (loss.item(), [p.grad.float().clone() for p in chunked.parameters()] if name != "full"
+                             else [p.grad.float().clone() for p in full.parameters()])  # fmt: skip
+    finally:
+        chunked_loss.CHUNK_TOKENS = old_chunk
+    ref_loss, ref_grads = results["full"]
+    for name in ("chunked", "compiled"):
+        loss, grads = results[name]
+        assert loss == pytest.approx(ref_loss, rel=tol)
+        for g, r in zip(grads, ref_grads, strict=True):
+            assert ((g - r).norm() / r.norm()).item() < tol * 10, name

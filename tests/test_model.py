@@ -5,8 +5,10 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from model import GPT, GPTConfig, device_peak_flops
+from hardware import peak_flops
+from model import GPT, GPTConfig
 
 
 def tiny_config(**kw):
@@ -40,7 +42,7 @@ def rel_error(ours, ref):
 def test_attention_paths_match_float64_reference(kind, bias):
     torch.manual_seed(0)
     model = GPT(tiny_config(bias=bias))
-    model.set_attention(kind)
+    model.config.attention = kind
     attn = model.transformer.h[0].attn
     for p in attn.parameters():  # non-trivial weights, so errors cannot hide in near-zero outputs
         torch.nn.init.normal_(p, std=0.3)
@@ -69,7 +71,7 @@ def test_attention_paths_agree_on_whole_model_forward_and_backward():
     losses = {}
     for kind in ("manual", "sdpa"):
         model.zero_grad()
-        model.set_attention(kind)
+        model.config.attention = kind
         _, loss = model(idx, idx)
         loss.backward()
         losses[kind] = loss.item()
@@ -79,18 +81,24 @@ def test_attention_paths_agree_on_whole_model_forward_and_backward():
         torch.testing.assert_close(grads["manual"][n], grads["sdpa"][n], atol=1e-6, rtol=1e-4)
 
 
-def test_auto_attention_picks_masked_softmax_on_cpu():
+def test_auto_attention_picks_masked_softmax_on_cpu(monkeypatch):
     model = GPT(tiny_config())
-    attn = model.transformer.h[0].attn
     assert model.config.attention == "auto"
-    assert not attn.uses_sdpa(torch.zeros(1, device="cpu"))
+    idx = torch.randint(0, 97, (2, 16))
+    expected, _ = model(idx, idx)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call would fail
+    got, _ = model(idx, idx)
+    assert torch.equal(got, expected)
+    model.config.attention = "sdpa"
+    with pytest.raises(TypeError):
+        model(idx, idx)
 
 
 @pytest.mark.parametrize("kind", ["manual", "sdpa"])
 def test_changing_a_future_token_never_changes_earlier_logits(kind):
     torch.manual_seed(2)
     model = GPT(tiny_config())
-    model.set_attention(kind)
+    model.config.attention = kind
     idx = torch.randint(0, 97, (1, 16))
     logits, _ = model(idx, idx)  # with targets: logits for every position
     for t in (3, 9, 15):
@@ -256,9 +264,8 @@ def test_mfu_uses_the_palm_flop_count():
     flops_per_iter = (6 * N + 12 * L * H * Q * T) * T * 5  # 5 sequences of T tokens
     mfu = model.estimate_mfu(fwdbwd_per_iter=5, dt=0.25, peak_flops=1e9)
     assert mfu == pytest.approx(flops_per_iter / 0.25 / 1e9)
-    # no reference peak on the CPU: the estimate says so instead of inventing a figure
-    assert model.estimate_mfu(5, 0.25) is None
-    assert device_peak_flops("cpu")[0] is None
+    # no reference peak on the CPU: no MFU figure is invented for it
+    assert peak_flops("cpu")[0] is None
 
 
 def make_hf_model(tmp_path, **kw):
@@ -295,3 +302,51 @@ def test_from_pretrained_overrides_dropout_only(tmp_path):
         GPT.from_pretrained(str(tmp_path), dict(n_layer=3))
     with pytest.raises(ValueError, match="unknown pretrained model"):
         GPT.from_pretrained("gpt3")
+
+
+# ---------------------------------------------------------------------------- the chunked head and loss
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 100000])
+def test_chunked_loss_and_gradients_equal_cross_entropy_in_float64(monkeypatch, chunk):
+    """linear_cross_entropy against F.cross_entropy(x @ w.T) in float64: the loss, and the gradients
+    of x and w, with ignored targets (-1), chunks that do not divide the tokens, and one chunk."""
+    import chunked_loss
+
+    monkeypatch.setattr(chunked_loss, "CHUNK_TOKENS", chunk)
+    torch.manual_seed(9)
+    x = torch.randn(150, 24, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(301, 24, dtype=torch.float64) * 0.3).requires_grad_()
+    targets = torch.randint(0, 301, (150,))
+    targets[::4] = -1
+    ours = chunked_loss.linear_cross_entropy(x, w, targets)
+    grad_x, grad_w = torch.autograd.grad(2.5 * ours, (x, w))
+    ref = F.cross_entropy(x @ w.T, targets, ignore_index=-1)
+    ref_x, ref_w = torch.autograd.grad(2.5 * ref, (x, w))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-13)
+    torch.testing.assert_close(grad_x, ref_x, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad_w, ref_w, rtol=1e-12, atol=1e-15)
+    with torch.no_grad():  # evaluation: the same loss, no gradient work
+        assert chunked_loss.linear_cross_entropy(x, w, targets).item() == pytest.approx(ref.item(), rel=1e-13)
+
+
+def test_chunked_head_loss_trains_the_model_as_the_full_one():
+    """GPT.forward with head_loss='chunked' against 'full', in float64: the same loss, no logits, and
+    the same gradient for every parameter, the tied embedding and head included."""
+    torch.manual_seed(10)
+    full = GPT(tiny_config(head_loss="full")).double()
+    chunked = GPT(tiny_config(head_loss="chunked")).double()
+    chunked.load_state_dict(full.state_dict())
+    idx = torch.randint(0, 97, (3, 16))
+    targets = torch.randint(0, 97, (3, 16))
+    targets[:, :2] = -1
+    logits, loss_full = full(idx, targets)
+    none, loss_chunked = chunked(idx, targets)
+    assert logits.shape == (3, 16, 97) and none is None
+    assert loss_chunked.item() == pytest.approx(loss_full.item(), rel=1e-12)
+    loss_full.backward()
+    loss_chunked.backward()
+    for (name, a), b in zip(full.named_parameters(), chunked.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-14, msg=name)
+    assert GPT(tiny_config()).config.head_loss == "auto"  # full on the CPU: chunking measured slower there
+    assert GPT(tiny_config(vocab_size=8192))(idx, idx)[0] is not None

@@ -18,8 +18,9 @@ import pytest
 import torch
 from test_train import TINY, make_dataset, run_train
 
-import common
-from common import UserError
+import checkpoint
+import hardware
+from errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -41,7 +42,8 @@ BENCH = [
     "--num_steps=1",
     "--repeats=1",
 ]
-TRAIN = [*TINY, "--gradient_accumulation_steps=1"]  # the default, 40 micro-steps, is slow on 2 cores
+# the default, 40 micro-steps, is slow on 2 cores; a new out_dir unless a case names one (out/ holds a run)
+TRAIN = [*TINY, "--gradient_accumulation_steps=1", "--out_dir=fresh"]
 RESUME = ["--init_from=resume", "--out_dir=out"]
 TEMP_NAME = re.compile(r"^\.ckpt-\d+-\w+\.tmp$")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -133,12 +135,23 @@ CASES = [
         None,
     ),
     ("dataset-missing", "train", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    ("init_from-unknown", "train", ["--init_from=gpt3"], None, "unknown init_from='gpt3'", None),
+    ("grad-accum-zero", "train", ["--gradient_accumulation_steps=0"], None, "must be at least 1", None),
+    (
+        "scratch-over-a-checkpoint",
+        "train",
+        ["--out_dir=out"],
+        None,
+        "out already holds a checkpoint: go on from it with --init_from=resume, start this run elsewhere "
+        "with --out_dir=NEW_DIR, or replace it with --overwrite=True",
+        None,
+    ),
     (
         "val-bin-missing",
         "train",
         [],
         _remove("data/tiny/val.bin"),
-        "val.bin is missing: run python data/tiny/prepare.py",
+        "no val data for dataset 'tiny': data/tiny/val.bin is missing; run python data/tiny/prepare.py first",
         None,
     ),
     ("bins-too-short", "train", ["--block_size=2000"], None, "fewer than block_size + 1 = 2001", None),
@@ -147,7 +160,7 @@ CASES = [
         "train",
         [*RESUME, "--dataset=wide"],
         None,
-        "meta.pkl has vocab_size=64 but the model has 32",
+        "--dataset=wide needs a vocabulary of 64 tokens but the model has vocab_size=32",
         None,
     ),
     ("meta-corrupt", "train", [], _write("data/tiny/meta.pkl", _GARBAGE), "meta.pkl is corrupt", None),
@@ -168,7 +181,7 @@ CASES = [
         "train",
         [*RESUME, "--block_size=32"],
         None,
-        "block_size=32 does not fit the resume model, whose block_size is 16",
+        "block_size=32 does not fit the checkpoint, whose block_size is 16",
         None,
     ),
     (
@@ -250,18 +263,19 @@ def test_bad_input_is_one_clear_line_and_harmless(work, name, script, args, setu
 def test_bf16_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match=r"does not support bfloat16: use --dtype=float16"):
-        common.check_dtype("cuda", "bfloat16")
-    assert common.check_dtype("cuda", "float16") is torch.float16
-    assert common.check_dtype("cpu", "bfloat16") is torch.bfloat16  # the CPU emulates it
-    assert common.default_dtype("cuda") == "float16"
+        hardware.check_device("cuda", "bfloat16")
+    assert hardware.check_device("cuda", "float16") == "cuda"
+    assert hardware.check_device("cpu", "bfloat16") == "cpu"  # the CPU emulates it
+    assert hardware.default_dtype("cuda") == "float16"
 
 
 def test_matching_architecture_keys_still_resume(work):
     """Classic configs restate the architecture on resume: equal values are fine."""
     proc = run_script("train", work, [*RESUME, "--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=3"])
     assert proc.returncode == 0, proc.stderr
-    assert common.load_checkpoint(str(work / "out" / "ckpt.pt"))["iter_num"] == 3
+    assert checkpoint.load(str(work / "out" / "ckpt.pt"))["iter_num"] == 3
 
 
 # ---------------------------------------------------------------------------- SIGKILL at random moments
@@ -301,11 +315,13 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         assert killed, f"training stopped before it was killed:\n{proc.stderr.read().decode()[-2000:]}"
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
-        assert all(n in ("ckpt.pt", "train_log.csv") or TEMP_NAME.match(n) for n in names), names
+        assert all(
+            n in ("ckpt.pt", "train_log.csv", "loss.png", "loss.png.tmp") or TEMP_NAME.match(n) for n in names
+        ), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
-            ckpt = common.load_checkpoint(str(out / "ckpt.pt"))
-            common.model_from_checkpoint(ckpt)
+            ckpt = checkpoint.load(str(out / "ckpt.pt"))
+            checkpoint.model_from(ckpt)
             assert ckpt["iter_num"] >= last_iter  # never back to an older state
             last_iter = ckpt["iter_num"]
     assert last_iter > 0, "no checkpoint was ever written"
@@ -314,7 +330,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     done = run_train(tmp_path, *args, f"--max_iters={max_iters}", "--init_from=resume")
     if any(TEMP_NAME.match(n) for n in names):  # the last kill landed mid-write, so its temp file is gone now
         assert "partial checkpoint of a killed run" in done.stdout
-    assert common.load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == max_iters
+    assert checkpoint.load(str(out / "ckpt.pt"))["iter_num"] == max_iters
     assert not [n for n in os.listdir(out) if TEMP_NAME.match(n)]  # the leftovers were cleaned up
 
 
@@ -330,7 +346,8 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_old_checkpoint(work):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, "--out_dir=out", "--max_iters=2", "--eval_interval=2"]
+    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, "--out_dir=out", "--overwrite=True", "--max_iters=2"]
+    cmd += ["--eval_interval=2"]
     proc = subprocess.run(
         cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean_env(), preexec_fn=small_files
     )
@@ -342,7 +359,7 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_old_checkpoint(work):
 
 def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
     weights = torch.arange(6.0)
-    writer = common.CheckpointWriter()
+    writer = checkpoint.BackgroundWriter()
     writer.submit({"model": {"w": weights}, "iter_num": 3}, str(tmp_path / "ckpt.pt"))
     weights.add_(100.0)  # training goes on while the file is written
     writer.wait()
@@ -361,7 +378,7 @@ def test_checkpoint_writer_keeps_tied_weights_one_tensor_and_state_dict_metadata
 
     model = GPT(GPTConfig(block_size=8, vocab_size=512, n_layer=1, n_head=1, n_embd=32))
     state = model.state_dict()
-    writer = common.CheckpointWriter()
+    writer = checkpoint.BackgroundWriter()
     writer.submit({"model": state}, str(tmp_path / "bg.pt"))
     writer.wait()
     torch.save({"model": state}, tmp_path / "direct.pt")
@@ -372,9 +389,9 @@ def test_checkpoint_writer_keeps_tied_weights_one_tensor_and_state_dict_metadata
 
 
 def test_checkpoint_writer_poll_reports_a_failed_write_without_a_new_save(tmp_path):
-    writer = common.CheckpointWriter()
+    writer = checkpoint.BackgroundWriter()
     writer.submit({"x": 1}, str(tmp_path / "missing" / "ckpt.pt"))
-    writer._thread.join()  # the write has failed by now
+    writer.thread.join()  # the write has failed by now
     with pytest.raises(UserError, match="could not write the checkpoint"):
         writer.poll()
 
@@ -385,7 +402,7 @@ def test_stale_temp_cleanup_spares_live_processes_and_other_files(tmp_path):
     names = [f".ckpt-{dead.pid}-abc_12.tmp", f".ckpt-{os.getppid()}-xyz.tmp", "ckpt.pt", ".ckpt-abc.tmp", "x.tmp"]
     for n in names:
         (tmp_path / n).write_bytes(b"x")
-    assert common.remove_stale_checkpoint_temps(str(tmp_path)) == [names[0]]
+    assert checkpoint.remove_stale_temps(str(tmp_path)) == [names[0]]
     assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
 
 
@@ -440,11 +457,11 @@ def test_classic_checkpoint_resumes(work):
         "config": ckpt["config"],
     }
     torch.save(classic, work / "out" / "ckpt.pt")
-    common.model_from_checkpoint(common.load_checkpoint(str(work / "out" / "ckpt.pt")))
+    checkpoint.model_from(checkpoint.load(str(work / "out" / "ckpt.pt")))
     proc = run_script("train", work, [*RESUME, "--max_iters=4"])
     assert proc.returncode == 0, proc.stderr
     assert "holds no RNG state" in proc.stdout
-    assert common.load_checkpoint(str(work / "out" / "ckpt.pt"))["iter_num"] == 4
+    assert checkpoint.load(str(work / "out" / "ckpt.pt"))["iter_num"] == 4
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
@@ -453,4 +470,4 @@ def test_classic_meta_pkl_loads_with_every_protocol(tmp_path, protocol):
     meta = {"vocab_size": len(itos), "itos": itos, "stoi": {c: i for i, c in itos.items()}}
     with open(tmp_path / "meta.pkl", "wb") as f:
         pickle.dump(meta, f, protocol=protocol)
-    assert common.load_meta(str(tmp_path / "meta.pkl")) == meta
+    assert checkpoint.load_meta(str(tmp_path / "meta.pkl")) == meta

@@ -1,6 +1,7 @@
 """train.py end to end on tiny synthetic data, on the CPU: learning, exact resume, DDP (gloo)
 against gradient accumulation, eval_only, checkpoints, user errors, the LR schedule."""
 
+import ast
 import csv
 import math
 import os
@@ -9,14 +10,16 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import common
-from common import UserError
+import checkpoint
+import dataloader
+from model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"
@@ -67,11 +70,23 @@ def run_train(cwd: Path, *args, nproc=1, check=True) -> subprocess.CompletedProc
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         cmd += [str(TRAIN), *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=clean_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+
+
+def train_function(name, **module_globals):
+    """A function of train.py (a script, not importable) with the globals it reads set as given."""
+    tree = ast.parse(TRAIN.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    scope = {"math": math, **module_globals}
+    exec(compile(ast.Module([node], type_ignores=[]), str(TRAIN), "exec"), scope)
+    return scope[name]
 
 
 def read_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -98,17 +113,23 @@ def trained(tmp_path_factory):
 # ---------------------------------------------------------------------------- learning, log and LR
 
 
-def test_run_ends_with_where_the_time_went(trained):
-    """The closing `time:` line counts the evals and steps the run made, and its parts add up to
-    no more than the loop's own wall time."""
-    root, _ = trained
-    out = (root / "stdout.txt").read_text()
-    loop = float(re.search(r"iters 0\.\.20 in ([0-9.]+)s", out).group(1))
-    line = re.search(r"^time: (.*)$", out, re.M).group(1)
-    assert "2 more evals" in line and "19 more steps" in line  # evals at 0, 10, 20; steps 0..19
-    parts = [float(x) for x in re.findall(r"([0-9.]+)s", line)]
-    assert len(parts) == 6 and all(p >= 0 for p in parts)
-    assert sum(parts[1:]) <= loop + 0.2  # all but setup happen inside the loop (0.1 s rounding each)
+def test_time_left_is_printed_and_sane(tmp_path):
+    """After the first steps every log line ends with an estimate of the time left (steps and evals);
+    it is within 2x of the time the run then really took, read off as the lines arrive."""
+    make_dataset(tmp_path)
+    args = [*TINY, "--max_iters=300", "--log_interval=30", "--eval_interval=100", "--eval_iters=20"]
+    cmd = [sys.executable, str(TRAIN), *args, "--out_dir=eta"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=clean_env())
+    seen = [(time.monotonic(), line) for line in proc.stdout]
+    assert proc.wait() == 0
+    end = next(t for t, line in seen if line.startswith("iters 0..300 in"))
+    estimates = [(t, line) for t, line in seen if ", eta " in line]
+    assert [line.split(":")[0] for _, line in estimates] == [f"iter {i}" for i in range(30, 300, 30)]
+    assert not any(", eta " in line for _, line in seen if line.startswith("iter 0:"))  # not from the first step
+    for t, line in estimates[:4]:  # early enough for the time left to be measurable
+        h, m, s = map(int, re.search(r"eta (\d+):(\d\d):(\d\d)", line).groups())
+        left, took = 3600 * h + 60 * m + s, end - t
+        assert took / 2 - 1 <= left <= 2 * took + 1, (line, took)
 
 
 def test_loss_falls_and_log_has_every_row(trained):
@@ -149,13 +170,17 @@ def test_logged_lr_follows_the_schedule(trained):
     ],
 )
 def test_get_lr_edges(it, lr):
-    assert common.get_lr(it, 6e-4, 100, 1000, 6e-5) == pytest.approx(lr, rel=1e-12, abs=1e-18)
+    get_lr = train_function("get_lr", learning_rate=6e-4, warmup_iters=100, lr_decay_iters=1000, min_lr=6e-5)
+    assert get_lr(it) == pytest.approx(lr, rel=1e-12, abs=1e-18)
 
 
 def test_get_lr_without_warmup_or_decay_room():
-    assert common.get_lr(0, 1e-3, 0, 10, 1e-4) == pytest.approx(1e-3)  # no warmup: starts at the top
-    assert common.get_lr(5, 1e-3, 5, 5, 1e-4) == pytest.approx(1e-4)  # no division by zero
-    assert common.get_lr(4, 1e-3, 5, 5, 1e-4) == pytest.approx(1e-3 * 5 / 6)
+    schedule = lambda warmup, decay: train_function(  # noqa: E731
+        "get_lr", learning_rate=1e-3, warmup_iters=warmup, lr_decay_iters=decay, min_lr=1e-4
+    )
+    assert schedule(0, 10)(0) == pytest.approx(1e-3)  # no warmup: starts at the top
+    assert schedule(5, 5)(5) == pytest.approx(1e-4)  # no division by zero
+    assert schedule(5, 5)(4) == pytest.approx(1e-3 * 5 / 6)
 
 
 # ---------------------------------------------------------------------------- exact resume
@@ -239,9 +264,12 @@ def test_fsdp_gloo_equals_single_process_and_saves_a_classic_checkpoint(tmp_path
 
 
 def test_grad_accum_must_divide_among_processes():
-    assert common.split_grad_accum(40, 8) == 5
+    import parallel
+    from errors import UserError
+
+    assert parallel.split_grad_accum(40, 8) == 5
     with pytest.raises(UserError, match="gradient_accumulation_steps=3 does not divide among 2"):
-        common.split_grad_accum(3, 2)
+        parallel.split_grad_accum(3, 2)
 
 
 # ---------------------------------------------------------------------------- eval_only and checkpoints
@@ -279,12 +307,10 @@ def test_checkpoint_is_classic_and_plain(trained):
     _, eval_rows = read_log(trained[1])
     assert ckpt["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in eval_rows))
     # what classic sample.py does: GPTConfig(**model_args), then a strict load
-    from model import GPT, GPTConfig
-
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     # and the shared loader rebuilds the same weights
-    rebuilt = common.model_from_checkpoint(common.load_checkpoint(str(trained[1] / "ckpt.pt")))
+    rebuilt = checkpoint.model_from(checkpoint.load(str(trained[1] / "ckpt.pt")))
     for k, v in rebuilt.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
 
@@ -308,61 +334,22 @@ def test_resume_from_orig_mod_prefixed_checkpoint(trained, tmp_path):
 # ---------------------------------------------------------------------------- user errors
 
 
-@pytest.fixture
-def in_data_dir(tmp_path, monkeypatch):
-    make_dataset(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
-    return tmp_path
-
-
-def main(*args):
-    import train
-
-    train.main([*TINY, *args])
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--dataset=nope"], r"no training data for dataset 'nope'.*python data/nope/prepare\.py"),
-        (["--init_from=resume", "--out_dir=empty"], r"no checkpoint at empty.ckpt\.pt"),
-        (["--init_from=gpt3"], r"unknown init_from='gpt3'"),
-        (["--n_head=3"], r"n_embd=32 is not divisible by n_head=3"),
-        (["--block_size=2000"], r"fewer than block_size \+ 1 = 2001"),
-        (["--gradient_accumulation_steps=0"], r"gradient_accumulation_steps=0 must be at least 1"),
-        (["--batch_size=2.5"], r"batch_size expects int"),
-        (["--learning_rat=1"], r"did you mean 'learning_rate'"),
-        (["--device=tpu"], r"unknown device|unsupported device"),
-        (["--dtype=float8"], r"unknown dtype"),
-    ],
-)
-def test_user_errors(in_data_dir, args, message):
-    with pytest.raises(UserError, match=message):
-        main(*args)
-
-
-def test_unwritable_out_dir(in_data_dir):
-    (in_data_dir / "afile").write_text("x")
-    with pytest.raises(UserError, match="cannot create out_dir"):
-        main("--out_dir=afile/sub")
-
-
-def test_data_with_tokens_beyond_the_model(in_data_dir, trained):
+def test_data_with_tokens_beyond_the_model(tmp_path, trained):
     # meta.pkl says 64 tokens; the checkpoint's model has 32
-    make_dataset(in_data_dir, name="wide", vocab=64)
-    out = in_data_dir / "out"
-    shutil.copytree(trained[1], out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(UserError, match="meta.pkl has vocab_size=64 but the model has 32"):
-        main("--init_from=resume", "--dataset=wide", "--out_dir=out")
-    make_dataset(in_data_dir, name="wide_nometa", vocab=64, meta=False)
-    with pytest.raises(UserError, match="token id 6[0-3] but the model's vocab_size is 32"):
-        main("--init_from=resume", "--dataset=wide_nometa", "--out_dir=out")
-    with pytest.raises(UserError, match="block_size=32 does not fit the resume model, whose block_size is 16"):
-        main("--init_from=resume", "--out_dir=out", "--block_size=32")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing the user had was touched
+    make_dataset(tmp_path)
+    make_dataset(tmp_path, name="wide", vocab=64)
+    make_dataset(tmp_path, name="wide_nometa", vocab=64, meta=False)
+    shutil.copytree(trained[1], tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    resume = [*TINY, "--init_from=resume", "--out_dir=out"]
+    for args, message in [
+        (["--dataset=wide"], "--dataset=wide needs a vocabulary of 64 tokens but the model has vocab_size=32"),
+        (["--dataset=wide_nometa"], "--dataset=wide_nometa needs a vocabulary of 6[0-4] tokens but the model has "),
+        (["--block_size=32"], "block_size=32 does not fit the checkpoint, whose block_size is 16"),
+    ]:
+        proc = run_train(tmp_path, *resume, *args, check=False)
+        assert proc.returncode == 1 and re.fullmatch(f"error: {message}.*\n", proc.stderr), proc.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # nothing was touched
 
 
 def test_error_is_one_line_without_traceback(tmp_path):
@@ -370,88 +357,51 @@ def test_error_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: no training data for dataset 'missing': data/missing/train.bin is missing; "
-        "run python data/missing/prepare.py first"
+        "error: no training data for dataset 'missing': run python data/missing/prepare.py first"
     ]
-
-
-def test_non_finite_loss_names_the_step(tmp_path):
-    import train
-
-    run = type("Run", (), {"config": {"out_dir": str(tmp_path), "learning_rate": 1.0}})()
-    watch = train.NonFiniteWatch("cpu")
-    watch.update(torch.tensor(2.0), 0)
-    watch.check(run)  # finite: fine
-    watch.update(torch.tensor(float("nan")), 7)
-    watch.update(torch.tensor(float("inf")), 8)
-    with pytest.raises(UserError, match=r"not finite at iter 7: .*lower --learning_rate \(now 1.0\).*bfloat16"):
-        watch.check(run)
 
 
 # ---------------------------------------------------------------------------- data
 
 
-def test_batches_are_windows_of_the_data_and_repeat_by_key(tmp_path):
+def test_batches_are_windows_of_the_data_and_repeat_by_key(tmp_path, monkeypatch):
     folder = make_dataset(tmp_path)
     data = np.fromfile(folder / "train.bin", dtype=np.uint16).astype(np.int64)
-    src = common.BatchSource(str(folder), 16, 5, "cpu", in_memory_bytes=0)  # memory-mapped path
-    mem = common.BatchSource(str(folder), 16, 5, "cpu")  # in-memory path
-    x, y = src.get_batch("train", 3)
+    monkeypatch.chdir(tmp_path)
+    src = dataloader.Batches("tiny", 16, 5, "cpu", in_memory_bytes=0)  # memory-mapped path
+    mem = dataloader.Batches("tiny", 16, 5, "cpu")  # in-memory path
+    x, y = src.get("train", 3)
     assert x.shape == y.shape == (5, 16) and x.dtype == torch.int64
     for row_x, row_y, start in zip(x, y, src.starts("train", 3).tolist(), strict=True):
         assert row_x.tolist() == data[start : start + 16].tolist()
         assert row_y.tolist() == data[start + 1 : start + 17].tolist()
-    x2, y2 = mem.get_batch("train", 3)
+    x2, y2 = mem.get("train", 3)
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    assert not torch.equal(x, mem.get_batch("train", 4)[0])
-    assert not torch.equal(mem.get_batch("val", 3)[0], mem.get_batch("val", ("eval", 0, "val", 3))[0])
+    assert not torch.equal(x, mem.get("train", 4)[0])
+    assert not torch.equal(mem.get("val", 3)[0], mem.get("val", ("eval", 0, "val", 3))[0])
 
 
 def test_data_dir_falls_back_to_the_script_folder(tmp_path, monkeypatch):
     make_dataset(tmp_path / "repo")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    found = common.find_data_dir("tiny", str(tmp_path / "repo"))
-    assert Path(found).resolve() == (tmp_path / "repo" / "data" / "tiny").resolve()
+    monkeypatch.setattr(dataloader, "HERE", str(tmp_path / "repo"))
+    found = dataloader.find_data_file("tiny", "train.bin")
+    assert Path(found).resolve() == (tmp_path / "repo" / "data" / "tiny" / "train.bin").resolve()
     make_dataset(tmp_path / "elsewhere")  # the working directory wins, as in nanoGPT
-    assert common.find_data_dir("tiny", str(tmp_path / "repo")) == os.path.join("data", "tiny")
+    assert dataloader.find_data_file("tiny", "train.bin") == os.path.join("data", "tiny", "train.bin")
+    assert dataloader.find_data_file("tiny", "nope.bin") is None
 
 
 def test_regional_compile_keeps_the_module_and_its_checkpoint_names():
-    """compile_mode='regional' compiles the blocks in place: the model stays the same module with
-    the same parameters, and its state dict has the classic names (no `_orig_mod.` anywhere)."""
-    import train
-    from model import GPT, GPTConfig
-
+    """compile_mode='regional' compiles each block in place, as train.py does: the model stays the same
+    module with the same parameters, and its state dict has the classic names (no `_orig_mod.`)."""
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=32))
     names, params = list(model.state_dict()), list(model.parameters())
-    assert train.compile_model(model, lambda *a: None, "regional") is model
+    source = TRAIN.read_text()
+    assert "for block in model.transformer.h:\n            block.compile(dynamic=False)" in source
+    for block in model.transformer.h:
+        block.compile(dynamic=False)
     assert list(model.state_dict()) == names
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
     assert all(block._compiled_call_impl is not None for block in model.transformer.h)
-    assert "head_with_loss" not in vars(model)  # a small vocabulary's head stays eager
-    big = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=train._COMPILED_HEAD_VOCAB))
-    train.compile_model(big, lambda *a: None, "regional")
-    assert "head_with_loss" in vars(big)  # a large one's head and loss are compiled as well
-
-
-def test_compile_mode_auto_picks_cuda_graphs_only_where_they_work():
-    import train
-
-    assert train.resolve_compile_mode("auto", "cuda", False, 1, "bfloat16") == "regional"
-    assert train.resolve_compile_mode("auto", "cuda", False, 1, "float16") == "reduce-overhead"
-    assert train.resolve_compile_mode("auto", "cuda", True, 1, "bfloat16") == "default"  # DDP / FSDP
-    assert train.resolve_compile_mode("auto", "cuda", False, 4, "bfloat16") == "default"  # accumulation
-    assert train.resolve_compile_mode("auto", "cpu", False, 1, "float32") == "default"
-    mode = "max-autotune-no-cudagraphs"
-    assert train.resolve_compile_mode(mode, "cuda", False, 4, "bfloat16") == mode
-    assert train.resolve_compile_mode("reduce-overhead", "cpu", False, 4, "float32") == "reduce-overhead"
-    # train.py records its own graphs only in regional mode, where they can work
-    assert train.records_graphs("regional", "cuda", False, 1, "bfloat16")
-    assert train.records_graphs("regional", "cuda", False, 1, "float32")
-    for where in (("cpu", False, 1, "float32"), ("cuda", True, 1, "bfloat16"), ("cuda", False, 2, "bfloat16")):
-        assert not train.records_graphs("regional", *where)
-    assert not train.records_graphs("regional", "cuda", False, 1, "float16")
-    assert not train.records_graphs("default", "cuda", False, 1, "bfloat16")
-    with pytest.raises(UserError, match="cannot accumulate gradients over 4 micro-steps"):
-        train.resolve_compile_mode("reduce-overhead", "cuda", False, 4, "bfloat16")

@@ -1,0 +1,308 @@
+"""Checkpoints and the other files a run reads back: written atomically, loaded so they cannot run code.
+
+A checkpoint is nanoGPT's dict (model, optimizer, model_args, iter_num, best_val_loss, config) plus
+what an exact resume needs (rng_state, scaler), all plain tensors and values.
+"""
+
+import io
+import os
+import pickle
+import random
+import re
+import tempfile
+import threading
+
+import numpy as np
+import requests
+import torch
+
+import parallel
+from errors import UserError, first_line
+from model import ARCH_KEYS, GPT, PRETRAINED, GPTConfig
+
+CKPT_NAME = "ckpt.pt"
+
+
+def save(obj, path):
+    """Write atomically: a temp file in the same folder, fsync, then a rename over the old file.
+    A crash at any moment leaves either the previous checkpoint or the new one, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{os.getpid()}-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself is durable too
+    finally:
+        os.close(dir_fd)
+
+
+def cpu_copy(obj, copies=None):
+    """obj's nested dicts, lists and tuples with every tensor copied to the CPU, so training can
+    change the originals while the copy is written. Tensors that are one view of one memory (the
+    tied wte and lm_head) stay one tensor; state dicts keep their version metadata."""
+    copies = {} if copies is None else copies
+    if isinstance(obj, torch.Tensor):
+        key = (obj.device, obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride())
+        if key not in copies:
+            copies[key] = obj.detach().to("cpu", copy=True)
+        return copies[key]
+    if isinstance(obj, dict):
+        out = type(obj)((k, cpu_copy(v, copies)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v, copies) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Saves checkpoints in a thread, one at a time, so training goes on while a file is written.
+
+    submit() copies the state to the CPU at once (the file holds that moment), then returns.
+    A failed write is raised as a UserError by the next poll(), submit() or wait(); the file at
+    the path is then still a complete earlier checkpoint, or none. The thread is not a daemon:
+    the interpreter finishes a write in flight before it exits.
+    """
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def submit(self, obj, path):
+        self.wait()
+        copy = cpu_copy(obj)
+        self.thread = threading.Thread(target=self._write, args=(copy, path), name="checkpoint-writer")
+        self.thread.start()
+
+    def _write(self, obj, path):
+        try:
+            save(obj, path)
+        except Exception as e:  # raised by wait(), in the main thread
+            self.error = (path, e)
+
+    def poll(self):
+        """Raise a failed write as soon as it is known, without waiting for one in flight."""
+        if self.thread is not None and not self.thread.is_alive():
+            self.wait()
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            (path, e), self.error = self.error, None
+            raise UserError(
+                f"could not write the checkpoint {path} ({first_line(e)}); the file there, if any, is a complete "
+                "earlier checkpoint: free some disk space or choose another --out_dir"
+            )
+
+
+def remove_stale_temps(folder):
+    """Delete the temp files save() left behind when its process was killed mid-write
+    (.ckpt-<pid>-*.tmp whose pid no longer runs), and nothing else; return their names."""
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = re.fullmatch(r"\.ckpt-(\d+)-\w+\.tmp", name)
+        if m and not pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def pid_alive(pid):
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process: leave its file alone
+    return True
+
+
+def load(path):
+    """A checkpoint dict, loaded with weights_only=True so that a crafted file cannot run code."""
+    if not os.path.isfile(path):
+        raise UserError(
+            f"no checkpoint at {path}: train one first (python train.py config/train_shakespeare_char.py) "
+            "or point --out_dir at the folder that holds ckpt.pt"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
+            raise UserError(
+                f"refusing to load {path}: it holds objects other than tensors and plain values, "
+                "which could run code; only load checkpoints you trust with plain contents"
+            ) from None
+        raise UserError(f"checkpoint {path} is corrupt ({first_line(e)}): restore it from a backup") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for a truncated zip
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first_line(e)}): restore it or retrain") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise UserError(f"{path} is not a nanoGPT checkpoint: it lacks the 'model' and 'model_args' entries")
+    return ckpt
+
+
+def clean_state_dict(state_dict):
+    """Strip torch.compile's `_orig_mod.` and DDP's `module.` prefixes, and drop the attention mask
+    buffers that old nanoGPT checkpoints carry (they hold no weights)."""
+    out = {}
+    for k, v in state_dict.items():
+        k = re.sub(r"^((_orig_mod|module)\.)+", "", k).replace("._orig_mod.", ".")
+        if not k.endswith((".attn.bias", ".attn.masked_bias")):  # the masks, not c_attn.bias
+            out[k] = v
+    return out
+
+
+def model_from(ckpt, dropout=None):
+    """The GPT of a checkpoint: its model_args and weights (dropout as saved, unless given)."""
+    args = {k: ckpt["model_args"][k] for k in ARCH_KEYS if k in ckpt["model_args"]}
+    missing = set(ARCH_KEYS) - set(args)
+    if missing:
+        raise UserError(f"checkpoint model_args lack {sorted(missing)}: it was not written by nanoGPT")
+    args["dropout"] = ckpt["model_args"].get("dropout", 0.0) if dropout is None else dropout
+    try:
+        model = GPT(GPTConfig(**args))
+    except ValueError as e:
+        raise UserError(f"checkpoint has an invalid architecture: {e}") from None
+    result = model.load_state_dict(clean_state_dict(ckpt["model"]), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            "checkpoint weights do not fit its model_args: "
+            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
+    return model
+
+
+def load_pretrained(name, dropout=0.0):
+    """OpenAI's GPT-2 weights as a GPT: a name of model.PRETRAINED, from the Hugging Face cache or
+    downloaded, or a local Hugging Face model folder. Offline, a one-line error within seconds."""
+    try:
+        import huggingface_hub
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError(f"{name} needs Hugging Face transformers: pip install transformers") from None
+    if name in PRETRAINED and huggingface_hub.try_to_load_from_cache(name, "config.json") is None:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        try:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+                raise OSError("HF_HUB_OFFLINE is set")
+            requests.head(endpoint, timeout=5)
+        except (OSError, requests.RequestException) as e:
+            raise UserError(
+                f"cannot load {name}: it is not in the Hugging Face cache and {endpoint} cannot be reached "
+                f"({first_line(e)}); connect once to download it, or give the folder of a saved model"
+            ) from None
+    try:
+        return GPT.from_pretrained(name, dict(dropout=dropout))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
+
+
+def prepare_out_dir(out_dir, fresh, overwrite, say):
+    """Create out_dir, and refuse to let a run that does not resume replace the checkpoint of
+    another run there, unless asked to; remove what killed runs left half-written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another --out_dir") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"out_dir {out_dir} is not writable: choose another --out_dir")
+    if fresh and not overwrite and os.path.isfile(os.path.join(out_dir, CKPT_NAME)):
+        raise UserError(
+            f"{out_dir} already holds a checkpoint: go on from it with --init_from=resume, start this run "
+            "elsewhere with --out_dir=NEW_DIR, or replace it with --overwrite=True"
+        )
+    for name in remove_stale_temps(out_dir):
+        say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
+
+
+def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_model=None):
+    """Put back the optimizer and gradient scaler states and this rank's RNGs, so that a resumed
+    run goes on exactly as if it had never stopped (FSDP: a collective)."""
+    try:
+        if fsdp_model is not None:
+            parallel.load_optimizer_state(fsdp_model, optimizer, ckpt["optimizer"])
+        else:
+            optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint's optimizer state does not fit the model: {first_line(e)}") from None
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt.get("rng_state")
+    if isinstance(states, list) and rank < len(states):
+        set_rng_state(states[rank], device)
+    else:
+        say("note: the checkpoint holds no RNG state for this rank: dropout will not repeat the original run")
+
+
+# ---------------------------------------------------------------------------- random number generators
+
+
+def rng_state(device):
+    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe).
+    Only this process's GPU: asking for all of them would start a CUDA context on each."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if "cuda" in state and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# ---------------------------------------------------------------------------- meta.pkl
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Builds only what pickle makes without importing anything: dicts, lists, str, int, ..."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+def load_meta(path, keys=("vocab_size",)):
+    """A character-level dataset's meta.pkl ({'vocab_size', 'itos', 'stoi'}) without running code;
+    it must hold vocab_size and `keys` (train.py needs only the vocab_size, sample.py all three)."""
+    try:
+        with open(path, "rb") as f:
+            meta = PlainUnpickler(io.BytesIO(f.read())).load()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except pickle.UnpicklingError as e:
+        if "is not allowed" in str(e):
+            raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, str and int") from None
+        raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
+    except Exception as e:
+        raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
+    if not isinstance(meta, dict) or not {"vocab_size", *keys} <= set(meta):
+        raise UserError(f"{path} is not a nanoGPT meta.pkl: it needs {', '.join(keys)}")
+    if type(meta["vocab_size"]) is not int or meta["vocab_size"] < 1:
+        raise UserError(f"{path} has an invalid vocab_size {meta['vocab_size']!r}: rerun the dataset's prepare.py")
+    return meta

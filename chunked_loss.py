@@ -1,0 +1,75 @@
+"""The output head and its cross-entropy, chunk by chunk: the whole (tokens, vocab) logits never exist.
+
+The same math as F.cross_entropy(x @ weight.T, targets, ignore_index=-1): for each chunk of tokens
+the logits are made, their loss and its gradient (softmax minus the one-hot target) come out of
+one pass in float32, and the gradients of x and weight are taken right there; backward only
+scales them. For GPT-2's 50,304-token vocabulary at batch 32 x 1024 the logits alone are 3.3 GB
+in bfloat16, and an unfused step keeps them, their float32 softmax and their gradient.
+"""
+
+import functools
+import math
+
+import torch
+
+CHUNK_TOKENS = 8192  # tokens per chunk: 0.8 GB of bfloat16 logits for GPT-2's vocabulary
+
+
+def chunk_loss_and_grad(logits, targets):
+    """The summed loss of a chunk of logits (n, V) against targets (n,), and its gradient with
+    respect to the logits, computed in float32 or better and returned in the logits' dtype; a
+    target of -1 adds nothing."""
+    dtype = logits.dtype
+    logits = logits.to(torch.promote_types(dtype, torch.float32))
+    keep = (targets != -1)[:, None]  # (n, 1)
+    picked = torch.where(keep, targets[:, None], 0)  # (n, 1): a real index where the target is -1
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+    loss = ((lse - logits.gather(1, picked)) * keep).sum()
+    one_hot = torch.arange(logits.size(-1), device=logits.device) == picked  # (n, V), made on the fly
+    grad = (torch.exp(logits - lse) - one_hot.to(logits.dtype)) * keep  # softmax - one-hot: one pass
+    return loss, grad.to(dtype)
+
+
+@functools.cache
+def compiled_chunk_loss_and_grad():
+    """chunk_loss_and_grad compiled into a few fused kernels (made at first use: importing the
+    compiler takes seconds that a run without CUDA need not pay)."""
+    return torch.compile(chunk_loss_and_grad, dynamic=False)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of x (N, C) @ weight (V, C).T against targets (N,), ignoring -1."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets):
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        xs, w = x.to(dtype), weight.to(dtype)  # cast once, not in every chunk's matmuls
+        acc = torch.promote_types(dtype, torch.float32)  # sums in float32, or float64 for float64 inputs
+        step = compiled_chunk_loss_and_grad() if x.is_cuda else chunk_loss_and_grad
+        want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(x) if want_grads else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if want_grads else None
+        loss = torch.zeros((), dtype=acc, device=x.device)
+        n = math.ceil(len(x) / math.ceil(len(x) / CHUNK_TOKENS))  # chunks of one size where they can be
+        for i in range(0, len(x), n):
+            chunk_loss, grad = step(xs[i : i + n] @ w.t(), targets[i : i + n])  # logits (n, V)
+            loss += chunk_loss
+            if want_grads:
+                grad_x[i : i + n] = grad @ w
+                grad_w += (grad.t() @ xs[i : i + n]).to(acc)
+        count = (targets != -1).sum()
+        if want_grads:
+            ctx.save_for_backward(grad_x / count, (grad_w / count).to(weight.dtype))
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None
+
+
+@torch.compiler.disable  # inside a compiled model this runs as written; its chunk step is compiled on its own
+def linear_cross_entropy(x, weight, targets):
+    """The mean cross-entropy of the logits x @ weight.T (x: (..., C)) against targets (...)."""
+    return LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1))

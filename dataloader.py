@@ -1,0 +1,84 @@
+"""Batches of token windows from data/<dataset>/train.bin and val.bin (raw uint16 token ids).
+
+Batch number `key` of a split always holds the same windows: their starts come from a generator
+seeded by (seed, split, key). So any process can draw any micro-batch, the processes of a DDP run
+together draw exactly the batches one process would, and a resumed run needs no data RNG state.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+from errors import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_data_file(dataset, name):
+    """data/<dataset>/<name> under the working directory, as nanoGPT looks for it, else beside
+    these scripts (python /path/to/train.py from elsewhere); None if neither exists."""
+    for root in ("", HERE):
+        path = os.path.join(root, "data", dataset, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def stream_seed(*parts):
+    """A 63-bit seed that depends on every part (ints and strings) and on nothing else."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class Batches:
+    """Random windows of block_size + 1 tokens of a dataset: inputs x and targets y (x shifted by
+    one), both (batch_size, block_size) int64, on `device` (through pinned memory on CUDA).
+    Files up to in_memory_bytes are read once; larger ones are memory-mapped afresh for every
+    batch (a long-lived np.memmap keeps growing the resident memory)."""
+
+    def __init__(self, dataset, block_size, batch_size, device, seed=1337, in_memory_bytes=1 << 30):
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.device = torch.device(device)
+        self.paths, self.arrays = {}, {}
+        for split in ("train", "val"):
+            path = find_data_file(dataset, f"{split}.bin")
+            if path is None:
+                raise UserError(
+                    f"no {split} data for dataset {dataset!r}: data/{dataset}/{split}.bin is missing; "
+                    f"run python data/{dataset}/prepare.py first"
+                )
+            tokens = os.path.getsize(path) // 2
+            if tokens < block_size + 1:
+                raise UserError(
+                    f"{path} holds {tokens} tokens, fewer than block_size + 1 = {block_size + 1}: "
+                    "lower --block_size or prepare more data"
+                )
+            self.paths[split] = path
+            small = os.path.getsize(path) <= in_memory_bytes
+            self.arrays[split] = np.fromfile(path, dtype=np.uint16) if small else None
+        self.offsets = np.arange(block_size + 1, dtype=np.int64)
+
+    def tokens(self, split):
+        data = self.arrays[split]
+        return np.memmap(self.paths[split], dtype=np.uint16, mode="r") if data is None else data
+
+    def max_token(self):
+        """The largest token id in the data when it is in memory (else None: too costly to scan)."""
+        if any(a is None for a in self.arrays.values()):
+            return None
+        return max(int(a.max()) for a in self.arrays.values())
+
+    def starts(self, split, key):
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, split, key))
+        return torch.randint(len(self.tokens(split)) - self.block_size, (self.batch_size,), generator=gen)
+
+    def get(self, split, key):
+        """Batch number `key` (an int or a tuple of them) of a split: x and y."""
+        windows = self.tokens(split)[self.starts(split, key).numpy()[:, None] + self.offsets]  # (B, T+1)
+        x = torch.from_numpy(windows[:, :-1].astype(np.int64))
+        y = torch.from_numpy(windows[:, 1:].astype(np.int64))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)

@@ -1,0 +1,29 @@
+"""User mistakes end a script with one line on stderr, `error: ...`, and exit status 1, no traceback."""
+
+import sys
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what is wrong and how to fix it."""
+
+
+def report_user_errors():
+    """From now on, an uncaught UserError (or Ctrl-C) ends the process with one line instead of a
+    traceback. Anything else is a bug and keeps its traceback."""
+    default_hook = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, UserError):
+            print(f"error: {value}", file=sys.stderr, flush=True)
+        elif issubclass(kind, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr, flush=True)
+        else:
+            default_hook(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def first_line(e):
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__

@@ -1,0 +1,112 @@
+"""The training log of a run, out_dir/train_log.csv, and its picture, out_dir/loss.png.
+
+    python plot.py out-shakespeare-char                  # one run's curves, into loss.png
+    python plot.py out-a out-b --out compare.png         # several runs side by side
+
+train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu) and a
+row per eval (iter, train loss in `loss`, val_loss) and, when matplotlib is installed
+(pip install matplotlib), redraws loss.png at each eval.
+"""
+
+import argparse
+import csv
+import os
+import sys
+import threading
+import time
+
+HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
+
+
+def read_log(path):
+    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the evals)."""
+    steps, evals = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["val_loss"]:
+                evals.append((int(row["iter"]), float(row["loss"]), float(row["val_loss"])))
+            else:
+                steps.append((int(row["iter"]), float(row["loss"])))
+    return steps, evals
+
+
+def draw(out_dirs, png_path):
+    """Train and val loss against iteration, one panel per run, side by side. False without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(6 * len(out_dirs), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(out_dirs), sharey=True, squeeze=False)[0]
+    for ax, out_dir in zip(axes, out_dirs, strict=True):
+        steps, evals = read_log(os.path.join(out_dir, "train_log.csv"))
+        if steps:
+            ax.plot(*zip(*steps), color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each log line)")
+        if evals:
+            its, train, val = zip(*evals)
+            ax.plot(its, train, "o-", color="tab:blue", label="train (eval)")
+            ax.plot(its, val, "o-", color="tab:orange", label="val (eval)")
+        ax.set(title=out_dir, xlabel="iteration", ylabel="loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path + ".tmp", dpi=100, format="png")
+    os.replace(png_path + ".tmp", png_path)  # a reader (or a kill) never meets half a picture
+    return True
+
+
+class TrainingLog:
+    """train.py's log: rows appended to out_dir/train_log.csv (a new file only when asked to replace
+    a run), and loss.png redrawn after an eval, in a thread so that training need not wait for it:
+    at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end."""
+
+    def __init__(self, out_dir, truncate, say):
+        self.out_dir, self.say, self.drawing, self.drawn_at = out_dir, say, None, 0.0
+        self.path = os.path.join(out_dir, "train_log.csv")
+        if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            with open(self.path, "w") as f:
+                f.write(",".join(HEADER) + "\n")
+
+    def row(self, *cells):
+        with open(self.path, "a") as f:
+            f.write(",".join("" if c is None else str(c) for c in cells) + "\n")
+
+    def step_row(self, it, loss, lr, dt, mfu):
+        self.row(it, loss, None, lr, f"{dt * 1000:.2f}", f"{mfu * 100:.2f}" if mfu >= 0 else None)
+
+    def eval_row(self, it, losses, lr, mfu, last=False):
+        self.row(it, losses["train"], losses["val"], lr, None, f"{mfu * 100:.2f}" if mfu >= 0 else None)
+        if last or time.time() - self.drawn_at > 10:
+            first = self.drawing is None
+            self.wait()
+            self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
+            self.drawing.start()
+            self.drawn_at = time.time()
+
+    def draw(self, first):
+        if not draw([self.out_dir], os.path.join(self.out_dir, "loss.png")) and first:
+            self.say(f"note: pip install matplotlib to get {self.out_dir}/loss.png, or run plot.py on it later")
+
+    def wait(self):
+        """Let the last drawing finish."""
+        if self.drawing is not None:
+            self.drawing.join()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Draw the train and val loss of one or more runs side by side.")
+    parser.add_argument("out_dirs", nargs="+", help="the out_dir of each run (it holds train_log.csv)")
+    parser.add_argument("--out", default="loss.png", help="the picture to write (default: loss.png)")
+    args = parser.parse_args(argv)
+    for out_dir in args.out_dirs:
+        if not os.path.isfile(os.path.join(out_dir, "train_log.csv")):
+            sys.exit(f"error: {out_dir}/train_log.csv not found: give the out_dir of a training run")
+    if not draw(args.out_dirs, args.out):
+        sys.exit("error: plot.py needs matplotlib: pip install matplotlib")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
