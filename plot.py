@@ -31,12 +31,13 @@ def read_log(path):
 
 
 def draw(out_dirs, png_path):
-    """Train and val loss against iteration, one panel per run, side by side. False without matplotlib."""
+    """Train and val loss against iteration, one panel per run, side by side, into png_path; returns
+    the matplotlib Figure (None without matplotlib)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        return False
+        return None
     fig = Figure(figsize=(6 * len(out_dirs), 4.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(out_dirs), sharey=True, squeeze=False)[0]
@@ -54,7 +55,7 @@ def draw(out_dirs, png_path):
     fig.tight_layout()
     fig.savefig(png_path + ".tmp", dpi=100, format="png")
     os.replace(png_path + ".tmp", png_path)  # a reader (or a kill) never meets half a picture
-    return True
+    return fig
 
 
 class TrainingLog:
@@ -86,7 +87,7 @@ class TrainingLog:
             self.drawn_at = time.time()
 
     def draw(self, first):
-        if not draw([self.out_dir], os.path.join(self.out_dir, "loss.png")) and first:
+        if draw([self.out_dir], os.path.join(self.out_dir, "loss.png")) is None and first:
             self.say(f"note: pip install matplotlib to get {self.out_dir}/loss.png, or run plot.py on it later")
 
     def wait(self):
@@ -103,7 +104,7 @@ def main(argv=None):
     for out_dir in args.out_dirs:
         if not os.path.isfile(os.path.join(out_dir, "train_log.csv")):
             sys.exit(f"error: {out_dir}/train_log.csv not found: give the out_dir of a training run")
-    if not draw(args.out_dirs, args.out):
+    if draw(args.out_dirs, args.out) is None:
         sys.exit("error: plot.py needs matplotlib: pip install matplotlib")
     print(f"wrote {args.out}")
 

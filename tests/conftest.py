@@ -13,10 +13,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# tiktoken reads its BPE files from this cache instead of the network.
+# tiktoken reads its BPE files from this cache instead of the network. A path given relative to the
+# folder the tests were started in is made absolute: many tests run scripts from other folders.
 _cache = SHARED_DATA / "tiktoken_cache"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
+for _name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+    if os.environ.get(_name):
+        os.environ[_name] = os.path.abspath(os.environ[_name])
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,44 @@ def test_crafted_meta_pkl_is_refused(tmp_path):
     assert result.stderr.startswith("error: refusing to load data/evil/meta.pkl")
     assert "Traceback" not in result.stderr
     assert not marker.exists()
+
+
+def test_streamed_samples_are_the_tokens_generate_returns(char_run):
+    """sample.py prints each sample as its tokens come (flushed); what it prints is the text of
+    the very tokens generate() returns in one piece for the same seed, computed here in-process."""
+    import checkpoint
+
+    folder, _, meta = char_run
+    proc = subprocess.Popen(
+        [sys.executable, str(SAMPLE), "--device=cpu", "--start=First", "--num_samples=2", "--max_new_tokens=300"],
+        cwd=folder, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    head = "".join(iter(proc.stdout.readline, "Loading meta from data/toy_char/meta.pkl...\n"))
+    first_line = proc.stdout.readline()
+    still_running = proc.poll() is None  # the first sample's text came while it was being generated
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 0 and still_running and first_line.startswith("First")
+    printed = head + "Loading meta from data/toy_char/meta.pkl...\n" + first_line + rest
+    torch.manual_seed(1337)  # sample.py's seed, then the same model construction (its init draws numbers)
+    model = checkpoint.model_from(checkpoint.load(str(folder / "out" / "ckpt.pt")), dropout=0.0).eval()
+    x = torch.tensor([[meta["stoi"][c] for c in "First"]])
+    expected = ["".join(meta["itos"][i] for i in model.generate(x, 300, 0.8, 200)[0].tolist()) for _ in range(2)]
+    assert samples_of(printed) == expected
+
+
+def test_gpt2_without_network_fails_fast_in_one_line(tmp_path):
+    """init_from=gpt2 with nothing in the Hugging Face cache and no network: one line within seconds,
+    not minutes of download retries."""
+    pytest.importorskip("transformers")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9", PYTHONUNBUFFERED="1")
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(SAMPLE), "--device=cpu", "--init_from=gpt2"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert time.monotonic() - start < 30
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load gpt2: it is not in the Hugging Face cache")
+    assert "http://127.0.0.1:9 cannot be reached" in lines[0]

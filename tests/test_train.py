@@ -405,3 +405,71 @@ def test_regional_compile_keeps_the_module_and_its_checkpoint_names():
     assert list(model.state_dict()) == names
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
     assert all(block._compiled_call_impl is not None for block in model.transformer.h)
+
+
+def test_loss_png_draws_the_logged_values(trained):
+    """out_dir/loss.png is drawn from train_log.csv: its lines hold exactly the logged losses."""
+    pytest.importorskip("matplotlib")
+    import plot
+
+    _, out = trained
+    assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")  # kept up to date by train.py
+    train_rows, eval_rows = read_log(out)
+    fig = plot.draw([str(out)], str(out / "again.png"))
+    steps, train, val = (line.get_xydata().tolist() for line in fig.axes[0].lines)
+    assert steps == [[int(r["iter"]), float(r["loss"])] for r in train_rows]
+    assert train == [[int(r["iter"]), float(r["loss"])] for r in eval_rows]
+    assert val == [[int(r["iter"]), float(r["val_loss"])] for r in eval_rows]
+
+
+def test_plot_py_draws_several_runs_side_by_side(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, out = trained
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "plot.py"), str(out), str(other), "--out", str(tmp_path / "both.png")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0 and (tmp_path / "both.png").read_bytes().startswith(b"\x89PNG")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "plot.py"), str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().endswith(
+        "train_log.csv not found: give the out_dir of a training run"
+    )
+
+
+def test_without_matplotlib_training_says_how_to_get_the_plot(tmp_path):
+    """No matplotlib: nothing breaks, no loss.png, and one note says how to get it."""
+    make_dataset(tmp_path)
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    env = dict(clean_env(), PYTHONPATH=str(tmp_path))
+    cmd = [sys.executable, str(TRAIN), *TINY, "--max_iters=4", "--eval_interval=2", "--out_dir=nomp"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("note: pip install matplotlib to get nomp/loss.png") == 1
+    assert not (tmp_path / "nomp" / "loss.png").exists() and (tmp_path / "nomp" / "ckpt.pt").exists()
+
+
+@pytest.mark.slow
+def test_readme_first_command_trains_the_quick_recipe_without_a_gpu(tmp_path, shakespeare_input):
+    """The README's first command, run as written (but the install, done already) in a fresh copy of
+    the repository, with the local Tiny Shakespeare: without a GPU it trains the quick recipe, says
+    so, reaches a val loss around 2 and samples Shakespeare-like text."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the command trains the classic recipe")
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"^pip install -e \. && (python data/shakespeare_char/prepare\.py.*)$", readme, re.M).group(1)
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", ".venv*", "out*", "*.bin", "*.pkl", "input.txt"))
+    env = dict(clean_env(), NANOGPT_INPUT_FILE=str(shakespeare_input))
+    proc = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "so the quick recipe" in proc.stdout
+    best = float(re.search(r"best val loss ([0-9.]+)", proc.stdout).group(1))
+    assert best < 2.05
+    samples = proc.stdout.split("Loading meta from data/shakespeare_char/meta.pkl...\n")[1].split("---------------\n")
+    assert len(samples) == 11 and samples[-1] == ""  # 10 samples, each closed by its line of dashes
+    words = re.findall(r"[a-z]+", " ".join(samples).lower())
+    assert sum(w in ("the", "and", "to", "of", "i", "you", "my", "that", "is", "not") for w in words) > 0.1 * len(words)
