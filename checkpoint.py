@@ -141,7 +141,8 @@ def load(path):
             "or point --out_dir at the folder that holds ckpt.pt"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
             raise UserError(

@@ -231,15 +231,16 @@ def estimate_loss():
     limit = max(1, min(32, len(mine), 2**26 // (batch_size * block_size * model_args["vocab_size"])))
     group = max(g for g in range(1, limit + 1) if len(mine) % g == 0)
     start = shown = time.time()
-    for split in ("train", "val"):
+    for s, split in enumerate(("train", "val")):
         total = torch.zeros((), device=device)
         for i in range(0, len(mine), group):
             X, Y = zip(*(batches.get(split, ("eval", iter_num, k)) for k in mine[i : i + group]))
             with ctx:
                 _, loss = model(torch.cat(X), torch.cat(Y))
             total += loss.float() * len(X)
-            if time.time() - shown > 10:  # a long eval shows that it moves
-                say(f"  evaluating {split}: {i + group}/{len(mine)} batches, {time.time() - start:.0f}s so far")
+            if time.time() - shown > 10:  # a long eval says how far it is
+                seconds, done = time.time() - start, (s * len(mine) + i + group) / (2 * len(mine))
+                say(f"  evaluating: {done:.0%} in {seconds:.0f}s, about {seconds / done - seconds:.0f}s left")
                 shown = time.time()
         if shared:
             torch.distributed.all_reduce(total)
