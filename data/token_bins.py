@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import prepare_utils as pu
 
-# Documents per task: ~10M tokens of web text, ~100MB of memory in a worker at its peak.
+# Documents per task: ~10M tokens of web text (20MB as uint16); a worker holds one shard's text and ids at a time.
 SHARD_DOCS = 10_000
 PROGRESS_NAME = "prepare_progress.json"
 # Documents per split, evenly spaced, whose text goes into the fingerprint.
@@ -216,5 +216,7 @@ def arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentPars
     parser.add_argument(
         "--num-proc", "--num_proc", type=int, default=cores, help="worker processes (default: %(default)s)"
     )
-    parser.add_argument("--shard-docs", "--shard_docs", type=int, default=SHARD_DOCS, help="default: %(default)s")
+    parser.add_argument(
+        "--shard-docs", "--shard_docs", type=int, default=SHARD_DOCS, help="documents per task (default: %(default)s)"
+    )
     return parser

@@ -68,7 +68,13 @@ def prepare(
 def main(argv: list[str] | None = None) -> None:
     parser = token_bins.arg_parser("Prepare FineWeb-Edu (sample-10BT) with the GPT-2 tokenizer.", HERE)
     parser.add_argument("--parquet-dir", "--parquet_dir", type=Path, help="read local parquet shards, not the hub")
-    parser.add_argument("--val-docs", "--val_docs", type=int, default=VAL_DOCS, help="default: %(default)s")
+    parser.add_argument(
+        "--val-docs",
+        "--val_docs",
+        type=int,
+        default=VAL_DOCS,
+        help="the first N documents are val (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     with pu.user_errors():
         counts = prepare(args.out_dir, args.parquet_dir, args.val_docs, args.num_proc, args.shard_docs)
