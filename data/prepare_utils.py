@@ -2,7 +2,8 @@
 
 They cover the parts every script needs to get exactly right: finding the input text, turning
 user mistakes into one-line errors, and writing outputs atomically as flat uint16 token streams
-(the classic nanoGPT format, so bins from either project are interchangeable).
+(the classic nanoGPT format, so bins from either project are interchangeable); and, for the large
+datasets, the optional `datasets` import, the number of cores and a progress report.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 import pickle
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import requests
+import tiktoken
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # Lets a machine without internet point every shakespeare script at a local copy.
@@ -28,6 +32,8 @@ DOWNLOAD_TIMEOUT_S = 30
 # Classic nanoGPT splits the raw text, not the tokens, 90/10.
 TRAIN_FRACTION = 0.9
 UINT16_LIMIT = int(np.iinfo(np.uint16).max) + 1
+# Without a terminal for a progress bar (a log file, nohup), a progress line this often.
+REPORT_EVERY_S = 10.0
 
 
 class UserError(Exception):
@@ -54,6 +60,25 @@ def user_errors() -> Iterator[None]:
         fail(str(exc))
     except OSError as exc:
         fail(one_line(exc))
+
+
+def default_num_proc() -> int:
+    # The cores this process may use: a container or taskset can allow fewer than the machine has.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def import_datasets(name: str):
+    """The optional `datasets` package, imported only when a script that needs it runs."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"{name} needs the 'datasets' package: pip install 'nanogpt-plus[datasets]' (or pip install datasets tqdm)"
+        ) from None
+    return datasets
 
 
 def shakespeare_arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentParser:
@@ -166,6 +191,17 @@ def check_uint16(ids: np.ndarray) -> None:
         )
 
 
+def gpt2_encoding() -> tiktoken.Encoding:
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except requests.RequestException as exc:
+        # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
+        raise UserError(
+            f"could not load the GPT-2 tokenizer ({one_line(exc)}); "
+            "set TIKTOKEN_CACHE_DIR to a directory that already holds it"
+        ) from None
+
+
 def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
     """Write ids as one flat raw uint16 stream (np.ndarray.tofile), atomically; return the count."""
     arr = np.asarray(ids, dtype=np.int64)
@@ -182,3 +218,37 @@ def write_pickle(obj: object, path: Path) -> None:
         pickle.dump(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def print_counts(counts: dict[str, int], out_dir: Path) -> None:
+    for split, n in counts.items():
+        print(f"{split}.bin has {n:,} tokens")
+    print(f"wrote {', '.join(f'{split}.bin' for split in counts)} to {Path(out_dir).resolve()}")
+
+
+class Progress:
+    """Documents and tokens done and the time left: a tqdm bar on a terminal, else a line every REPORT_EVERY_S."""
+
+    def __init__(self, total_docs: int, first_docs: int = 0):
+        self.total, self.first = total_docs, first_docs
+        self.start = self.last_line = time.monotonic()
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        terminal = tqdm is not None and sys.stderr.isatty()
+        self.bar = tqdm(total=total_docs, initial=first_docs, unit="docs", unit_scale=True) if terminal else None
+
+    def update(self, docs: int, tokens: int) -> None:
+        if self.bar is not None:
+            self.bar.update(docs - self.bar.n)
+            self.bar.set_postfix_str(f"{tokens:,} tokens")
+        elif time.monotonic() - self.last_line >= REPORT_EVERY_S:
+            self.last_line = time.monotonic()
+            rate = max(docs - self.first, 1) / (self.last_line - self.start)
+            left = timedelta(seconds=int((self.total - docs) / rate))
+            print(f"{docs:,}/{self.total:,} documents, {tokens:,} tokens, {left} left", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -275,10 +275,10 @@ def test_owt_writes_exact_stream_in_split_order(tmp_path):
             "val": datasets.Dataset.from_dict({"text": DOCS[5:], "url": ["u"] * 3}),
         }
     )
-    tokenized = owt.tokenize(splits, num_proc=1)
-    assert tokenized["train"].column_names == ["ids", "len"]
-    # Few batches over more documents exercises the uneven-shard path.
-    counts = owt.write_splits(tokenized, tmp_path, total_batches=2)
+    # What a worker makes of a shard: each document's ids and an end-of-text, nothing else.
+    assert owt.token_bins.tokenize_texts(DOCS[:5]).tolist() == expected_stream(DOCS[:5])
+    # Shards of 2 documents over 5 and 3 exercise the uneven-shard path.
+    counts = owt.token_bins.write_bins(splits, tmp_path, recipe={}, num_proc=1, shard_docs=2)
     for split, texts in (("train", DOCS[:5]), ("val", DOCS[5:])):
         expected = expected_stream(texts)
         assert counts[split] == len(expected)

@@ -1,0 +1,90 @@
+"""FineWeb-Edu's 10B-token sample with the GPT-2 BPE tokenizer: uint16 token ids in train.bin/val.bin.
+
+Usage: python data/fineweb_edu/prepare.py [--parquet_dir DIR] [--val_docs N] [--out-dir DIR] [--num-proc N]
+It is the data llm.c and build-nanogpt train GPT-2 124M on: HuggingFaceFW/fineweb-edu, config sample-10BT,
+downloaded with Hugging Face `datasets` (pip install 'nanogpt-plus[datasets]'), or read from a folder of its
+parquet files (--parquet_dir). The first --val_docs documents, in the dataset's order, are the validation split;
+all the others are the training split. Disk: ~28GB of parquet download, the Arrow cache `datasets` builds from it,
+and ~20GB of output. An interrupted run goes on from where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# The shared modules live one level up; adding it here lets the script run from any cwd.
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+import prepare_utils as pu  # noqa: E402
+import token_bins  # noqa: E402
+
+HF_NAME = "HuggingFaceFW/fineweb-edu"
+HF_CONFIG = "sample-10BT"
+# ~10M tokens: plenty for a steady val loss, and a prefix, so it needs no shuffle of 10B tokens to carve out.
+VAL_DOCS = 10_000
+
+
+def parquet_files(parquet_dir: Path) -> list[str]:
+    """Every .parquet file under the folder, in path order (the order their documents are read in)."""
+    files = sorted(str(path) for path in Path(parquet_dir).rglob("*.parquet"))
+    if not files:
+        raise pu.UserError(f"no .parquet files under {parquet_dir}; pass the folder that holds FineWeb-Edu's shards")
+    return files
+
+
+def load_fineweb(parquet_dir: Path | None = None, num_proc: int | None = None):
+    """The whole sample as one Dataset: from the Hugging Face hub, or from local parquet shards."""
+    datasets = pu.import_datasets("fineweb_edu")
+    num_proc = num_proc or pu.default_num_proc()
+    if parquet_dir is None:
+        return datasets.load_dataset(HF_NAME, name=HF_CONFIG, split="train", num_proc=num_proc)
+    files = parquet_files(parquet_dir)
+    return datasets.load_dataset("parquet", data_files=files, split="train", num_proc=min(num_proc, len(files)))
+
+
+def split_val_first(dataset, val_docs: int = VAL_DOCS) -> dict:
+    """val: the first val_docs documents; train: the rest, in order."""
+    if not 0 < val_docs < len(dataset):
+        raise pu.UserError(f"--val_docs must be between 1 and {len(dataset) - 1} (the dataset has {len(dataset)})")
+    return {"train": dataset.select(range(val_docs, len(dataset))), "val": dataset.select(range(val_docs))}
+
+
+def prepare(
+    out_dir: str | Path = HERE,
+    parquet_dir: Path | None = None,
+    val_docs: int = VAL_DOCS,
+    num_proc: int | None = None,
+    shard_docs: int = token_bins.SHARD_DOCS,
+) -> dict[str, int]:
+    """Load the sample, split it, write train.bin/val.bin; return their token counts."""
+    splits = split_val_first(load_fineweb(parquet_dir, num_proc), val_docs)
+    recipe = {"dataset": f"{HF_NAME}/{HF_CONFIG}", "val_docs": val_docs}
+    return token_bins.write_bins(splits, out_dir, recipe, num_proc=num_proc, shard_docs=shard_docs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = token_bins.arg_parser("Prepare FineWeb-Edu (sample-10BT) with the GPT-2 tokenizer.", HERE)
+    parser.add_argument("--parquet-dir", "--parquet_dir", type=Path, help="read local parquet shards, not the hub")
+    parser.add_argument(
+        "--val-docs",
+        "--val_docs",
+        type=int,
+        default=VAL_DOCS,
+        help="the first N documents are val (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    with pu.user_errors():
+        counts = prepare(args.out_dir, args.parquet_dir, args.val_docs, args.num_proc, args.shard_docs)
+    pu.print_counts(counts, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
+
+# Expected for sample-10BT (estimates from the dataset card's ~10B GPT-2 tokens in ~9.7M documents; not measured
+# here):
+# train.bin has ~10,000,000,000 tokens (~20GB)
+# val.bin has ~10,000,000 tokens (~20MB)

@@ -1,0 +1,222 @@
+"""Tokenize datasets of documents into flat uint16 GPT-2 token files, on every core, resumably.
+
+    counts = token_bins.write_bins({"train": train, "val": val}, out_dir, recipe={"seed": 2357})
+
+Each split (a `datasets.Dataset` with a "text" column) becomes <out_dir>/<split>.bin: each document's
+`encode_ordinary` ids and the end-of-text token 50256, in document order, as classic nanoGPT writes them. Worker
+processes tokenize shards of `shard_docs` documents; the main process appends them in order to <split>.bin.partial.
+At most two shards per worker are in flight, so memory does not grow with the dataset.
+
+Resuming: after each shard is on disk (fsync), prepare_progress.json records the documents and tokens written per
+split, with a fingerprint of the input. Run again after Ctrl-C, kill -9 or a full disk, and each partial file is cut
+back to its recorded length and goes on from the next document: the bytes equal an uninterrupted run's. Complete
+splits are renamed to <split>.bin, then the record is removed. A record of other inputs is a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import prepare_utils as pu
+
+# Documents per task: ~10M tokens of web text (20MB as uint16); a worker holds one shard's text and ids at a time.
+SHARD_DOCS = 10_000
+PROGRESS_NAME = "prepare_progress.json"
+# Documents per split, evenly spaced, whose text goes into the fingerprint.
+SAMPLE_DOCS = 32
+
+
+def tokenize_texts(texts) -> np.ndarray:
+    """GPT-2 ids of each text, each followed by end-of-text, as one uint16 array."""
+    enc = pu.gpt2_encoding()  # tiktoken caches it after the first call
+    # One small array per document: a Python list of all the shard's ids would take ~18x the memory.
+    docs = [np.array(enc.encode_ordinary(text) + [enc.eot_token], dtype=np.uint32) for text in texts]
+    ids = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
+    pu.check_uint16(ids)
+    return ids.astype(np.uint16)
+
+
+_worker_splits: dict = {}
+
+
+def start_worker(splits: dict) -> None:
+    # Ctrl-C reaches the whole process group; the main process alone handles it, and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_splits.update(splits)
+
+
+def tokenize_shard(task: tuple[str, int, int]) -> np.ndarray:
+    split, start, stop = task
+    return tokenize_texts(_worker_splits[split][start:stop]["text"])
+
+
+def shard_tokens(splits: dict, tasks: list, num_proc: int):
+    """Yield the tokens of each (split, start, stop) task, in task order."""
+    num_proc = min(num_proc, len(tasks))
+    if num_proc <= 1:
+        yield from (tokenize_texts(splits[split][start:stop]["text"]) for split, start, stop in tasks)
+        return
+    # spawn: fresh interpreters, as forking a process where Arrow has started threads can deadlock. An executor
+    # rather than a Pool: a worker killed (e.g. out of memory) is an error here instead of a hang.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=start_worker, initargs=(splits,))
+    try:
+        pending = deque()
+        for task in tasks:
+            pending.append(pool.submit(tokenize_shard, task))
+            if len(pending) >= 2 * num_proc:  # finished shards wait here for their turn: bound them
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def fingerprint(splits: dict, recipe: dict) -> dict:
+    """What decides the bytes: the recipe (e.g. split seed), each split's size and a hash of sampled documents."""
+    digest = hashlib.sha256()
+    for dset in splits.values():
+        picks = sorted({int(i) for i in np.linspace(0, len(dset) - 1, SAMPLE_DOCS)}) if len(dset) else []
+        for i in picks:
+            digest.update(dset[i]["text"].encode("utf-8", "surrogatepass") + b"\0")
+    sizes = {split: len(dset) for split, dset in splits.items()}
+    return {"tokenizer": "gpt2", "recipe": recipe, "docs": sizes, "sample_sha256": digest.hexdigest()}
+
+
+def load_progress(path: Path, expected: dict) -> dict:
+    """{split: {"docs", "tokens"}} from an earlier run on the same inputs; {} when there was none."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a kill during a save
+        stale.unlink()
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("fingerprint") != expected:
+        raise pu.UserError(
+            f"{path} records an unfinished run on other data or arguments: rerun that command to finish it, "
+            f"or delete {path.name} and the *.bin.partial files beside it to start over"
+        )
+    return saved["splits"]
+
+
+def save_progress(path: Path, expected: dict, done: dict) -> None:
+    with pu.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"fingerprint": expected, "splits": done}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else -1
+
+
+def resume_points(splits: dict, out_dir: Path, saved: dict) -> tuple[dict, list]:
+    """Documents and tokens of each split safely on disk ({split: {"docs", "tokens"}}), and the unfinished splits."""
+    done, todo = {}, []
+    for split, dset in splits.items():
+        entry = saved.get(split, {"docs": 0, "tokens": 0})
+        partial, final = file_size(out_dir / f"{split}.bin.partial"), file_size(out_dir / f"{split}.bin")
+        if entry["docs"] == len(dset) and partial < 0 and final == 2 * entry["tokens"]:
+            done[split] = entry  # renamed into place before the run stopped
+            continue
+        # A missing or short partial file cannot hold what the record says: this split starts over.
+        done[split] = entry if partial >= 2 * entry["tokens"] else {"docs": 0, "tokens": 0}
+        todo.append(split)
+    return done, todo
+
+
+def open_partial(partial: Path, tokens: int):
+    # Bytes past the recorded length are from a shard whose record never reached the disk: cut them off.
+    f = open(partial, "r+b" if tokens else "wb")
+    f.truncate(2 * tokens)
+    f.seek(2 * tokens)
+    return f
+
+
+def append_durably(f, ids: np.ndarray) -> None:
+    f.write(ids.tobytes())  # not tofile: a short write there is an OSError without the errno that says why
+    f.flush()
+    os.fsync(f.fileno())  # on disk before the record says so
+
+
+def text_only(splits: dict) -> dict:
+    for split, dset in splits.items():
+        if "text" not in dset.column_names:
+            raise pu.UserError(f"the {split} split has no 'text' column (its columns: {', '.join(dset.column_names)})")
+    return {split: dset.select_columns(["text"]) for split, dset in splits.items()}
+
+
+def shard_tasks(splits: dict, done: dict, todo: list, shard_docs: int) -> list[tuple[str, int, int]]:
+    """(split, start, stop) for every shard of documents not yet written, in the order they go into the files."""
+    return [
+        (split, start, min(start + shard_docs, len(splits[split])))
+        for split in todo
+        for start in range(done[split]["docs"], len(splits[split]), shard_docs)
+    ]
+
+
+def totals(done: dict) -> tuple[int, int]:
+    """Documents and tokens written so far, over all splits."""
+    return sum(entry["docs"] for entry in done.values()), sum(entry["tokens"] for entry in done.values())
+
+
+def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None, shard_docs: int = SHARD_DOCS):
+    """Write <out_dir>/<split>.bin for every split, resuming an interrupted run; return {split: tokens}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = text_only(splits)
+    pu.gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
+    record, expected = out_dir / PROGRESS_NAME, fingerprint(splits, recipe)
+    done, todo = resume_points(splits, out_dir, load_progress(record, expected))
+    tasks = shard_tasks(splits, done, todo, shard_docs)
+    total_docs, (first, _) = sum(map(len, splits.values())), totals(done)
+    if first:
+        print(f"resuming from {first:,} of {total_docs:,} documents, written by an earlier run", flush=True)
+    files, progress = {}, pu.Progress(total_docs, first)
+    try:
+        files = {split: open_partial(out_dir / f"{split}.bin.partial", done[split]["tokens"]) for split in todo}
+        save_progress(record, expected, done)
+        for (split, _, stop), ids in zip(tasks, shard_tokens(splits, tasks, num_proc or pu.default_num_proc())):
+            append_durably(files[split], ids)
+            done[split] = {"docs": stop, "tokens": done[split]["tokens"] + len(ids)}
+            save_progress(record, expected, done)
+            progress.update(*totals(done))
+        for split in todo:
+            files.pop(split).close()
+            os.replace(out_dir / f"{split}.bin.partial", out_dir / f"{split}.bin")
+    except KeyboardInterrupt:
+        raise pu.UserError("interrupted: run the same command again to go on from here") from None
+    except (OSError, BrokenProcessPool) as exc:
+        raise pu.UserError(
+            f"{pu.one_line(exc)}; the work done so far is kept: fix this (free disk space; a smaller --num-proc if "
+            "a worker ran out of memory) and run the same command again to go on from here"
+        ) from None
+    finally:
+        progress.close()
+        for f in files.values():
+            f.close()
+    record.unlink()
+    return {split: entry["tokens"] for split, entry in done.items()}
+
+
+def arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentParser:
+    """The options of every script built on this pipeline."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out-dir", "--out_dir", type=Path, default=default_out_dir, help="default: beside the script")
+    cores = pu.default_num_proc()
+    parser.add_argument(
+        "--num-proc", "--num_proc", type=int, default=cores, help="worker processes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--shard-docs", "--shard_docs", type=int, default=SHARD_DOCS, help="documents per task (default: %(default)s)"
+    )
+    return parser
