@@ -179,7 +179,15 @@ def model_from(ckpt, dropout=None):
         model = GPT(GPTConfig(**args))
     except ValueError as e:
         raise UserError(f"checkpoint has an invalid architecture: {e}") from None
-    result = model.load_state_dict(clean_state_dict(ckpt["model"]), strict=False)
+    state = clean_state_dict(ckpt["model"])
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a shape that contradicts model_args
+        problem = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), first_line(e))
+        raise UserError(f"checkpoint weights do not fit its model_args: {problem[:300]}") from None
+    head, wte = state.get("lm_head.weight"), state.get("transformer.wte.weight")
+    if head is not None and wte is not None and not torch.equal(head, wte):  # both would load into one tensor
+        raise UserError("checkpoint has an output head apart from its token embedding: this GPT ties them, as nanoGPT")
     if result.missing_keys or result.unexpected_keys:
         raise UserError(
             "checkpoint weights do not fit its model_args: "

@@ -296,6 +296,18 @@ class GPT(nn.Module):
                 raise ValueError(f"shape mismatch for {k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}")
             sd[k].copy_(v)
 
+    @torch.no_grad()
+    def hf_state_dict(self):
+        """The inverse of load_hf_state_dict: these weights as GPT2LMHeadModel names them, the Conv1D
+        weights transposed and the tied head once (as transformer.wte.weight; Hugging Face ties it).
+        Its GPT-2 always has biases: a model without them gets zeros, which is the same math."""
+        sd = {k: v.t() if k.endswith(self.HF_TRANSPOSED) else v for k, v in self.state_dict().items()}
+        del sd["lm_head.weight"]
+        for name, module in self.transformer.named_modules(prefix="transformer"):
+            if isinstance(module, (nn.Linear, LayerNorm)) and module.bias is None:
+                sd[f"{name}.bias"] = module.weight.new_zeros(module.weight.size(0))
+        return {k: v.contiguous() for k, v in sd.items()}
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
         and LayerNorm gains; the fused kernel where torch has one for the device."""
