@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import requests
 import tiktoken
 
 HERE = Path(__file__).resolve().parent
@@ -23,17 +22,6 @@ import prepare_utils as pu  # noqa: E402
 SCRIPT = "data/shakespeare/prepare.py"
 
 
-def gpt2_encoding() -> tiktoken.Encoding:
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except requests.RequestException as exc:
-        # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
-        raise pu.UserError(
-            f"could not load the GPT-2 tokenizer ({pu.one_line(exc)}); "
-            "set TIKTOKEN_CACHE_DIR to a directory that already holds it"
-        ) from None
-
-
 def encode(text: str, enc: tiktoken.Encoding) -> list[int]:
     # encode_ordinary: "<|endoftext|>" in the text is plain text, never the special token.
     return enc.encode_ordinary(text)
@@ -44,7 +32,7 @@ def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
-    enc = gpt2_encoding()
+    enc = pu.gpt2_encoding()
     # Split on characters before tokenizing, as classic nanoGPT does; token counts follow from that.
     train_text, val_text = pu.split_text(text)
     n_train = pu.write_tokens(encode(train_text, enc), out_dir / "train.bin")
