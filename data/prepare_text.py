@@ -124,7 +124,8 @@ def split_pieces(chunks: Iterable[str], cut: int, safe_end: Callable[[str], int]
 
 
 def last_safe_cut(text: str) -> int:
-    """The last SAFE_CUT in text, looked for in its tail first; 0 if none (the text waits for more)."""
+    """The last SAFE_CUT in text, looked for in its tail first; 0 if none: then all of it waits for the next chunk
+    (so memory is bounded only for text with a space or a line break between words now and then, as text has)."""
     for start in (max(0, len(text) - 4096), 0):  # a chunk of text has many near its end
         ends = [m.end() for m in SAFE_CUT.finditer(text, start)]
         if ends:
