@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import tiktoken
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # Lets a machine without internet point every shakespeare script at a local copy.
@@ -191,17 +190,6 @@ def check_uint16(ids: np.ndarray) -> None:
         )
 
 
-def gpt2_encoding() -> tiktoken.Encoding:
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except requests.RequestException as exc:
-        # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
-        raise UserError(
-            f"could not load the GPT-2 tokenizer ({one_line(exc)}); "
-            "set TIKTOKEN_CACHE_DIR to a directory that already holds it"
-        ) from None
-
-
 def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
     """Write ids as one flat raw uint16 stream (np.ndarray.tofile), atomically; return the count."""
     arr = np.asarray(ids, dtype=np.int64)
@@ -211,6 +199,20 @@ def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
     return int(arr.size)
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE, with a one-line error when its files cannot be fetched."""
+    import tiktoken  # only the BPE scripts need it
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except requests.RequestException as exc:
+        # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
+        raise UserError(
+            f"could not load the GPT-2 tokenizer ({one_line(exc)}); "
+            "set TIKTOKEN_CACHE_DIR to a directory that already holds it"
+        ) from None
 
 
 def write_pickle(obj: object, path: Path) -> None:

@@ -1,0 +1,264 @@
+r"""Your own UTF-8 text (a file, or a folder of files) as a dataset: uint16 token ids in train.bin/val.bin.
+
+Usage: python data/prepare_text.py path/to/file.txt --name mydata [--tokenizer=char|gpt2] [--out_dir DIR]
+Then python train.py --dataset=mydata trains on it, and sample.py decodes it, with no further setup.
+
+char (the default) and gpt2 write the same bytes as data/shakespeare_char/prepare.py (with its meta.pkl) and
+data/shakespeare/prepare.py: the first 90% of the characters are train, the rest val; newlines read as in Python's
+text mode (\r\n and \r become \n). A folder is every regular non-hidden file under it, recursively, in sorted
+relative-path order, joined as they are. The text is read twice, a chunk at a time (count the characters and find
+the vocabulary, then encode and write), so memory follows --chunk_mb, not the size of the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import datetime
+import io
+import itertools
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+# prepare_utils.py lives beside this script; adding it here lets the script run from any cwd.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import prepare_utils as pu  # noqa: E402
+
+CODE_POINTS = 0x110000  # every Unicode code point, so one lookup table maps them all
+PROGRESS_EVERY_S = 5.0
+PLAIN_NAME = re.compile(r"\w[\w.-]*")
+# Points where GPT-2's pre-tokenizer can restart without changing a token: after a "\n" or before a " ", with
+# non-whitespace on both sides. No piece of its regex spans them, and the piece before ends the same way at the
+# end of a string. ("\n\nX" is not one: at the end of a string "\n\n" is one piece, inside the text two.)
+SAFE_CUT = re.compile(r"\S\n(?=\S)|\S(?= \S)")
+
+
+class Progress:
+    """Every few seconds, one line on stderr: MB read of the total and the time left at the rate so far."""
+
+    def __init__(self, label: str, total_bytes: int):
+        self.label, self.total = label, total_bytes
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        left = datetime.timedelta(seconds=round((now - self.start) * (self.total - done_bytes) / done_bytes))
+        print(f"{self.label}: {done_bytes / 1e6:,.0f} of {self.total / 1e6:,.0f} MB, {left} left", file=sys.stderr)
+
+
+def input_files(path: Path) -> list[Path]:
+    """The file itself, or the folder's regular non-hidden files, recursively, in sorted relative-path order."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise pu.UserError(f"input not found: {path}; pass a UTF-8 text file or a folder of them")
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(root, n) for n in names if not n.startswith(".") and Path(root, n).is_file()]
+    return sorted(files, key=lambda f: f.relative_to(path).parts)
+
+
+def read_chunks(files: list[Path], chunk_bytes: int, progress: Progress) -> Iterator[str]:
+    """The text of the files in order, decoded chunk_bytes at a time."""
+    done = 0  # bytes of the files before this one
+    for path in files:
+        # Python's text mode decoder, as read_text in the other scripts: the same characters, \r\n and \r as \n.
+        decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
+        with open(path, "rb") as f:
+            while True:
+                block, held = f.read(chunk_bytes), len(decoder.getstate()[0])  # held: a character's first bytes
+                try:
+                    yield decoder.decode(block, final=not block)
+                except UnicodeDecodeError as exc:
+                    offset = f.tell() - len(block) - held + exc.start
+                    raise pu.UserError(
+                        f"{path} is not UTF-8 text: {exc.reason} at byte offset {offset:,}; convert it or leave it out"
+                    ) from None
+                progress(done + f.tell())
+                if not block:
+                    break
+            done += f.tell()
+
+
+def code_points(text: str) -> np.ndarray:
+    # UTF-32 holds one 4-byte code point per character: the text as an array with no Python loop.
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def count_text(chunks: Iterable[str], char_level: bool) -> tuple[int, np.ndarray]:
+    """Pass 1: the number of characters and (char level) the sorted code points that occur."""
+    n_chars, seen = 0, np.zeros(CODE_POINTS if char_level else 0, dtype=bool)
+    for chunk in chunks:
+        n_chars += len(chunk)
+        if char_level:
+            seen[code_points(chunk)] = True
+    return n_chars, np.flatnonzero(seen)
+
+
+def split_pieces(chunks: Iterable[str], cut: int, safe_end: Callable[[str], int]) -> Iterator[tuple[int, str]]:
+    """(split, text) pieces of the whole text, in order: split 0 is its first `cut` characters (train), 1 the rest.
+    Pieces end at the split point or at safe_end(text), so encoding them one by one is encoding each split whole."""
+    split, start, carry = 0, 0, ""  # start: where carry begins in the whole text
+    for chunk in chunks:
+        text = carry + chunk
+        if split == 0 and start + len(text) >= cut:
+            yield 0, text[: cut - start]
+            split, text, start = 1, text[cut - start :], cut
+        end = safe_end(text)
+        yield split, text[:end]
+        carry, start = text[end:], start + end
+    yield split, carry
+
+
+def last_safe_cut(text: str) -> int:
+    """The last SAFE_CUT in text, looked for in its tail first; 0 if none: then all of it waits for the next chunk
+    (so memory is bounded only for text with a space or a line break between words now and then, as text has)."""
+    for start in (max(0, len(text) - 4096), 0):  # a chunk of text has many near its end
+        ends = [m.end() for m in SAFE_CUT.finditer(text, start)]
+        if ends:
+            return ends[-1]
+    return 0
+
+
+def gpt2_ids(pieces: Iterable[tuple[int, str]], threads: int) -> Iterator[tuple[int, np.ndarray]]:
+    # encode_ordinary: "<|endoftext|>" in the text is plain text, as in data/shakespeare/prepare.py.
+    enc, pieces = pu.gpt2_encoding(), iter(pieces)
+    while batch := list(itertools.islice(pieces, threads)):  # one piece per core at a time
+        ids = enc.encode_ordinary_batch([text for _, text in batch], num_threads=threads)
+        yield from ((split, np.array(piece_ids, dtype=np.int64)) for (split, _), piece_ids in zip(batch, ids))
+
+
+def token_ids(pieces: Iterable[tuple[int, str]], tokenizer: str, vocab: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Each piece's token ids; for char, each code point's index in the sorted vocabulary, looked up in a table."""
+    if tokenizer == "gpt2":
+        return gpt2_ids(pieces, threads=min(8, os.cpu_count() or 1))  # more threads, more ids in memory at once
+    table = np.zeros(CODE_POINTS, dtype=np.int32)
+    table[vocab] = np.arange(len(vocab))
+    return ((split, table[code_points(text)]) for split, text in pieces)
+
+
+def char_meta(vocab: np.ndarray) -> dict:
+    """The same plain dict, built the same way, as data/shakespeare_char/prepare.py writes (so the same bytes)."""
+    chars = [chr(c) for c in vocab]
+    return {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {ch: i for i, ch in enumerate(chars)}}
+
+
+def write_splits(ids: Iterable[tuple[int, np.ndarray]], paths: tuple[Path, Path]) -> list[int]:
+    """Append each piece's ids to its split's file (flat raw uint16), synced; return the token counts."""
+    counts = [0, 0]
+    with open(paths[0], "wb") as train, open(paths[1], "wb") as val:
+        for split, arr in ids:
+            pu.check_uint16(arr)
+            arr.astype(np.uint16).tofile((train, val)[split])
+            counts[split] += int(arr.size)
+        for f in (train, val):
+            f.flush()
+            os.fsync(f.fileno())
+    return counts
+
+
+def check_splits(counts: list[int], block_size: int, val_fraction: float) -> None:
+    # train.py draws windows of block_size + 1 tokens from each split.
+    for split, n, fix in zip(("train", "val"), counts, ("smaller", "bigger")):
+        if n < block_size + 1:
+            raise pu.UserError(
+                f"the {split} split would have {n:,} tokens, fewer than --block_size + 1 = {block_size + 1:,}: give "
+                f"more text, a smaller --block_size, or a {fix} --val_fraction (now {val_fraction})"
+            )
+
+
+def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0) -> dict[str, int]:
+    """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts."""
+    source, out_dir = Path(source), Path(out_dir)
+    files = input_files(source)
+    total_bytes, chunk_bytes = sum(f.stat().st_size for f in files), max(1, round(chunk_mb * 1e6))
+    n_chars, vocab = count_text(read_chunks(files, chunk_bytes, Progress("reading", total_bytes)), tokenizer == "char")
+    if n_chars == 0:
+        raise pu.UserError(f"no text in {source}: give a non-empty UTF-8 file or a folder holding one")
+    if len(vocab) > pu.UINT16_LIMIT:
+        raise pu.UserError(
+            f"{source} has {len(vocab):,} distinct characters, more than uint16 ids can number "
+            f"({pu.UINT16_LIMIT:,}): use --tokenizer=gpt2"
+        )
+    chunks = read_chunks(files, chunk_bytes, Progress("encoding", total_bytes))
+    pieces = split_pieces(chunks, int(n_chars * (1 - val_fraction)), len if tokenizer == "char" else last_safe_cut)
+    made_dir = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with pu.atomic_path(out_dir / "train.bin") as train_tmp, pu.atomic_path(out_dir / "val.bin") as val_tmp:
+            counts = write_splits(token_ids(pieces, tokenizer, vocab), (train_tmp, val_tmp))
+            check_splits(counts, block_size, val_fraction)
+            if tokenizer == "char":
+                pu.write_pickle(char_meta(vocab), out_dir / "meta.pkl")
+    except BaseException:
+        if made_dir and not any(out_dir.iterdir()):  # no empty folder left behind either
+            out_dir.rmdir()
+        raise
+    if tokenizer == "gpt2":  # a meta.pkl from an earlier char run would make train.py and sample.py read chars
+        (out_dir / "meta.pkl").unlink(missing_ok=True)
+    return {"files": len(files), "chars": n_chars, "vocab_size": len(vocab), "train": counts[0], "val": counts[1]}
+
+
+def dataset_dir(name: str | None) -> Path:
+    """HERE/NAME, for train.py --dataset=NAME: NAME must be one folder, not a path, not hidden, not an option."""
+    if not PLAIN_NAME.fullmatch(name or ""):
+        got = f"not {name!r}" if name else "or --out_dir=DIR"
+        raise pu.UserError(f"give --name a plain folder name (letters, digits, '_', '-', '.', not first) {got}")
+    return HERE / name
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Prepare your own UTF-8 text for train.py: train.bin and val.bin, uint16 token ids of the first "
+        "90% of the characters and of the rest (the same bytes as data/shakespeare*/prepare.py).",
+        epilog="A folder: all regular non-hidden files under it, recursively, in sorted order of their paths "
+        "relative to it, joined as they are, with nothing in between.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("input", type=Path, help="a UTF-8 text file, or a folder of them")
+    parser.add_argument("--name", help="writes NAME/ beside this script, for train.py --dataset=NAME")
+    parser.add_argument("--out_dir", "--out-dir", type=Path, help="write here instead of beside this script")
+    parser.add_argument("--tokenizer", choices=("char", "gpt2"), default="char", help="char writes meta.pkl too")
+    parser.add_argument("--block_size", type=int, default=256, help="each split needs block_size + 1 tokens")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the characters for val.bin")
+    parser.add_argument("--chunk_mb", type=float, default=1.0, help="MB read at a time")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with pu.user_errors():
+        if args.block_size < 1 or not 0 < args.val_fraction < 1 or args.chunk_mb <= 0:
+            raise pu.UserError("--block_size must be at least 1, --val_fraction between 0 and 1, --chunk_mb above 0")
+        out_dir = args.out_dir or dataset_dir(args.name)
+        counts = prepare(args.input, out_dir, args.tokenizer, args.block_size, args.val_fraction, args.chunk_mb)
+    print(f"length of dataset in characters: {counts['chars']:,} (from {counts['files']:,} file(s))")
+    if args.tokenizer == "char":
+        print(f"vocab size: {counts['vocab_size']:,}")
+    print(f"train.bin has {counts['train']:,} tokens")
+    print(f"val.bin has {counts['val']:,} tokens")
+    print(f"wrote train.bin, val.bin{', meta.pkl' if args.tokenizer == 'char' else ''} to {out_dir.resolve()}")
+    if out_dir.resolve().parent.name == "data":
+        print(f"train on it: python train.py --dataset={out_dir.name}")
+
+
+if __name__ == "__main__":
+    main()
+
+# On Tiny Shakespeare (1,115,394 characters), the same bytes as data/shakespeare_char/prepare.py and
+# data/shakespeare/prepare.py:
+# --tokenizer=char: vocab size 65, train.bin has 1,003,854 tokens, val.bin has 111,540 tokens
+# --tokenizer=gpt2: train.bin has 301,966 tokens, val.bin has 36,059 tokens
