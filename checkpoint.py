@@ -13,7 +13,6 @@ import tempfile
 import threading
 
 import numpy as np
-import requests
 import torch
 
 import parallel
@@ -201,6 +200,7 @@ def load_pretrained(name, dropout=0.0):
     downloaded, or a local Hugging Face model folder. Offline, a one-line error within seconds."""
     try:
         import huggingface_hub
+        import requests  # here, not at the top: it costs every script's start-up for this one check
         import transformers  # noqa: F401
     except ImportError:
         raise UserError(f"{name} needs Hugging Face transformers: pip install transformers") from None
