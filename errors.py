@@ -8,8 +8,8 @@ class UserError(Exception):
 
 
 def report_user_errors():
-    """From now on, an uncaught UserError (or Ctrl-C) ends the process with one line instead of a
-    traceback. Anything else is a bug and keeps its traceback."""
+    """From now on, an uncaught UserError, Ctrl-C or a GPU out of memory ends the process with one
+    line instead of a traceback. Anything else is a bug and keeps its traceback."""
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
@@ -17,6 +17,14 @@ def report_user_errors():
             print(f"error: {value}", file=sys.stderr, flush=True)
         elif issubclass(kind, KeyboardInterrupt):
             print("interrupted", file=sys.stderr, flush=True)
+        elif kind.__name__ == "OutOfMemoryError":  # torch's: a batch or model too big for the GPU
+            what = str(value).strip().split(". GPU")[0]  # "CUDA out of memory. Tried to allocate 1.2 GiB"
+            print(
+                f"error: out of GPU memory ({what}): lower --batch_size (raise --gradient_accumulation_steps "
+                "to keep the tokens per iteration) or use a smaller model",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             default_hook(kind, value, tb)
 

@@ -7,7 +7,8 @@
 # resume:  a checkpoint saved by the most GPUs, evaluated and trained on after resuming on 1 and 2
 # fsdp:    a 6.7B-parameter GPT (32 layers of 4096) under FSDP on all GPUs: peak memory per GPU
 #          beside what DDP would need (16 bytes a parameter before activations), its gathered
-#          ckpt.pt, and a resume on half the GPUs
+#          ckpt.pt, and a resume on half the GPUs; FSDP_MODEL="--n_layer=.. --n_head=.. --n_embd=.."
+#          picks another size (e.g. GPT-2 large's for two GPUs)
 # Needs .dev/input.txt (Tiny Shakespeare) and .dev/tiktoken_cache. Logs in $OUT; a table last.
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -16,7 +17,7 @@ OUT=${OUT:-/tmp/multi_gpu}; mkdir -p "$OUT"
 TABLE="$OUT/table.txt"; : > "$TABLE"
 row() { printf '%-30s %s\n' "$1" "$2" | tee -a "$TABLE"; }
 MAX=$(nvidia-smi -L | wc -l)
-NGPUS=${NGPUS:-$(for n in 1 2 4 8; do [ "$n" -le "$MAX" ] && echo -n "$n "; done)}
+NGPUS=$(echo ${NGPUS:-$(for n in 1 2 4 8; do [ "$n" -le "$MAX" ] && echo "$n"; done)})  # "1 2 4 8", no trailing space
 [ -f data/shakespeare/train.bin ] || python3 data/shakespeare/prepare.py .dev/input.txt > /dev/null
 
 train() {  # name, number of GPUs, flags...
@@ -50,11 +51,11 @@ stage_resume() {
 
 stage_fsdp() {
   local n; n=${NGPUS##* }
-  local big="--n_layer=32 --n_head=32 --n_embd=4096 --batch_size=4 --gradient_accumulation_steps=$n --eval_iters=1"
+  local big="${FSDP_MODEL:---n_layer=32 --n_head=32 --n_embd=4096} --batch_size=4 --gradient_accumulation_steps=$n --eval_iters=1"
   local rc; rc=$(train fsdp "$n" $big --fsdp=True --max_iters=3 --eval_interval=2 --always_save_checkpoint=True --overwrite=True)
-  row "6.7B FSDP on $n GPUs" "rc=$rc $(grep -o 'number of parameters: [0-9.]*M' "$OUT/fsdp.txt"), $(grep -o 'peak GPU memory on rank 0: [0-9.]* GiB' "$OUT/fsdp.txt"); DDP would need 16 B/param before activations; ckpt.pt $(du -h out-fsdp/ckpt.pt | cut -f1)"
+  row "FSDP on $n GPUs" "rc=$rc $(grep -o 'number of parameters: [0-9.]*M' "$OUT/fsdp.txt"), $(grep -o 'peak GPU memory on rank 0: [0-9.]* GiB' "$OUT/fsdp.txt"); DDP would need 16 B/param before activations; ckpt.pt $(du -h out-fsdp/ckpt.pt | cut -f1)"
   rc=$(train fsdp "$((n / 2))" $big --fsdp=True --init_from=resume --max_iters=4 --eval_interval=2)
-  row "6.7B resumed on $((n / 2)) GPUs" "rc=$rc $(grep -o 'iter 3: loss [0-9.]*' "$OUT/fsdp.txt")"
+  row "FSDP resumed on $((n / 2)) GPU(s)" "rc=$rc $(grep -o 'iter 3: loss [0-9.]*' "$OUT/fsdp.txt")"
 }
 
 for s in ${*:-scaling resume fsdp}; do echo "=== $s"; "stage_$s"; done

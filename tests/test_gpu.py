@@ -3,6 +3,10 @@ training, bf16 against float32, generation under autocast and torch.compile, and
 CUDA graphs (fresh dropout per replay, eager-equal gradients with accumulation, exact resume).
 Skipped without a GPU (see conftest.py); run them on one with `python -m pytest -m gpu`."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -301,3 +305,12 @@ def test_chunked_head_loss_on_cuda_tracks_the_full_one(dtype, tol):
         assert loss == pytest.approx(ref_loss, rel=tol)
         for g, r in zip(grads, ref_grads, strict=True):
             assert ((g - r).norm() / r.norm()).item() < tol * 10, name
+
+
+def test_a_batch_too_big_for_the_gpu_is_one_line():
+    big = ["--real_data=False", "--compile=False", "--n_layer=2", "--batch_size=16384", "--num_steps=1", "--repeats=1"]
+    bench = Path(__file__).resolve().parent.parent / "bench.py"
+    proc = subprocess.run([sys.executable, str(bench), *big], capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: out of GPU memory (CUDA out of memory. Tried to allocate "), lines[-1]

@@ -260,6 +260,20 @@ def test_bad_input_is_one_clear_line_and_harmless(work, name, script, args, setu
         assert not [p for p in after if p not in before], sorted(set(after) - set(before))
 
 
+def test_gpu_out_of_memory_is_one_line_with_the_fix():
+    """torch's OutOfMemoryError as a script meets it (the real one: test_gpu.py); any other exception
+    keeps its traceback."""
+    message = "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
+    code = "import errors, torch; errors.report_user_errors(); raise torch.OutOfMemoryError({!r})"
+    proc = subprocess.run([sys.executable, "-c", code.format(message)], cwd=REPO, capture_output=True, text=True)
+    assert_one_line_error(
+        proc, "out of GPU memory (CUDA out of memory. Tried to allocate 20.00 GiB): lower --batch_size"
+    )
+    other = subprocess.run([sys.executable, "-c", code.replace("torch.OutOfMemoryError", "RuntimeError").format("x")],
+                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert other.returncode != 0 and "Traceback" in other.stderr
+
+
 def test_bf16_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
