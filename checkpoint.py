@@ -20,6 +20,8 @@ from errors import UserError, first_line
 from model import ARCH_KEYS, GPT, PRETRAINED, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
+UMASK = os.umask(0o022)  # the umask, read once at import: reading it sets it, which no background thread may do
+os.umask(UMASK)
 
 
 def save(obj, path):
@@ -28,6 +30,7 @@ def save(obj, path):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{os.getpid()}-", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp's file is the owner's alone; a checkpoint is as readable as any file
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -127,7 +127,10 @@ def configure(namespace, argv=None, nullable=()):
     keys = config_keys(namespace)
     script = os.path.basename(namespace.get("__file__", "train.py"))
     if "--help" in argv or "-h" in argv:
-        print(help_text(namespace, keys, script))
+        try:
+            print(help_text(namespace, keys, script), flush=True)
+        except BrokenPipeError:  # `--help | head` read what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     verbose = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
     changed = set()

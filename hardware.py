@@ -21,12 +21,24 @@ PEAK_FLOPS = (
     ("A800", 312e12),
     ("A10G", 70e12),
     ("L40S", 362e12),
-    ("L4", 121e12),
+    ("L40", 181e12),
+    ("L4", 121e12),  # after the L40s, whose names contain it
     ("RTX 4090", 165e12),
     ("RTX 3090", 71e12),
     ("V100", 125e12),  # float16: no bf16 on a V100
     ("T4", 65e12),  # float16
 )
+
+
+def check_compile_mode(mode, ours=()):
+    """A one-line error unless mode is one of `ours` or a mode this torch.compile knows."""
+    if mode in ours or mode == "default":
+        return
+    from torch._inductor import list_mode_options  # (the compiler's import: only for other modes)
+
+    known = [*ours, *list_mode_options()]
+    if mode not in known:
+        raise UserError(f"unknown compile_mode={mode!r}: use one of {', '.join(known)}")
 
 
 def default_device():

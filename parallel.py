@@ -8,6 +8,7 @@ read them unchanged.
 """
 
 import gc
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -80,6 +81,12 @@ def close():
         gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+# DDP's option not to broadcast the buffers (the causal masks, the same on every rank) at every
+# forward: forward_sync_buffers=False from torch 2.13 on, which deprecates broadcast_buffers=False
+_ddp_options = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in _ddp_options else "broadcast_buffers": False}
 
 
 def sync_gradients(model, now):

@@ -61,14 +61,28 @@ def draw(out_dirs, png_path):
 class TrainingLog:
     """train.py's log: rows appended to out_dir/train_log.csv (a new file only when asked to replace
     a run), and loss.png redrawn after an eval, in a thread so that training need not wait for it:
-    at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end."""
+    at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end.
+    A run resumed at iteration `resumed_at` redoes what the stopped one did after its checkpoint
+    (saved right after the eval at resumed_at): those rows go, so that none appears twice."""
 
-    def __init__(self, out_dir, truncate, say):
+    def __init__(self, out_dir, truncate, say, resumed_at=None):
         self.out_dir, self.say, self.drawing, self.drawn_at = out_dir, say, None, 0.0
         self.path = os.path.join(out_dir, "train_log.csv")
         if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             with open(self.path, "w") as f:
                 f.write(",".join(HEADER) + "\n")
+        elif resumed_at is not None:
+            self.forget_after(resumed_at)
+
+    def forget_after(self, it):
+        """Drop the rows past the eval at iteration it, atomically."""
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) < it or int(r[0]) == it and r[2] != ""]
+        if len(keep) < len(rows):
+            with open(self.path + ".tmp", "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerows(keep)
+            os.replace(self.path + ".tmp", self.path)
 
     def row(self, *cells):
         with open(self.path, "a") as f:
@@ -104,6 +118,9 @@ def main(argv=None):
     for out_dir in args.out_dirs:
         if not os.path.isfile(os.path.join(out_dir, "train_log.csv")):
             sys.exit(f"error: {out_dir}/train_log.csv not found: give the out_dir of a training run")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        sys.exit(f"error: cannot write {args.out}: there is no folder {folder}; create it or give another --out")
     if draw(args.out_dirs, args.out) is None:
         sys.exit("error: plot.py needs matplotlib: pip install matplotlib")
     print(f"wrote {args.out}")

@@ -12,6 +12,7 @@ eval_interval and at max_iters, and stops there; stopped and resumed (--init_fro
 on exactly as if it had never stopped.
 """
 
+import importlib.util
 import math
 import os
 import time
@@ -26,7 +27,7 @@ from configurator import configure
 from cuda_graph import CUDAGraph
 from dataloader import Batches, find_data_file
 from errors import UserError, report_user_errors
-from hardware import autocast, check_device, default_device, default_dtype, peak_flops
+from hardware import autocast, check_compile_mode, check_device, default_device, default_dtype, peak_flops
 from model import ARCH_KEYS, GPT, PRETRAINED, GPTConfig
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -87,9 +88,14 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
 for key in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"):
     if config[key] < 1:
         raise UserError(f"{key}={config[key]} must be at least 1")
-for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "grad_clip"):
+for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "grad_clip", "weight_decay"):
     if config[key] < 0:
         raise UserError(f"{key}={config[key]} must not be negative")
+for key in ("dropout", "beta1", "beta2"):
+    if not 0 <= config[key] < 1:
+        raise UserError(f"{key}={config[key]} must be in [0, 1)")
+if compile:
+    check_compile_mode(compile_mode, ours=("auto", "regional"))
 if init_from not in ("scratch", "resume", *PRETRAINED) and not os.path.isdir(init_from):
     raise UserError(f"unknown init_from={init_from!r}: use scratch, resume or one of {', '.join(PRETRAINED)}")
 device_type = check_device(device, dtype)
@@ -101,6 +107,8 @@ if compile and compile_mode in ("reduce-overhead", "max-autotune") and micro_ste
     )
 if fsdp and dtype == "float16" and parallel.torchrun_rank() is not None:
     raise UserError("fsdp=True trains with --dtype=bfloat16 or float32, not float16 (no sharded gradient scaler)")
+if wandb_log and importlib.util.find_spec("wandb") is None:
+    raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)")
 if find_data_file(dataset, "train.bin") is None:
     raise UserError(f"no training data for dataset {dataset!r}: run python data/{dataset}/prepare.py first")
 
@@ -213,7 +221,8 @@ if compile:
     else:  # dynamic=False: eval passes take more sequences than training ones, and stay static
         model = torch.compile(model, mode=mode, dynamic=False)
 if procs.enabled and not use_fsdp:
-    model = DDP(model, device_ids=[procs.local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
+    device_ids = [procs.local_rank] if device_type == "cuda" else None
+    model = DDP(model, device_ids=device_ids, **parallel.NO_BUFFER_SYNC)
 
 
 # -----------------------------------------------------------------------------
@@ -313,12 +322,13 @@ def micro_batch(it, k):
 
 # -----------------------------------------------------------------------------
 # training loop
-log = plot.TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say) if master_process else None
+log = None  # train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
+if master_process and not eval_only:
+    resumed_at = iter_num if init_from == "resume" else None
+    log = plot.TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say, resumed_at=resumed_at)
 if wandb_log and master_process:
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)") from None
+    import wandb
+
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 writer = checkpoint.BackgroundWriter()
 peak, mfu_note = peak_flops(device)
@@ -345,7 +355,7 @@ while True:
         if not all(math.isfinite(v) for v in losses.values()):
             raise diverged("eval loss", iter_num)
         lr = get_lr(iter_num) if decay_lr else learning_rate
-        if master_process:
+        if log:
             log.eval_row(iter_num, losses, lr, running_mfu, last=eval_only or iter_num >= max_iters)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
@@ -398,7 +408,7 @@ while True:
     local_iter_num += 1
 
 writer.wait()  # the last checkpoint is on disk before the run reports success
-if master_process:
+if log:
     log.wait()
 if not eval_only:
     say(f"iters {first_iter}..{iter_num} in {time.time() - t_start:.1f}s, best val loss {best_val_loss:.4f}")

@@ -3,6 +3,7 @@ non-zero and leaves what the user had untouched; a SIGKILL at any moment leaves 
 checkpoint; crafted checkpoints and meta.pkl files are refused without running their code."""
 
 import hashlib
+import importlib.util
 import os
 import pickle
 import random
@@ -199,6 +200,20 @@ CASES = [
     ("unknown-dtype", "train", ["--dtype=float8"], None, "unknown dtype 'float8'", None),
     ("out_dir-unwritable", "train", ["--out_dir=afile/sub"], _write("afile", "x"), "cannot create out_dir", None),
     ("negative-max_iters", "train", ["--max_iters=-1"], None, "max_iters=-1 must not be negative", None),
+    ("negative-weight_decay", "train", ["--weight_decay=-0.1"], None, "weight_decay=-0.1 must not be negative", None),
+    ("beta2-out-of-range", "train", ["--beta2=1.0"], None, "beta2=1.0 must be in [0, 1)", None),
+    ("dropout-out-of-range", "train", [*RESUME, "--dropout=1.5"], None, "dropout=1.5 must be in [0, 1)", None),
+    ("unknown-compile_mode", "train", ["--compile=True", "--compile_mode=fast"], None, "compile_mode='fast'", None),
+    pytest.param(
+        "wandb-missing",
+        "train",
+        ["--overwrite=True", "--out_dir=out", "--wandb_log=True"],
+        None,
+        "wandb_log=True needs wandb: pip install wandb",
+        None,
+        marks=pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed"),
+        id="wandb-missing",
+    ),
     (
         "loss-not-finite",
         "train",
@@ -223,6 +238,8 @@ CASES = [
     ("bench-dataset-missing", "bench", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
     ("bench-bins-too-short", "bench", ["--dataset=tiny", "--block_size=8000"], None, "fewer than block_size", None),
     ("bench-unknown-dtype", "bench", ["--dtype=half", "--real_data=False"], None, "unknown dtype 'half'", None),
+    ("bench-vocab-too-small", "bench", ["--dataset=tiny", "--vocab_size=8"], None, "holds token id 31", None),
+    ("bench-compile_mode", "bench", ["--compile=True", "--compile_mode=fast"], None, "compile_mode='fast'", None),
     (
         "prepare-download-fails",
         "prepare",

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -94,6 +95,12 @@ def read_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
     with open(out_dir / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return [r for r in rows if r["val_loss"] == ""], [r for r in rows if r["val_loss"] != ""]
+
+
+def printed_eval(stdout: str) -> tuple[int, float, float]:
+    """(iter, train loss, val loss) of the last `step N: train loss A, val loss B` line a run printed."""
+    it, train, val = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)$", stdout, re.M)[-1]
+    return int(it), float(train), float(val)
 
 
 def load(path: Path) -> dict:
@@ -253,10 +260,11 @@ def test_a_checkpoint_of_8_processes_resumes_on_1_and_on_2(tmp_path):
     for nproc in (1, 2):
         out = tmp_path / f"on{nproc}"
         shutil.copytree(tmp_path / "half", out)
-        run_train(tmp_path, *args, f"--out_dir={out}", "--init_from=resume", "--eval_only=True", nproc=nproc)
+        proc = run_train(tmp_path, *args, f"--out_dir={out}", "--init_from=resume", "--eval_only=True", nproc=nproc)
         _, evals = read_log(out)
-        assert evals[-1]["iter"] == evals[-2]["iter"] == "4"
-        assert float(evals[-1]["val_loss"]) == pytest.approx(float(evals[-2]["val_loss"]), abs=1e-5)  # same weights
+        it, _, val = printed_eval(proc.stdout)
+        assert it == int(evals[-1]["iter"]) == 4
+        assert val == pytest.approx(float(evals[-1]["val_loss"]), abs=6e-5)  # same weights (printed to 4 places)
         run_train(tmp_path, *args, f"--out_dir={out}", "--init_from=resume", "--max_iters=8", nproc=nproc)
         resumed, straight = load(out / "ckpt.pt"), load(tmp_path / "eight" / "ckpt.pt")
         assert resumed["iter_num"] == 8 and list(resumed["model"]) == list(straight["model"])
@@ -310,21 +318,53 @@ def test_eval_only_scratch_evaluates_once_and_saves_nothing(tmp_path):
     proc = run_train(tmp_path, *TINY, "--out_dir=ev", "--eval_only=True")
     assert proc.stdout.count("step 0: train loss") == 1
     assert "iter 0:" not in proc.stdout  # no training step
-    assert not (tmp_path / "ev" / "ckpt.pt").exists()
-    train_rows, eval_rows = read_log(tmp_path / "ev")
-    assert train_rows == [] and len(eval_rows) == 1
+    assert not (tmp_path / "ev").exists() or not list((tmp_path / "ev").iterdir())  # no checkpoint, no log
+
+
+def test_eval_only_leaves_the_run_in_out_dir_as_it_was(trained, tmp_path):
+    """Evaluating another model (eval_gpt2.py uses train_gpt2.py's out_dir) writes nothing there."""
+    root, out = trained
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    proc = run_train(root, *TINY, f"--out_dir={copy}", "--eval_only=True")
+    assert "step 0: train loss" in proc.stdout
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
 
 
 def test_eval_only_resume_repeats_the_recorded_eval(trained, tmp_path):
     root, out = trained
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    before = (copy / "ckpt.pt").read_bytes()
-    run_train(root, *TINY, f"--out_dir={copy}", "--init_from=resume", "--eval_only=True")
-    assert (copy / "ckpt.pt").read_bytes() == before  # nothing saved
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    proc = run_train(root, *TINY, f"--out_dir={copy}", "--init_from=resume", "--eval_only=True")
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before  # nothing saved or logged
     _, eval_rows = read_log(copy)
-    assert eval_rows[-1]["iter"] == eval_rows[-2]["iter"] == "20"  # appended, same iteration
-    assert eval_rows[-1]["val_loss"] == eval_rows[-2]["val_loss"]  # same weights, same eval batches
+    it, train, val = printed_eval(proc.stdout)
+    assert it == int(eval_rows[-1]["iter"]) == 20
+    assert (train, val) == (round(float(eval_rows[-1]["loss"]), 4), round(float(eval_rows[-1]["val_loss"]), 4))
+
+
+def test_a_run_resumed_from_an_earlier_checkpoint_logs_each_iteration_once(tmp_path):
+    """Killed after its checkpoint at 3 but past it, a run resumed from that checkpoint redoes
+    iterations 3-5: its log then holds the rows of one uninterrupted run, each once."""
+    make_dataset(tmp_path)
+    args = [*TINY, "--eval_interval=3", "--max_iters=6"]
+    run_train(tmp_path, *args, "--out_dir=straight")
+    run_train(tmp_path, *args, "--out_dir=cut", "--max_iters=3")
+    at_3 = (tmp_path / "cut" / "ckpt.pt").read_bytes()
+    run_train(tmp_path, *args, "--out_dir=cut", "--init_from=resume")  # on to 6, as the stopped run went
+    (tmp_path / "cut" / "ckpt.pt").write_bytes(at_3)  # ... but it died before saving at 6
+    run_train(tmp_path, *args, "--out_dir=cut", "--init_from=resume")
+    for got, want in zip(read_log(tmp_path / "cut"), read_log(tmp_path / "straight"), strict=True):
+        assert [r["iter"] for r in got] == [r["iter"] for r in want]
+    assert [r["iter"] for r in read_log(tmp_path / "cut")[1]] == ["0", "3", "6"]
+
+
+def test_checkpoint_file_is_as_readable_as_any_file_the_user_writes(trained):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((trained[1] / "ckpt.pt").stat().st_mode) == 0o666 & ~umask
 
 
 def test_checkpoint_is_classic_and_plain(trained):
@@ -351,10 +391,9 @@ def test_resume_from_orig_mod_prefixed_checkpoint(trained, tmp_path):
     ckpt["model"] = {"_orig_mod." + k: v for k, v in ckpt["model"].items()}  # as torch.compile'd nanoGPT saved
     (tmp_path / "pref").mkdir()
     torch.save(ckpt, tmp_path / "pref" / "ckpt.pt")
-    shutil.copy(out / "train_log.csv", tmp_path / "pref")
-    run_train(root, *TINY, f"--out_dir={tmp_path / 'pref'}", "--init_from=resume", "--eval_only=True")
-    _, eval_rows = read_log(tmp_path / "pref")
-    assert eval_rows[-1]["val_loss"] == eval_rows[-2]["val_loss"]  # the very weights were loaded
+    proc = run_train(root, *TINY, f"--out_dir={tmp_path / 'pref'}", "--init_from=resume", "--eval_only=True")
+    _, eval_rows = read_log(out)
+    assert printed_eval(proc.stdout)[2] == round(float(eval_rows[-1]["val_loss"]), 4)  # the very weights were loaded
     run_train(root, *TINY, f"--out_dir={tmp_path / 'pref'}", "--init_from=resume", "--max_iters=22")
     saved = load(tmp_path / "pref" / "ckpt.pt")
     assert saved["iter_num"] == 22
@@ -468,6 +507,12 @@ def test_plot_py_draws_several_runs_side_by_side(trained, tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().endswith(
         "train_log.csv not found: give the out_dir of a training run"
     )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "plot.py"), str(out), "--out", str(tmp_path / "nodir" / "x.png")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot write ") and "create it" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "nodir").exists()
 
 
 def test_without_matplotlib_training_says_how_to_get_the_plot(tmp_path):
