@@ -16,8 +16,8 @@ import torch
 
 from configurator import configure
 from dataloader import Batches
-from errors import report_user_errors
-from hardware import autocast, check_device, default_device, default_dtype, peak_flops
+from errors import UserError, report_user_errors
+from hardware import autocast, check_compile_mode, check_device, default_device, default_dtype, peak_flops
 from model import GPT, GPTConfig
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -48,6 +48,8 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
     dtype = default_dtype(device)
 # -----------------------------------------------------------------------------
 device_type = check_device(device, dtype)
+if compile:
+    check_compile_mode(compile_mode)
 torch.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
 torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
@@ -56,6 +58,8 @@ ctx = autocast(device_type, dtype)
 # data: train.py's batches, or random tokens made once
 if real_data:
     batches = Batches(dataset, block_size, batch_size, device, seed=seed)
+    if (batches.max_token() or 0) >= vocab_size:
+        raise UserError(f"--dataset={dataset} holds token id {batches.max_token()}: use a --vocab_size above it")
     get_batch = lambda step: batches.get("train", step)  # noqa: E731
 else:
     x = torch.randint(vocab_size, (batch_size, block_size), device=device)
@@ -105,7 +109,8 @@ if profile:
         for k in range(15):
             step(k)
             prof.step()
-    print(prof.key_averages().table(sort_by=f"{device_type}_time_total", row_limit=40))
+    sort_by = "cuda_time_total" if device_type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=40))
     print("profile written to ./bench_log")
 else:
     t0 = time.perf_counter()

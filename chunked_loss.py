@@ -41,13 +41,13 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of x (N, C) @ weight (V, C).T against targets (N,), ignoring -1."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets):
+    def forward(ctx, x, weight, targets, want_grads):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         xs, w = x.to(dtype), weight.to(dtype)  # cast once, not in every chunk's matmuls
         acc = torch.promote_types(dtype, torch.float32)  # sums in float32, or float64 for float64 inputs
         step = compiled_chunk_loss_and_grad() if x.is_cuda else chunk_loss_and_grad
-        want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        want_grads = want_grads and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         grad_x = torch.empty_like(x) if want_grads else None
         grad_w = torch.zeros_like(weight, dtype=acc) if want_grads else None
         loss = torch.zeros((), dtype=acc, device=x.device)
@@ -59,17 +59,19 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_x[i : i + n] = grad @ w
                 grad_w += (grad.t() @ xs[i : i + n]).to(acc)
         count = (targets != -1).sum()
-        if want_grads:
-            ctx.save_for_backward(grad_x / count, (grad_w / count).to(weight.dtype))
+        if want_grads:  # no target at all: a NaN loss as F.cross_entropy's, and its zero gradients
+            ctx.save_for_backward(grad_x / count.clamp(min=1), (grad_w / count.clamp(min=1)).to(weight.dtype))
         return loss / count
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None
 
 
 @torch.compiler.disable  # inside a compiled model this runs as written; its chunk step is compiled on its own
 def linear_cross_entropy(x, weight, targets):
     """The mean cross-entropy of the logits x @ weight.T (x: (..., C)) against targets (...)."""
-    return LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1))
+    # (forward runs with autograd off: whether anyone wants the gradients is asked here, so that
+    # an evaluation under torch.no_grad() does not work them out)
+    return LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), torch.is_grad_enabled())

@@ -97,8 +97,8 @@ def hf_config(c, gpt2_tokens):
     config |= dict(layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.02)
     config |= dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
     config["tie_word_embeddings"] = True  # lm_head is the token embedding, stored once
-    if gpt2_tokens:
-        config |= dict(bos_token_id=EOT, eos_token_id=EOT)
+    # GPT-2's end-of-text token, or none for characters (transformers' default 50256 is no character)
+    config |= dict(bos_token_id=EOT, eos_token_id=EOT) if gpt2_tokens else dict(bos_token_id=None, eos_token_id=None)
     return config
 
 

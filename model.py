@@ -290,6 +290,9 @@ class GPT(nn.Module):
         if set(hf_sd) != set(sd):
             missing, extra = sorted(set(sd) - set(hf_sd)), sorted(set(hf_sd) - set(sd))
             raise ValueError(f"Hugging Face weights do not match: missing {missing[:4]}, unexpected {extra[:4]}")
+        if not torch.equal(hf_sd["lm_head.weight"], hf_sd["transformer.wte.weight"]):
+            untied = "its output head is apart from its token embedding (tie_word_embeddings=False)"
+            raise ValueError(f"{untied}; GPT ties the two")
         for k, v in hf_sd.items():
             v = v.t() if k.endswith(self.HF_TRANSPOSED) else v
             if v.shape != sd[k].shape:
@@ -388,7 +391,7 @@ class GPT(nn.Module):
             raise ValueError("cuda_graph=True needs idx on a CUDA device and generator=None")
         graph_device = idx.device if cuda_graph else None
         block, end = self.config.block_size, T + max_new_tokens
-        out = idx.new_empty((B, end))  # every token lands here; nothing is concatenated step by step
+        out = idx.new_empty((B, end), dtype=torch.long)  # every token lands here, nothing is concatenated
         out[:, :T] = idx
         told = on_tokens or (lambda out, t: None)
 

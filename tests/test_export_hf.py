@@ -219,7 +219,10 @@ def test_char_model_exports_weights_and_its_characters(char_run):
     assert chars == [itos[i] for i in range(len(itos))]
     assert sorted(os.listdir(folder)) == ["chars.json", "config.json", "model.safetensors"]  # no GPT-2 tokenizer
     config = json.loads((folder / "config.json").read_text())
-    assert config["vocab_size"] == 32 and "eos_token_id" not in config
+    assert config["vocab_size"] == 32
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.GPT2Config.from_pretrained(folder)  # no GPT-2 end-of-text id past the 32 characters
+    assert hf_config.bos_token_id is None and hf_config.eos_token_id is None
     notes = [line for line in stdout.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "tokenizer is not" in notes[0] and "chars.json" in notes[0]
 

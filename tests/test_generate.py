@@ -258,6 +258,18 @@ def test_temperature_zero_is_argmax():
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
+def test_an_int32_prompt_samples_as_an_int64_one(use_cache):
+    """Classic nanoGPT's torch.cat promotes an int32 prompt to int64 tokens; so does generate."""
+    model = make_model()
+    idx = torch.randint(0, VOCAB, (2, 5))
+    torch.manual_seed(3)
+    want = model.generate(idx, 12, use_cache=use_cache)
+    torch.manual_seed(3)
+    got = model.generate(idx.int(), 12, use_cache=use_cache)
+    assert got.dtype == torch.long and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
 def test_zero_new_tokens_returns_the_input(use_cache):
     model = make_model()
     idx = prompt(2, 5)

@@ -294,6 +294,15 @@ def test_from_pretrained_local_dir_matches_hugging_face_logits(tmp_path, activat
     torch.testing.assert_close(model.transformer.h[0].attn.c_attn.weight, w_hf.t())
 
 
+def test_from_pretrained_refuses_an_untied_head(tmp_path):
+    """A Hugging Face GPT-2 whose lm_head is its own matrix cannot become a GPT (which ties it to the
+    token embedding): a ValueError, not one of the two matrices silently lost."""
+    hf = make_hf_model(tmp_path, tie_word_embeddings=False)
+    assert not torch.equal(hf.lm_head.weight, hf.transformer.wte.weight)
+    with pytest.raises(ValueError, match="output head is apart from its token embedding"):
+        GPT.from_pretrained(str(tmp_path))
+
+
 def test_from_pretrained_overrides_dropout_only(tmp_path):
     make_hf_model(tmp_path)
     model = GPT.from_pretrained(str(tmp_path), dict(dropout=0.1))
@@ -328,6 +337,35 @@ def test_chunked_loss_and_gradients_equal_cross_entropy_in_float64(monkeypatch, 
     torch.testing.assert_close(grad_w, ref_w, rtol=1e-12, atol=1e-15)
     with torch.no_grad():  # evaluation: the same loss, no gradient work
         assert chunked_loss.linear_cross_entropy(x, w, targets).item() == pytest.approx(ref.item(), rel=1e-13)
+
+
+def test_chunked_loss_with_every_target_ignored_is_nan_with_zero_gradients_as_cross_entropy():
+    import chunked_loss
+
+    x = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.full((6,), -1)
+    ours = chunked_loss.linear_cross_entropy(x, w, targets)
+    ref = F.cross_entropy(x @ w.T, targets, ignore_index=-1)
+    assert math.isnan(ours.item()) and math.isnan(ref.item())
+    for got, want in zip(torch.autograd.grad(ours, (x, w)), torch.autograd.grad(ref, (x, w)), strict=True):
+        assert torch.equal(got, want) and not got.any()
+
+
+def test_chunked_loss_under_no_grad_does_only_the_logits_matmuls():
+    """Evaluation (torch.no_grad) makes the logits and nothing else: a third of training's FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import chunked_loss
+
+    x = torch.randn(64, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (64,))
+    for grad_enabled, flops in ((True, 3 * 2 * 64 * 16 * 50), (False, 2 * 64 * 16 * 50)):
+        with torch.set_grad_enabled(grad_enabled), FlopCounterMode(display=False) as counter:
+            loss = chunked_loss.linear_cross_entropy(x, w, targets)
+        assert counter.get_total_flops() == flops
+        assert loss.item() == pytest.approx(F.cross_entropy(x @ w.T, targets).item(), rel=1e-5)
 
 
 def test_chunked_head_loss_trains_the_model_as_the_full_one():
