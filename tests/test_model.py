@@ -268,6 +268,17 @@ def test_mfu_uses_the_palm_flop_count():
     assert peak_flops("cpu")[0] is None
 
 
+@pytest.mark.parametrize(
+    "name,tflops",
+    [("NVIDIA L4", 121), ("NVIDIA L40", 181), ("NVIDIA L40S", 362), ("NVIDIA H100 80GB HBM3", 989), ("Mystery", None)],
+)
+def test_peak_flops_by_device_name_takes_the_card_not_a_prefix_of_it(monkeypatch, name, tflops):
+    """The vendors' dense bf16 figures; one card's name inside another's (L4 in L40) must not match."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak, _ = peak_flops("cuda")
+    assert (peak and round(peak / 1e12)) == tflops
+
+
 def make_hf_model(tmp_path, **kw):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(8)
