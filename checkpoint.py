@@ -17,7 +17,7 @@ import torch
 
 import parallel
 from errors import UserError, first_line
-from model import ARCH_KEYS, GPT, PRETRAINED, GPTConfig
+from model import ARCH_KEYS, GPT, MASK_SUFFIXES, PRETRAINED, GPTConfig, head_apart_from_embedding
 
 CKPT_NAME = "ckpt.pt"
 UMASK = os.umask(0o022)  # the umask, read once at import: reading it sets it, which no background thread may do
@@ -165,7 +165,7 @@ def clean_state_dict(state_dict):
     out = {}
     for k, v in state_dict.items():
         k = re.sub(r"^((_orig_mod|module)\.)+", "", k).replace("._orig_mod.", ".")
-        if not k.endswith((".attn.bias", ".attn.masked_bias")):  # the masks, not c_attn.bias
+        if not k.endswith(MASK_SUFFIXES):
             out[k] = v
     return out
 
@@ -187,8 +187,7 @@ def model_from(ckpt, dropout=None):
     except RuntimeError as e:  # a shape that contradicts model_args
         problem = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), first_line(e))
         raise UserError(f"checkpoint weights do not fit its model_args: {problem[:300]}") from None
-    head, wte = state.get("lm_head.weight"), state.get("transformer.wte.weight")
-    if head is not None and wte is not None and not torch.equal(head, wte):  # both would load into one tensor
+    if head_apart_from_embedding(state):
         raise UserError("checkpoint has an output head apart from its token embedding: this GPT ties them, as nanoGPT")
     if result.missing_keys or result.unexpected_keys:
         raise UserError(

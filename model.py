@@ -171,6 +171,18 @@ class GPTConfig:
 # The GPTConfig fields that make a checkpoint's architecture (nanoGPT's model_args, less dropout)
 ARCH_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 
+# The attention masks that old nanoGPT checkpoints and Hugging Face's GPT-2 keep among their
+# weights (the names end so; c_attn.bias does not)
+MASK_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def head_apart_from_embedding(state):
+    """Whether a state dict's lm_head.weight differs from its transformer.wte.weight: GPT ties the
+    two into one tensor, so loading both would keep only one of them."""
+    head, wte = state.get("lm_head.weight"), state.get("transformer.wte.weight")
+    return head is not None and wte is not None and not torch.equal(head, wte)
+
+
 # OpenAI's GPT-2 checkpoints, by their Hugging Face names
 PRETRAINED = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
@@ -285,12 +297,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def load_hf_state_dict(self, hf_sd):
         """Copy in a Hugging Face GPT2LMHeadModel state dict (same names, Conv1D weights transposed)."""
-        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # masks
+        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(MASK_SUFFIXES)}
         sd = self.state_dict()
         if set(hf_sd) != set(sd):
             missing, extra = sorted(set(sd) - set(hf_sd)), sorted(set(hf_sd) - set(sd))
             raise ValueError(f"Hugging Face weights do not match: missing {missing[:4]}, unexpected {extra[:4]}")
-        if not torch.equal(hf_sd["lm_head.weight"], hf_sd["transformer.wte.weight"]):
+        if head_apart_from_embedding(hf_sd):
             untied = "its output head is apart from its token embedding (tie_word_embeddings=False)"
             raise ValueError(f"{untied}; GPT ties the two")
         for k, v in hf_sd.items():
