@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import parallel
+from dataloader import find_data_file
 from errors import UserError, first_line
 from model import ARCH_KEYS, GPT, MASK_SUFFIXES, PRETRAINED, GPTConfig, head_apart_from_embedding
 
@@ -289,6 +290,13 @@ def set_rng_state(state, device):
 
 
 # ---------------------------------------------------------------------------- meta.pkl
+
+
+def dataset_meta(ckpt):
+    """The dataset a checkpoint was trained on (its config's) and that dataset's meta.pkl, found as
+    train.py finds it: a character-level model's vocabulary. Either is None where unknown or absent."""
+    dataset = ckpt["config"].get("dataset") if isinstance(ckpt.get("config"), dict) else None
+    return dataset, find_data_file(str(dataset), "meta.pkl") if dataset else None
 
 
 class PlainUnpickler(pickle.Unpickler):

@@ -16,7 +16,6 @@ import tempfile
 
 import checkpoint
 from configurator import configure
-from dataloader import find_data_file
 from errors import UserError, first_line, report_user_errors
 from model import ARCH_KEYS
 
@@ -63,8 +62,7 @@ def classic_model(ckpt):
 def character_vocabulary(ckpt, vocab_size):
     """The characters of the model's dataset by id, from its meta.pkl as sample.py finds it; None
     for a model on GPT-2's tokens."""
-    dataset = ckpt["config"].get("dataset") if isinstance(ckpt.get("config"), dict) else None
-    meta_path = find_data_file(str(dataset), "meta.pkl") if dataset else None
+    dataset, meta_path = checkpoint.dataset_meta(ckpt)
     if meta_path:
         itos = checkpoint.load_meta(meta_path, keys=("itos",))["itos"]
         return [itos[i] for i in sorted(itos)] if isinstance(itos, dict) else list(itos)

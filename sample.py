@@ -16,7 +16,6 @@ import torch
 
 import checkpoint
 from configurator import configure
-from dataloader import find_data_file
 from errors import UserError, first_line, report_user_errors
 from hardware import autocast, check_device, default_device, default_dtype
 from model import GPT, PRETRAINED
@@ -80,8 +79,7 @@ if compile:
     model.compile()  # in place: generate's own calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
-dataset = ckpt["config"].get("dataset") if ckpt and isinstance(ckpt.get("config"), dict) else None
-meta_path = find_data_file(str(dataset), "meta.pkl") if dataset else None
+meta_path = checkpoint.dataset_meta(ckpt)[1] if ckpt else None
 if meta_path:
     print(f"Loading meta from {meta_path}...")
     meta = checkpoint.load_meta(meta_path, keys=("itos", "stoi"))
