@@ -5,7 +5,6 @@ then 50256 after every document), or the bins of an uninterrupted run. The stand
 formats: an in-memory `datasets.Dataset`, and parquet shards written with pyarrow.
 """
 
-import importlib.util
 import json
 import os
 import random
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiktoken
+from test_data import load_script
 
 datasets = pytest.importorskip("datasets")
 pa = pytest.importorskip("pyarrow")
@@ -32,13 +32,6 @@ EOT = 50256
 ODD_DOCS = ["", "<|endoftext|> is plain text here", "Ünïcödé and emoji 🙂", "\n\n  spaces  \n"]
 # Small shards make many of them, so interruptions land between and inside shards.
 SHARD_DOCS = 50
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"prepare_{name}_bins", DATA / name / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 owt = load_script("openwebtext")
