@@ -9,43 +9,25 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import threading
 
 import numpy as np
 import torch
 
 import parallel
+from atomic import atomic_write, remove_stale_temps
 from dataloader import find_data_file
 from errors import UserError, first_line
 from model import ARCH_KEYS, GPT, MASK_SUFFIXES, PRETRAINED, GPTConfig, head_apart_from_embedding
 
 CKPT_NAME = "ckpt.pt"
-UMASK = os.umask(0o022)  # the umask, read once at import: reading it sets it, which no background thread may do
-os.umask(UMASK)
 
 
 def save(obj, path):
-    """Write atomically: a temp file in the same folder, fsync, then a rename over the old file.
-    A crash at any moment leaves either the previous checkpoint or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{os.getpid()}-", suffix=".tmp", dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp's file is the owner's alone; a checkpoint is as readable as any file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself is durable too
-    finally:
-        os.close(dir_fd)
+    """Write atomically: a crash at any moment leaves either the previous checkpoint or the new
+    one, never half of one."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def cpu_copy(obj, copies=None):
@@ -107,33 +89,6 @@ class BackgroundWriter:
                 f"could not write the checkpoint {path} ({first_line(e)}); the file there, if any, is a complete "
                 "earlier checkpoint: free some disk space or choose another --out_dir"
             )
-
-
-def remove_stale_temps(folder):
-    """Delete the temp files save() left behind when its process was killed mid-write
-    (.ckpt-<pid>-*.tmp whose pid no longer runs), and nothing else; return their names."""
-    removed = []
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        m = re.fullmatch(r"\.ckpt-(\d+)-\w+\.tmp", name)
-        if m and not pid_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(folder, name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
-
-
-def pid_alive(pid):
-    if pid == os.getpid():
-        return False  # a leftover of an earlier process that had our pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process: leave its file alone
-    return True
 
 
 def load(path):

@@ -11,10 +11,9 @@ is no Hugging Face tokenizer: chars.json lists its characters by id.
 
 import json
 import os
-import shutil
-import tempfile
 
 import checkpoint
+from atomic import atomic_folder
 from configurator import configure
 from errors import UserError, first_line, report_user_errors
 from model import ARCH_KEYS
@@ -125,33 +124,15 @@ def write_folder(folder, model, chars, tokenizer_files):
     save_file(model.hf_state_dict(), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
-def write_atomically(write):
-    """write(folder) into a fresh folder beside hf_dir, then put it in hf_dir's place: a failure
-    midway leaves hf_dir as it was."""
-    parent = os.path.dirname(os.path.abspath(hf_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(hf_dir))}-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the folder is meant to be shared
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.isdir(hf_dir) and os.listdir(hf_dir):  # --overwrite=True: the old folder goes once the new one is in
-        os.rename(hf_dir, tmp + "-old")
-        os.rename(tmp, hf_dir)
-        shutil.rmtree(tmp + "-old")
-    else:
-        os.replace(tmp, hf_dir)  # (an empty hf_dir is replaced too)
-
-
 check_target()
 ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
 model = classic_model(ckpt)
 chars = character_vocabulary(ckpt, model.config.vocab_size)
 tokenizer_files = gpt2_tokenizer_files() if chars is None else {}
 try:
-    write_atomically(lambda folder: write_folder(folder, model, chars, tokenizer_files))
+    os.makedirs(os.path.dirname(os.path.abspath(hf_dir)), exist_ok=True)
+    with atomic_folder(hf_dir) as folder:  # a failure midway leaves hf_dir as it was
+        write_folder(folder, model, chars, tokenizer_files)
 except OSError as e:
     raise UserError(f"cannot write {hf_dir} ({first_line(e)}): free some space or choose another --hf_dir") from None
 print(f"exported {out_dir}/{checkpoint.CKPT_NAME} to {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")

@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+from atomic import atomic_write
+
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
 
 
@@ -53,8 +55,8 @@ def draw(out_dirs, png_path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path + ".tmp", dpi=100, format="png")
-    os.replace(png_path + ".tmp", png_path)  # a reader (or a kill) never meets half a picture
+    with atomic_write(png_path) as f:  # a reader (or a kill) never meets half a picture
+        fig.savefig(f, dpi=100, format="png")
     return fig
 
 
@@ -80,9 +82,8 @@ class TrainingLog:
             rows = list(csv.reader(f))
         keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) < it or int(r[0]) == it and r[2] != ""]
         if len(keep) < len(rows):
-            with open(self.path + ".tmp", "w", newline="") as f:
+            with atomic_write(self.path, "w", newline="") as f:
                 csv.writer(f, lineterminator="\n").writerows(keep)
-            os.replace(self.path + ".tmp", self.path)
 
     def row(self, *cells):
         with open(self.path, "a") as f:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import datetime
 import io
 import itertools
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -34,7 +32,6 @@ if str(HERE) not in sys.path:
 import prepare_utils as pu  # noqa: E402
 
 CODE_POINTS = 0x110000  # every Unicode code point, so one lookup table maps them all
-PROGRESS_EVERY_S = 5.0
 PLAIN_NAME = re.compile(r"\w[\w.-]*")
 # Points where GPT-2's pre-tokenizer can restart without changing a token: after a "\n" or before a " ", with
 # non-whitespace on both sides. No piece of its regex spans them, and the piece before ends the same way at the
@@ -42,20 +39,8 @@ PLAIN_NAME = re.compile(r"\w[\w.-]*")
 SAFE_CUT = re.compile(r"\S\n(?=\S)|\S(?= \S)")
 
 
-class Progress:
-    """Every few seconds, one line on stderr: MB read of the total and the time left at the rate so far."""
-
-    def __init__(self, label: str, total_bytes: int):
-        self.label, self.total = label, total_bytes
-        self.start = self.last = time.monotonic()
-
-    def __call__(self, done_bytes: int) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_EVERY_S:
-            return
-        self.last = now
-        left = datetime.timedelta(seconds=round((now - self.start) * (self.total - done_bytes) / done_bytes))
-        print(f"{self.label}: {done_bytes / 1e6:,.0f} of {self.total / 1e6:,.0f} MB, {left} left", file=sys.stderr)
+def progress_mb(what: str, total_bytes: int) -> pu.Progress:
+    return pu.Progress(what, total_bytes, unit="MB", scale=1e6)
 
 
 def input_files(path: Path) -> list[Path]:
@@ -71,7 +56,7 @@ def input_files(path: Path) -> list[Path]:
     return sorted(files, key=lambda f: f.relative_to(path).parts)
 
 
-def read_chunks(files: list[Path], chunk_bytes: int, progress: Progress) -> Iterator[str]:
+def read_chunks(files: list[Path], chunk_bytes: int, progress: pu.Progress) -> Iterator[str]:
     """The text of the files in order, decoded chunk_bytes at a time."""
     done = 0  # bytes of the files before this one
     for path in files:
@@ -87,7 +72,7 @@ def read_chunks(files: list[Path], chunk_bytes: int, progress: Progress) -> Iter
                     raise pu.UserError(
                         f"{path} is not UTF-8 text: {exc.reason} at byte offset {offset:,}; convert it or leave it out"
                     ) from None
-                progress(done + f.tell())
+                progress.update(done + f.tell())
                 if not block:
                     break
             done += f.tell()
@@ -156,17 +141,13 @@ def char_meta(vocab: np.ndarray) -> dict:
     return {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {ch: i for i, ch in enumerate(chars)}}
 
 
-def write_splits(ids: Iterable[tuple[int, np.ndarray]], paths: tuple[Path, Path]) -> list[int]:
-    """Append each piece's ids to its split's file (flat raw uint16), synced; return the token counts."""
+def write_splits(ids: Iterable[tuple[int, np.ndarray]], files: tuple) -> list[int]:
+    """Append each piece's ids to its split's file (flat raw uint16); return the token counts."""
     counts = [0, 0]
-    with open(paths[0], "wb") as train, open(paths[1], "wb") as val:
-        for split, arr in ids:
-            pu.check_uint16(arr)
-            arr.astype(np.uint16).tofile((train, val)[split])
-            counts[split] += int(arr.size)
-        for f in (train, val):
-            f.flush()
-            os.fsync(f.fileno())
+    for split, arr in ids:
+        pu.check_uint16(arr)
+        arr.astype(np.uint16).tofile(files[split])
+        counts[split] += int(arr.size)
     return counts
 
 
@@ -185,7 +166,9 @@ def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1,
     source, out_dir = Path(source), Path(out_dir)
     files = input_files(source)
     total_bytes, chunk_bytes = sum(f.stat().st_size for f in files), max(1, round(chunk_mb * 1e6))
-    n_chars, vocab = count_text(read_chunks(files, chunk_bytes, Progress("reading", total_bytes)), tokenizer == "char")
+    n_chars, vocab = count_text(
+        read_chunks(files, chunk_bytes, progress_mb("reading", total_bytes)), tokenizer == "char"
+    )
     if n_chars == 0:
         raise pu.UserError(f"no text in {source}: give a non-empty UTF-8 file or a folder holding one")
     if len(vocab) > pu.UINT16_LIMIT:
@@ -193,13 +176,13 @@ def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1,
             f"{source} has {len(vocab):,} distinct characters, more than uint16 ids can number "
             f"({pu.UINT16_LIMIT:,}): use --tokenizer=gpt2"
         )
-    chunks = read_chunks(files, chunk_bytes, Progress("encoding", total_bytes))
+    chunks = read_chunks(files, chunk_bytes, progress_mb("encoding", total_bytes))
     pieces = split_pieces(chunks, int(n_chars * (1 - val_fraction)), len if tokenizer == "char" else last_safe_cut)
     made_dir = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with pu.atomic_path(out_dir / "train.bin") as train_tmp, pu.atomic_path(out_dir / "val.bin") as val_tmp:
-            counts = write_splits(token_ids(pieces, tokenizer, vocab), (train_tmp, val_tmp))
+        with pu.atomic_write(out_dir / "train.bin") as train, pu.atomic_write(out_dir / "val.bin") as val:
+            counts = write_splits(token_ids(pieces, tokenizer, vocab), (train, val))
             check_splits(counts, block_size, val_fraction)
             if tokenizer == "char":
                 pu.write_pickle(char_meta(vocab), out_dir / "meta.pkl")

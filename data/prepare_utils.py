@@ -14,14 +14,21 @@ import os
 import pickle
 import shutil
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import requests
+
+# the project's own modules, one level up: the scripts run from any folder
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from atomic import atomic_write  # noqa: E402
+from errors import UserError, first_line  # noqa: E402
+from progress import Progress  # noqa: E402, F401  (the scripts' progress reporter)
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # Lets a machine without internet point every shakespeare script at a local copy.
@@ -31,18 +38,6 @@ DOWNLOAD_TIMEOUT_S = 30
 # Classic nanoGPT splits the raw text, not the tokens, 90/10.
 TRAIN_FRACTION = 0.9
 UINT16_LIMIT = int(np.iinfo(np.uint16).max) + 1
-# Without a terminal for a progress bar (a log file, nohup), a progress line this often.
-REPORT_EVERY_S = 10.0
-
-
-class UserError(Exception):
-    """A problem the user can fix; reported as one `error:` line instead of a traceback."""
-
-
-def one_line(exc: BaseException) -> str:
-    """Exception text squeezed onto one line, so error messages stay a single line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def fail(message: str) -> None:
@@ -58,7 +53,7 @@ def user_errors() -> Iterator[None]:
     except UserError as exc:
         fail(str(exc))
     except OSError as exc:
-        fail(one_line(exc))
+        fail(first_line(exc))
 
 
 def default_num_proc() -> int:
@@ -99,24 +94,6 @@ def shakespeare_arg_parser(description: str, default_out_dir: Path) -> argparse.
     return parser
 
 
-def tmp_path_for(path: Path) -> Path:
-    # Same directory so os.replace is an atomic rename; hidden and pid-tagged so it never
-    # looks like a finished output and two concurrent runs do not collide.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path to write; it replaces `path` only if the block finishes without error."""
-    tmp = tmp_path_for(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def local_copy_hint(script: str) -> str:
     return f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV}=path/to/input.txt)"
 
@@ -126,15 +103,15 @@ def download(url: str, target: Path, script: str) -> None:
     try:
         response = requests.get(url, timeout=DOWNLOAD_TIMEOUT_S)
         response.raise_for_status()
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(response.content)
+        with atomic_write(target) as f:
+            f.write(response.content)
     except requests.RequestException as exc:
-        raise UserError(f"could not download {url} ({one_line(exc)}); {local_copy_hint(script)}") from None
+        raise UserError(f"could not download {url} ({first_line(exc)}); {local_copy_hint(script)}") from None
 
 
 def copy_input(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+    with atomic_write(target) as f, open(source, "rb") as src:
+        shutil.copyfileobj(src, f)
 
 
 def given_input(given: str | os.PathLike | None, script: str) -> Path | None:
@@ -194,10 +171,8 @@ def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
     """Write ids as one flat raw uint16 stream (np.ndarray.tofile), atomically; return the count."""
     arr = np.asarray(ids, dtype=np.int64)
     check_uint16(arr)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         arr.astype(np.uint16).tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
     return int(arr.size)
 
 
@@ -210,47 +185,17 @@ def gpt2_encoding():
     except requests.RequestException as exc:
         # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
         raise UserError(
-            f"could not load the GPT-2 tokenizer ({one_line(exc)}); "
+            f"could not load the GPT-2 tokenizer ({first_line(exc)}); "
             "set TIKTOKEN_CACHE_DIR to a directory that already holds it"
         ) from None
 
 
 def write_pickle(obj: object, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         pickle.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def print_counts(counts: dict[str, int], out_dir: Path) -> None:
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens")
     print(f"wrote {', '.join(f'{split}.bin' for split in counts)} to {Path(out_dir).resolve()}")
-
-
-class Progress:
-    """Documents and tokens done and the time left: a tqdm bar on a terminal, else a line every REPORT_EVERY_S."""
-
-    def __init__(self, total_docs: int, first_docs: int = 0):
-        self.total, self.first = total_docs, first_docs
-        self.start = self.last_line = time.monotonic()
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        terminal = tqdm is not None and sys.stderr.isatty()
-        self.bar = tqdm(total=total_docs, initial=first_docs, unit="docs", unit_scale=True) if terminal else None
-
-    def update(self, docs: int, tokens: int) -> None:
-        if self.bar is not None:
-            self.bar.update(docs - self.bar.n)
-            self.bar.set_postfix_str(f"{tokens:,} tokens")
-        elif time.monotonic() - self.last_line >= REPORT_EVERY_S:
-            self.last_line = time.monotonic()
-            rate = max(docs - self.first, 1) / (self.last_line - self.start)
-            left = timedelta(seconds=int((self.total - docs) / rate))
-            print(f"{docs:,}/{self.total:,} documents, {tokens:,} tokens, {left} left", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

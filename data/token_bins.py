@@ -109,10 +109,8 @@ def load_progress(path: Path, expected: dict) -> dict:
 
 
 def save_progress(path: Path, expected: dict, done: dict) -> None:
-    with pu.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with pu.atomic_write(path, "w", encoding="utf-8") as f:
         json.dump({"fingerprint": expected, "splits": done}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def file_size(path: Path) -> int:
@@ -181,7 +179,7 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
     total_docs, (first, _) = sum(map(len, splits.values())), totals(done)
     if first:
         print(f"resuming from {first:,} of {total_docs:,} documents, written by an earlier run", flush=True)
-    files, progress = {}, pu.Progress(total_docs, first)
+    files, progress = {}, pu.Progress("tokenizing", total_docs, unit="documents", first=first)
     try:
         files = {split: open_partial(out_dir / f"{split}.bin.partial", done[split]["tokens"]) for split in todo}
         save_progress(record, expected, done)
@@ -189,7 +187,8 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
             append_durably(files[split], ids)
             done[split] = {"docs": stop, "tokens": done[split]["tokens"] + len(ids)}
             save_progress(record, expected, done)
-            progress.update(*totals(done))
+            docs, tokens = totals(done)
+            progress.update(docs, f"{tokens:,} tokens")
         for split in todo:
             files.pop(split).close()
             os.replace(out_dir / f"{split}.bin.partial", out_dir / f"{split}.bin")
@@ -197,11 +196,11 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
         raise pu.UserError("interrupted: run the same command again to go on from here") from None
     except (OSError, BrokenProcessPool) as exc:
         raise pu.UserError(
-            f"{pu.one_line(exc)}; the work done so far is kept: fix this (free disk space; a smaller --num-proc if "
+            f"{pu.first_line(exc)}; the work done so far is kept: fix this (free disk space; a smaller --num-proc if "
             "a worker ran out of memory) and run the same command again to go on from here"
         ) from None
     finally:
-        progress.close()
+        progress.close(totals(done)[0])
         for f in files.values():
             f.close()
     record.unlink()

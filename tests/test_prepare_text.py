@@ -165,13 +165,17 @@ def test_memory_does_not_grow_with_the_text(shakespeare_input, tmp_path):
 
 
 def test_progress_lines(shakespeare_input, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pt, "PROGRESS_EVERY_S", 0.0)  # a line after every read, not every few seconds
+    monkeypatch.setattr(sys.modules["progress"], "EVERY_S", 0.0)  # a line after every read, not every few seconds
     pt.prepare(shakespeare_input, tmp_path, chunk_mb=0.25)
     lines = capsys.readouterr().err.splitlines()
     # In each pass: 5 reads of the 1.1 MB, then the read that finds the end.
     assert [line.split(":")[0] for line in lines] == ["reading"] * 6 + ["encoding"] * 6
-    assert all(re.fullmatch(r"(reading|encoding): [01] of 1 MB, 0:00:\d\d left", line) for line in lines), lines
-    assert lines[5] == "reading: 1 of 1 MB, 0:00:00 left" and lines[11] == "encoding: 1 of 1 MB, 0:00:00 left"
+    assert all(
+        re.fullmatch(r"(reading|encoding): [01] of 1 MB \(\d+%\), 0:00:\d\d so far(, 0:00:\d\d left)?", line)
+        for line in lines
+    ), lines
+    assert lines[5].startswith("reading: 1 of 1 MB (100%), ") and not lines[5].endswith("left")
+    assert lines[11].startswith("encoding: 1 of 1 MB (100%), ") and not lines[11].endswith("left")
 
 
 # ---------------------------------------------------------------- one-line errors that leave nothing behind
@@ -295,6 +299,8 @@ def test_name_writes_beside_the_script_and_prints_counts(shakespeare_input, tmp_
     script = tmp_path / "data" / "prepare_text.py"
     script.write_bytes(SCRIPT.read_bytes())
     (tmp_path / "data" / "prepare_utils.py").write_bytes((DATA / "prepare_utils.py").read_bytes())
+    for name in ("atomic.py", "errors.py", "progress.py"):  # the project's modules it imports
+        (tmp_path / name).write_bytes((DATA.parent / name).read_bytes())
     proc = run(shakespeare_input, "--name=shakes", script=script, cwd=tmp_path / "data")
     assert proc.returncode == 0, proc.stderr
     assert "length of dataset in characters: 1,115,394" in proc.stdout and "vocab size: 65" in proc.stdout

@@ -19,6 +19,7 @@ import pytest
 import torch
 from test_train import TINY, make_dataset, run_train
 
+import atomic
 import checkpoint
 import hardware
 from errors import UserError
@@ -46,7 +47,7 @@ BENCH = [
 # the default, 40 micro-steps, is slow on 2 cores; a new out_dir unless a case names one (out/ holds a run)
 TRAIN = [*TINY, "--gradient_accumulation_steps=1", "--out_dir=fresh"]
 RESUME = ["--init_from=resume", "--out_dir=out"]
-TEMP_NAME = re.compile(r"^\.ckpt-\d+-\w+\.tmp$")
+TEMP_NAME = re.compile(r"^\.(ckpt\.pt|loss\.png|train_log\.csv)\.\d+\.\w+\.tmp$")  # atomic.py's temps
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
 
@@ -347,7 +348,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
         assert all(
-            n in ("ckpt.pt", "train_log.csv", "loss.png", "loss.png.tmp") or TEMP_NAME.match(n) for n in names
+            n in ("ckpt.pt", "train_log.csv", "loss.png") or TEMP_NAME.match(n) for n in names
         ), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
@@ -430,10 +431,10 @@ def test_checkpoint_writer_poll_reports_a_failed_write_without_a_new_save(tmp_pa
 def test_stale_temp_cleanup_spares_live_processes_and_other_files(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    names = [f".ckpt-{dead.pid}-abc_12.tmp", f".ckpt-{os.getppid()}-xyz.tmp", "ckpt.pt", ".ckpt-abc.tmp", "x.tmp"]
+    names = [f".ckpt.pt.{dead.pid}.abc_12.tmp", f".ckpt.pt.{os.getppid()}.xyz.tmp", "ckpt.pt", ".ckpt.abc.tmp", "x.tmp"]
     for n in names:
         (tmp_path / n).write_bytes(b"x")
-    assert checkpoint.remove_stale_temps(str(tmp_path)) == [names[0]]
+    assert atomic.remove_stale_temps(str(tmp_path)) == [names[0]]
     assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
 
 

@@ -1,0 +1,114 @@
+"""Files and folders written so that a crash, a kill or a full disk never leaves half of one.
+
+Everything a script writes (checkpoints, the training log and its plot, an export, a dataset's
+bins) goes through here: it is written under a temp name beside its target, synced, then renamed
+over the target. On any failure the temp goes and the target is as it was.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+
+UMASK = os.umask(0o022)  # read once at import: reading it sets it, which no background thread may do
+os.umask(UMASK)
+
+# the temp names this module gives: .<target>.<pid>.<random>.tmp
+TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.\w+\.tmp")
+
+
+def temp_beside(path, folder=False):
+    """A new temp file (or folder) beside path, named after it and this process; returns its path."""
+    parent = os.path.dirname(os.path.abspath(path))
+    prefix, suffix = f".{os.path.basename(os.path.abspath(path))}.{os.getpid()}.", ".tmp"
+    if folder:
+        tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp's folder is the owner's alone; an output is as shared as any
+        return tmp
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+    os.fchmod(fd, 0o666 & ~UMASK)
+    os.close(fd)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """Open a temp file beside path for writing; when the block ends cleanly the file is synced
+    and renamed over path, when it raises the temp file is deleted and path stays as it was."""
+    tmp = temp_beside(path)
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a fresh temp folder beside path to fill; when the block ends cleanly it takes path's
+    place (what path held before is removed only once the new folder is in), when it raises it is
+    deleted and path stays as it was."""
+    tmp = temp_beside(path, folder=True)
+    try:
+        yield tmp
+        if os.path.isdir(path) and os.listdir(path):
+            old = temp_beside(path, folder=True)
+            os.rmdir(old)  # (only its name was wanted)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)  # (an empty folder at path is replaced too)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def remove_stale_temps(folder):
+    """Delete the temps this module left in folder when their process was killed mid-write (whose
+    pid no longer runs), and nothing else; return their names."""
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = TEMP_NAME.fullmatch(name)
+        if m and not pid_alive(int(m.group("pid"))):
+            path = os.path.join(folder, name)
+            try:
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def pid_alive(pid):
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process: leave its file alone
+    return True
+
+
+def remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def sync_folder(folder):
+    """Make a rename in folder durable (where the filesystem lets a folder be synced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
