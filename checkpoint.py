@@ -1,10 +1,9 @@
-"""Checkpoints and the other files a run reads back: written atomically, loaded so they cannot run code.
+"""Checkpoints and the out_dir that holds them: written atomically, loaded so they cannot run code.
 
 A checkpoint is nanoGPT's dict (model, optimizer, model_args, iter_num, best_val_loss, config) plus
 what an exact resume needs (rng_state, scaler), all plain tensors and values.
 """
 
-import io
 import os
 import pickle
 import random
@@ -16,9 +15,8 @@ import torch
 
 import parallel
 from atomic import atomic_write, remove_stale_temps
-from dataloader import find_data_file
 from errors import UserError, first_line
-from model import ARCH_KEYS, GPT, MASK_SUFFIXES, PRETRAINED, GPTConfig, head_apart_from_embedding
+from model import ARCH_KEYS, GPT, MASK_SUFFIXES, GPTConfig, head_apart_from_embedding
 
 CKPT_NAME = "ckpt.pt"
 
@@ -153,32 +151,6 @@ def model_from(ckpt, dropout=None):
     return model
 
 
-def load_pretrained(name, dropout=0.0):
-    """OpenAI's GPT-2 weights as a GPT: a name of model.PRETRAINED, from the Hugging Face cache or
-    downloaded, or a local Hugging Face model folder. Offline, a one-line error within seconds."""
-    try:
-        import huggingface_hub
-        import requests  # here, not at the top: it costs every script's start-up for this one check
-        import transformers  # noqa: F401
-    except ImportError:
-        raise UserError(f"{name} needs Hugging Face transformers: pip install transformers") from None
-    if name in PRETRAINED and huggingface_hub.try_to_load_from_cache(name, "config.json") is None:
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        try:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-                raise OSError("HF_HUB_OFFLINE is set")
-            requests.head(endpoint, timeout=5)
-        except (OSError, requests.RequestException) as e:
-            raise UserError(
-                f"cannot load {name}: it is not in the Hugging Face cache and {endpoint} cannot be reached "
-                f"({first_line(e)}); connect once to download it, or give the folder of a saved model"
-            ) from None
-    try:
-        return GPT.from_pretrained(name, dict(dropout=dropout))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
-
-
 def prepare_out_dir(out_dir, fresh, overwrite, say):
     """Create out_dir, and refuse to let a run that does not resume replace the checkpoint of
     another run there, unless asked to; remove what killed runs left half-written."""
@@ -242,41 +214,3 @@ def set_rng_state(state, device):
     random.setstate((version, tuple(py_state), py_gauss))
     if "cuda" in state and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-# ---------------------------------------------------------------------------- meta.pkl
-
-
-def dataset_meta(ckpt):
-    """The dataset a checkpoint was trained on (its config's) and that dataset's meta.pkl, found as
-    train.py finds it: a character-level model's vocabulary. Either is None where unknown or absent."""
-    dataset = ckpt["config"].get("dataset") if isinstance(ckpt.get("config"), dict) else None
-    return dataset, find_data_file(str(dataset), "meta.pkl") if dataset else None
-
-
-class PlainUnpickler(pickle.Unpickler):
-    """Builds only what pickle makes without importing anything: dicts, lists, str, int, ..."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-
-def load_meta(path, keys=("vocab_size",)):
-    """A character-level dataset's meta.pkl ({'vocab_size', 'itos', 'stoi'}) without running code;
-    it must hold vocab_size and `keys` (train.py needs only the vocab_size, sample.py all three)."""
-    try:
-        with open(path, "rb") as f:
-            meta = PlainUnpickler(io.BytesIO(f.read())).load()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    except pickle.UnpicklingError as e:
-        if "is not allowed" in str(e):
-            raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, str and int") from None
-        raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
-    except Exception as e:
-        raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
-    if not isinstance(meta, dict) or not {"vocab_size", *keys} <= set(meta):
-        raise UserError(f"{path} is not a nanoGPT meta.pkl: it needs {', '.join(keys)}")
-    if type(meta["vocab_size"]) is not int or meta["vocab_size"] < 1:
-        raise UserError(f"{path} has an invalid vocab_size {meta['vocab_size']!r}: rerun the dataset's prepare.py")
-    return meta

@@ -15,7 +15,9 @@ import os
 import checkpoint
 from atomic import atomic_folder
 from configurator import configure
+from dataloader import dataset_meta, load_meta
 from errors import UserError, first_line, report_user_errors
+from huggingface import GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
 from model import ARCH_KEYS
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -29,15 +31,6 @@ configure(globals())
 if not hf_dir:  # beside the checkpoint's folder
     hf_dir = out_dir.rstrip("/") + "-hf"
 # -----------------------------------------------------------------------------
-
-# the files behind tiktoken's gpt2 encoding (tiktoken_ext.openai_public.gpt2): Hugging Face's names,
-# then the URL and sha256 tiktoken fetches and checks them by
-GPT2_BPE = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
-GPT2_FILES = {
-    "vocab.json": (GPT2_BPE + "encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "merges.txt": (GPT2_BPE + "vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-}
-GPT2_VOCAB, EOT = 50257, 50256  # GPT-2's tokens, and the id of <|endoftext|>, its only special one
 
 
 def check_target():
@@ -61,9 +54,9 @@ def classic_model(ckpt):
 def character_vocabulary(ckpt, vocab_size):
     """The characters of the model's dataset by id, from its meta.pkl as sample.py finds it; None
     for a model on GPT-2's tokens."""
-    dataset, meta_path = checkpoint.dataset_meta(ckpt)
+    dataset, meta_path = dataset_meta(ckpt)
     if meta_path:
-        itos = checkpoint.load_meta(meta_path, keys=("itos",))["itos"]
+        itos = load_meta(meta_path, keys=("itos",))["itos"]
         return [itos[i] for i in sorted(itos)] if isinstance(itos, dict) else list(itos)
     if vocab_size < GPT2_VOCAB:
         raise UserError(
@@ -71,39 +64,6 @@ def character_vocabulary(ckpt, vocab_size):
             "run export_hf.py from the folder you trained in, so that its character vocabulary is found"
         )
     return None
-
-
-def gpt2_tokenizer_files():
-    """OpenAI's encoder.json and vocab.bpe as vocab.json and merges.txt, from tiktoken's cache."""
-    from tiktoken.load import read_file_cached
-
-    try:
-        return {name: read_file_cached(url, sha256) for name, (url, sha256) in GPT2_FILES.items()}
-    except Exception as e:
-        raise UserError(
-            f"cannot get GPT-2's tokenizer files ({first_line(e)}): tiktoken downloads them once, so connect to "
-            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds them"
-        ) from None
-
-
-def hf_config(c, gpt2_tokens):
-    """config.json of Hugging Face's GPT-2 with this model's shape and math."""
-    config = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size)
-    config |= dict(n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=None)
-    config["activation_function"] = "gelu"  # the exact erf GELU of nanoGPT; GPT-2's "gelu_new" is the tanh one
-    config |= dict(layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.02)
-    config |= dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
-    config["tie_word_embeddings"] = True  # lm_head is the token embedding, stored once
-    # GPT-2's end-of-text token, or none for characters (transformers' default 50256 is no character)
-    config |= dict(bos_token_id=EOT, eos_token_id=EOT) if gpt2_tokens else dict(bos_token_id=None, eos_token_id=None)
-    return config
-
-
-def tokenizer_config(block_size):
-    """What AutoTokenizer needs beside vocab.json and merges.txt to build GPT-2's tokenizer offline."""
-    eot = "<|endoftext|>"
-    special = dict(bos_token=eot, eos_token=eot, unk_token=eot)
-    return dict(tokenizer_class="GPT2Tokenizer", model_max_length=block_size, add_prefix_space=False, **special)
 
 
 def write_folder(folder, model, chars, tokenizer_files):
@@ -121,7 +81,7 @@ def write_folder(folder, model, chars, tokenizer_files):
         data = content if isinstance(content, bytes) else json.dumps(content, indent=2).encode() + b"\n"
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-    save_file(model.hf_state_dict(), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    save_file(hf_state_dict(model), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
 check_target()

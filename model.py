@@ -1,18 +1,17 @@
 """The GPT-2 language model, with nanoGPT's math and parameter names.
 
 Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT. Training, evaluation
-and every sampling step go through GPT.forward; sampling passes it a KVCache.
+and every sampling step go through GPT.forward; sampling (engine.py) passes it a KVCache.
 """
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from cuda_graph import CUDAGraph
+import engine
 
 
 class LayerNorm(nn.Module):
@@ -25,37 +24,6 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class KVCache:
-    """The keys and values of every layer for positions 0..block_size-1, filled as sampling goes.
-
-    `pos` is the number of positions stored, kept on the device as a (1,) tensor: a forward with
-    the cache reads it, stores the new keys and values there and advances it, without the host
-    ever looking. So a decode step has the same shapes and memory addresses every time, and CUDA
-    can record it once and replay it (see GPT.generate).
-    """
-
-    def __init__(self, config, batch_size, device, dtype):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, B, nh, block, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.slots = torch.arange(config.block_size, device=device)  # (block,): the position of each slot
-
-    def begin(self, positions):
-        """Get ready for a forward of the tokens at `positions` (T,)."""
-        self.positions = positions
-        # query t may look at every stored position up to its own: (T, block), True where it may look
-        self.visible = self.slots[None, :] <= positions[:, None]
-
-    def store(self, layer, k, v):
-        """Put one layer's new keys and values (B, nh, T, hs) at their positions; return all of that
-        layer's keys and values (B, nh, block, hs)."""
-        self.k[layer].index_copy_(2, self.positions, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, self.positions, v.to(self.v.dtype))
-        return self.k[layer], self.v[layer]
 
 
 class CausalSelfAttention(nn.Module):
@@ -183,15 +151,6 @@ def head_apart_from_embedding(state):
     return head is not None and wte is not None and not torch.equal(head, wte)
 
 
-# OpenAI's GPT-2 checkpoints, by their Hugging Face names
-PRETRAINED = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-}
-
-
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -272,56 +231,11 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
-        """OpenAI's GPT-2 weights through Hugging Face transformers: a name of PRETRAINED, or a
-        local folder that GPT2LMHeadModel.from_pretrained reads."""
-        override_args = override_args or {}
-        if set(override_args) - {"dropout"}:
-            raise ValueError(f"only 'dropout' can be overridden for pretrained models, not {sorted(override_args)}")
-        if model_type not in PRETRAINED and not os.path.isdir(model_type):
-            raise ValueError(f"unknown pretrained model {model_type!r}: use one of {', '.join(PRETRAINED)}")
-        try:
-            from transformers import GPT2LMHeadModel
-        except ImportError:
-            raise ImportError("GPT-2 weights need Hugging Face transformers: pip install transformers") from None
-        hf = GPT2LMHeadModel.from_pretrained(model_type)
-        c = hf.config
-        dropout = override_args.get("dropout", 0.0)
-        config = GPTConfig(c.n_positions, c.vocab_size, c.n_layer, c.n_head, c.n_embd, dropout, bias=True)
-        model = cls(config)
-        model.load_hf_state_dict(hf.state_dict())
-        return model
+        """OpenAI's GPT-2 weights ('gpt2', ..., 'gpt2-xl') or a local Hugging Face folder, through
+        Hugging Face transformers (huggingface.py converts them)."""
+        import huggingface
 
-    # Hugging Face's GPT-2 keeps these four weights as Conv1D, (in, out): transposed from nn.Linear
-    HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-    @torch.no_grad()
-    def load_hf_state_dict(self, hf_sd):
-        """Copy in a Hugging Face GPT2LMHeadModel state dict (same names, Conv1D weights transposed)."""
-        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(MASK_SUFFIXES)}
-        sd = self.state_dict()
-        if set(hf_sd) != set(sd):
-            missing, extra = sorted(set(sd) - set(hf_sd)), sorted(set(hf_sd) - set(sd))
-            raise ValueError(f"Hugging Face weights do not match: missing {missing[:4]}, unexpected {extra[:4]}")
-        if head_apart_from_embedding(hf_sd):
-            untied = "its output head is apart from its token embedding (tie_word_embeddings=False)"
-            raise ValueError(f"{untied}; GPT ties the two")
-        for k, v in hf_sd.items():
-            v = v.t() if k.endswith(self.HF_TRANSPOSED) else v
-            if v.shape != sd[k].shape:
-                raise ValueError(f"shape mismatch for {k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}")
-            sd[k].copy_(v)
-
-    @torch.no_grad()
-    def hf_state_dict(self):
-        """The inverse of load_hf_state_dict: these weights as GPT2LMHeadModel names them, the Conv1D
-        weights transposed and the tied head once (as transformer.wte.weight; Hugging Face ties it).
-        Its GPT-2 always has biases: a model without them gets zeros, which is the same math."""
-        sd = {k: v.t() if k.endswith(self.HF_TRANSPOSED) else v for k, v in self.state_dict().items()}
-        del sd["lm_head.weight"]
-        for name, module in self.transformer.named_modules(prefix="transformer"):
-            if isinstance(module, (nn.Linear, LayerNorm)) and module.bias is None:
-                sd[f"{name}.bias"] = module.weight.new_zeros(module.weight.size(0))
-        return {k: v.contiguous() for k, v in sd.items()}
+        return huggingface.from_pretrained(model_type, override_args)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
@@ -342,113 +256,9 @@ class GPT(nn.Module):
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
-    # ------------------------------------------------------------------------ sampling
-
-    @staticmethod
-    def check_sampling(max_new_tokens, temperature, top_k):
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be 0 or more")
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature} must be 0 or more (0 means greedy decoding)")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k={top_k} must be at least 1, or None to keep every token (--top_k=None)")
-
-    def sample_next(self, logits, temperature=1.0, top_k=None, generator=None):
-        """One token per row (B, 1) from last-position logits (B, V): scaled by 1/temperature (0
-        means greedy), cut to the top_k, then drawn from their softmax.
-
-        The draw is torch.multinomial's own algorithm for one sample, argmax(probs / q) with
-        q ~ Exp(1), written out: the same tokens from the same generator state, without the check
-        that multinomial reads back to the host, which would stall every step."""
-        if temperature == 0:
-            return torch.argmax(logits, dim=-1, keepdim=True)
-        logits = logits / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
-        probs = F.softmax(logits, dim=-1)
-        q = torch.empty_like(probs).exponential_(1, generator=generator)
-        return torch.argmax(probs / q, dim=-1, keepdim=True)
-
-    def kv_cache(self, batch_size):
-        """An empty KVCache on the model's device, in the dtype its keys come out in (autocast's, if on)."""
-        w = self.lm_head.weight
-        dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
-        return KVCache(self.config, batch_size, w.device, dtype)
-
-    @torch.no_grad()
-    def generate(
-        self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, cuda_graph=None, generator=None,
-        on_tokens=None,
-    ):  # fmt: skip
-        """Extend idx (B, T) by max_new_tokens sampled tokens; return all of them, (B, T + new).
-        Put the model in eval() first.
-
-        Each step samples the next token from the logits of the last block_size tokens, as in
-        nanoGPT. With use_cache, the prompt goes through forward once into a KVCache, then each
-        new token costs one position until the sequence fills block_size; from there the last
-        block_size tokens are recomputed at every step, because every token's position (and so
-        every cached key) changes as the window slides. use_cache=False recomputes every step.
-        On CUDA (cuda_graph None or True, no generator) each kind of step runs once for real,
-        is recorded as a CUDA graph and replayed: a small model's step is bound by launches.
-        on_tokens(out, t) is called whenever out[:, :t] has grown by a token.
-        """
-        self.check_sampling(max_new_tokens, temperature, top_k)
-        B, T = idx.size()
-        if T < 1:
-            raise ValueError("idx must hold at least one token per row to start from")
-        if cuda_graph is None:
-            cuda_graph = idx.is_cuda and generator is None
-        elif cuda_graph and not (idx.is_cuda and generator is None):
-            raise ValueError("cuda_graph=True needs idx on a CUDA device and generator=None")
-        graph_device = idx.device if cuda_graph else None
-        block, end = self.config.block_size, T + max_new_tokens
-        out = idx.new_empty((B, end), dtype=torch.long)  # every token lands here, nothing is concatenated
-        out[:, :T] = idx
-        told = on_tokens or (lambda out, t: None)
-
-        def sample(logits):
-            return self.sample_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
-
-        t = T  # tokens so far: the next one goes to out[:, t]
-        if use_cache and T <= block and T < end:
-            cache = self.kv_cache(B)
-            out[:, T : T + 1] = sample(self(out[:, :T], cache=cache)[0])  # the whole prompt at once
-            t = T + 1
-            told(out, t)
-
-            def decode_step():  # the newest token, at position cache.pos, through the cache
-                logits, _ = self(out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
-                out.scatter_(1, cache.pos.expand(B, 1), sample(logits))  # the next token goes right after it
-
-            t = repeat(decode_step, t, min(end, block + 1), graph_device, lambda t: told(out, t))
-        while t < min(end, block):  # the classic step while the context is still growing
-            out[:, t : t + 1] = sample(self(out[:, :t])[0])
-            t += 1
-            told(out, t)
-        if t < end:
-            window = torch.arange(t - block, t, device=out.device)  # where the last block_size tokens are
-
-            def window_step():  # the classic step over the last block_size tokens
-                logits, _ = self(out.index_select(1, window))
-                out.index_copy_(1, window[-1:] + 1, sample(logits))
-                window.add_(1)
-
-            repeat(window_step, t, end, graph_device, lambda t: told(out, t))
-        return out
-
-
-def repeat(step, t, end, graph_device, told):
-    """Call step() once per token until there are `end` tokens (told(t) after each); given a CUDA
-    graph_device, the first call is recorded as a graph there that the others replay."""
-    replay = None
-    while t < end:
-        if replay is not None:
-            replay()
-        elif graph_device is not None and end - t >= 4:  # recording costs about as much as a few eager steps
-            replay = CUDAGraph(step, warmup=1, rewind_rng=False, device=graph_device)  # the warm-up is this step
-        else:
-            step()
-        t += 1
-        told(t)
-    return end
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **options):
+        """Extend idx (B, T) by max_new_tokens sampled tokens and return all of them, (B, T + new).
+        Put the model in eval() first. Each step samples the next token from the logits of the last
+        block_size tokens, as nanoGPT's loop does, through a KV cache and CUDA graphs where they
+        apply (engine.py holds the loop and its options)."""
+        return engine.generate(self, idx, max_new_tokens, temperature, top_k, **options)

@@ -16,9 +16,11 @@ import torch
 
 import checkpoint
 from configurator import configure
+from dataloader import dataset_meta, load_meta
+from engine import check_sampling
 from errors import UserError, first_line, report_user_errors
 from hardware import autocast, check_device, default_device, default_dtype
-from model import GPT, PRETRAINED
+from huggingface import PRETRAINED, is_model_name, load_pretrained
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -42,14 +44,14 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
 
 # what cannot work is an error now, before the model is loaded
 device_type = check_device(device, dtype)
-if init_from != "resume" and init_from not in PRETRAINED and not os.path.isdir(init_from):
+if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
     )
 if num_samples < 1:
     raise UserError(f"num_samples={num_samples} must be at least 1")
 try:
-    GPT.check_sampling(max_new_tokens, temperature, top_k)
+    check_sampling(max_new_tokens, temperature, top_k)
 except ValueError as e:
     raise UserError(str(e)) from None
 if start.startswith("FILE:"):  # the prompt from a file
@@ -72,17 +74,17 @@ if init_from == "resume":  # init from a model saved in a specific directory
     ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
     model = checkpoint.model_from(ckpt, dropout=0.0)
 else:  # init from a given GPT-2 model
-    model = checkpoint.load_pretrained(init_from)
+    model = load_pretrained(init_from)
 model.eval()
 model.to(device)
 if compile:
     model.compile()  # in place: generate's own calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
-meta_path = checkpoint.dataset_meta(ckpt)[1] if ckpt else None
+meta_path = dataset_meta(ckpt)[1] if ckpt else None
 if meta_path:
     print(f"Loading meta from {meta_path}...")
-    meta = checkpoint.load_meta(meta_path, keys=("itos", "stoi"))
+    meta = load_meta(meta_path, keys=("itos", "stoi"))
     stoi, itos = meta["stoi"], dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
     lacking = list(dict.fromkeys(ch for ch in start if ch not in stoi))
     if lacking:

@@ -25,10 +25,11 @@ import parallel
 import plot
 from configurator import configure
 from cuda_graph import CUDAGraph
-from dataloader import Batches, find_data_file
+from dataloader import Batches, find_data_file, load_meta
 from errors import UserError, report_user_errors
 from hardware import autocast, check_compile_mode, check_device, default_device, default_dtype, peak_flops
-from model import ARCH_KEYS, GPT, PRETRAINED, GPTConfig
+from huggingface import PRETRAINED, is_model_name, load_pretrained
+from model import ARCH_KEYS, GPT, GPTConfig
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -96,7 +97,7 @@ for key in ("dropout", "beta1", "beta2"):
         raise UserError(f"{key}={config[key]} must be in [0, 1)")
 if compile:
     check_compile_mode(compile_mode, ours=("auto", "regional"))
-if init_from not in ("scratch", "resume", *PRETRAINED) and not os.path.isdir(init_from):
+if init_from not in ("scratch", "resume") and not is_model_name(init_from):
     raise UserError(f"unknown init_from={init_from!r}: use scratch, resume or one of {', '.join(PRETRAINED)}")
 device_type = check_device(device, dtype)
 micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.world_size())  # per process
@@ -131,7 +132,7 @@ if fsdp and not procs.enabled:
 # -----------------------------------------------------------------------------
 # data: a character-level dataset's vocabulary size is in its meta.pkl
 meta_path = find_data_file(dataset, "meta.pkl")
-meta_vocab_size = checkpoint.load_meta(meta_path)["vocab_size"] if meta_path else None
+meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
 if meta_vocab_size is not None:
     say(f"found vocab_size = {meta_vocab_size} (inside {meta_path})")
 
@@ -179,7 +180,7 @@ elif init_from == "resume":
     iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
 else:
     say(f"Initializing from OpenAI GPT-2 weights: {init_from}")
-    model = checkpoint.load_pretrained(init_from, dropout=dropout)
+    model = load_pretrained(init_from, dropout=dropout)
 if init_from != "scratch":
     block_size = config["block_size"] = adopt_architecture(model)
 model_args = {k: getattr(model.config, k) for k in ARCH_KEYS} | {"dropout": dropout}  # what the checkpoint keeps

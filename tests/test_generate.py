@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import engine
 from model import GPT, GPTConfig
 
 VOCAB = 50
@@ -113,7 +114,7 @@ class Recorder:
 
 @pytest.mark.parametrize("attention", ["manual", "sdpa"])
 @pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 7, 30), (2, 20, 5)])
-def test_cached_logits_equal_recompute_logits_every_step(attention, batch, length, new):
+def test_cached_logits_equal_recompute_logits_every_step(attention, batch, length, new, monkeypatch):
     model = make_model(seed=3)
     model.config.attention = attention
     idx = prompt(batch, length, seed=4)
@@ -125,10 +126,9 @@ def test_cached_logits_equal_recompute_logits_every_step(attention, batch, lengt
     }
     for name, run in paths.items():
         recorder = Recorder(forced)
-        model.sample_next = recorder  # an instance attribute shadows the method
+        monkeypatch.setattr(engine, "sample_next", recorder)
         assert torch.equal(run(), torch.cat((idx, forced), dim=1))
         per_path[name] = torch.stack(recorder.logits)  # (new, B, V)
-    del model.sample_next
     assert per_path["cached"].shape == (new, batch, VOCAB)
     torch.testing.assert_close(per_path["cached"], per_path["recompute"], rtol=1e-5, atol=1e-5)
 
@@ -223,7 +223,6 @@ def test_sampled_tokens_equal_with_global_seed():
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 2.0])
 def test_sample_next_matches_hand_computed_distribution(top_k, temperature):
     """Scale by 1/temperature, keep logits >= the k-th largest, softmax, multinomial."""
-    model = make_model()
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(500, 64, generator=g) * 3
     scaled = logits / temperature
@@ -232,7 +231,7 @@ def test_sample_next_matches_hand_computed_distribution(top_k, temperature):
         scaled = torch.where(scaled >= kth, scaled, torch.full_like(scaled, float("-inf")))
     probs = F.softmax(scaled, dim=-1)
     expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(9))
-    got = model.sample_next(logits, temperature, top_k, generator=torch.Generator().manual_seed(9))
+    got = engine.sample_next(logits, temperature, top_k, generator=torch.Generator().manual_seed(9))
     assert got.shape == (500, 1) and got.dtype == torch.long
     assert torch.equal(got, expected)
     if top_k is not None:  # every draw lies in its row's top k
@@ -242,19 +241,17 @@ def test_sample_next_matches_hand_computed_distribution(top_k, temperature):
 
 def test_sample_next_draws_as_torch_multinomial():
     """sample_next writes out multinomial's one-draw algorithm: the same tokens from the same seed."""
-    model = make_model()
     for vocab in (65, 50304):
         logits = torch.randn(32, vocab, generator=torch.Generator().manual_seed(vocab)) * 2
         probs = F.softmax(logits, dim=-1)
         expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3))
-        assert torch.equal(model.sample_next(logits, generator=torch.Generator().manual_seed(3)), expected)
+        assert torch.equal(engine.sample_next(logits, generator=torch.Generator().manual_seed(3)), expected)
 
 
 def test_temperature_zero_is_argmax():
-    model = make_model()
     logits = torch.randn(7, VOCAB)
-    assert torch.equal(model.sample_next(logits, temperature=0), logits.argmax(dim=-1, keepdim=True))
-    assert torch.equal(model.sample_next(logits, temperature=0, top_k=5), logits.argmax(dim=-1, keepdim=True))
+    assert torch.equal(engine.sample_next(logits, temperature=0), logits.argmax(dim=-1, keepdim=True))
+    assert torch.equal(engine.sample_next(logits, temperature=0, top_k=5), logits.argmax(dim=-1, keepdim=True))
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -296,21 +293,20 @@ def test_bad_arguments_raise():
         model.generate(idx[:, :0], 5)
 
 
-def test_bf16_autocast_on_cpu():
+def test_bf16_autocast_on_cpu(monkeypatch):
     """Under autocast the cache takes the autocast dtype; logits stay close to float32."""
     model = make_model(seed=2, std=0.1)
     idx = prompt(2, 3)
     forced = prompt(2, 20, seed=9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cache = model.kv_cache(2)
+        cache = engine.kv_cache(model, 2)
         assert cache.k[0].dtype == torch.bfloat16 and cache.k[0].shape == (2, 2, BLOCK, 16)
         recorder = Recorder(forced)
-        model.sample_next = recorder
+        monkeypatch.setattr(engine, "sample_next", recorder)
         model.generate(idx, 20)
     recorder32 = Recorder(forced)
-    model.sample_next = recorder32
+    monkeypatch.setattr(engine, "sample_next", recorder32)
     model.generate(idx, 20)
-    del model.sample_next
     low, high = torch.stack(recorder.logits).float(), torch.stack(recorder32.logits)
     assert (low - high).abs().max() < 0.1 * high.abs().max()
 
@@ -333,7 +329,7 @@ def test_generate_under_torch_compile():
 
 
 @pytest.mark.gpu
-def test_cuda_bf16_cached_matches_recompute():
+def test_cuda_bf16_cached_matches_recompute(monkeypatch):
     """Eager cached steps under bf16 autocast: logits close to the recompute path's."""
     model = make_model(seed=5, std=0.1).cuda()
     idx = prompt(2, 3).cuda()
@@ -341,11 +337,10 @@ def test_cuda_bf16_cached_matches_recompute():
     per_path = {}
     for use_cache in (True, False):
         recorder = Recorder(forced)
-        model.sample_next = recorder
+        monkeypatch.setattr(engine, "sample_next", recorder)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             model.generate(idx, 30, use_cache=use_cache, cuda_graph=False)
         per_path[use_cache] = torch.stack(recorder.logits).float()
-    del model.sample_next
     scale = per_path[False].abs().max()
     assert (per_path[True] - per_path[False]).abs().max() < 0.05 * scale
 
@@ -396,7 +391,7 @@ class DeviceRecorder:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 5, 30), (2, 20, 10)])
-def test_cuda_graph_logits_every_step(dtype, batch, length, new):
+def test_cuda_graph_logits_every_step(dtype, batch, length, new, monkeypatch):
     """The replayed steps' logits, at every step and past block_size, against recomputing."""
     model = make_model(seed=2, std=0.1).cuda()
     idx = prompt(batch, length).cuda()
@@ -409,12 +404,11 @@ def test_cuda_graph_logits_every_step(dtype, batch, length, new):
     logits = {}
     for name, run in paths.items():
         recorder = DeviceRecorder(forced, VOCAB)
-        model.sample_next = recorder
+        monkeypatch.setattr(engine, "sample_next", recorder)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             assert torch.equal(run(), torch.cat((idx, forced), dim=1))
         assert int(recorder.step) == new
         logits[name] = recorder.logits
-    del model.sample_next
     assert not logits["graph"].isnan().any()
     scale = logits["recompute"].abs().max()
     tolerance = 1e-4 if dtype == torch.float32 else 0.05

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine
 from model import GPT, GPTConfig
 
 pytestmark = pytest.mark.gpu
@@ -101,7 +102,7 @@ def test_cached_logits_track_recompute_under_bf16_autocast():
     model = GPT(tiny()).cuda().eval()
     idx = torch.randint(0, 128, (2, 40), device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        cache = model.kv_cache(2)
+        cache = engine.kv_cache(model, 2)
         model(idx[:, :10], cache=cache)
         for t in range(10, 40):
             cached, _ = model(idx[:, t : t + 1], cache=cache)

@@ -21,6 +21,7 @@ from test_train import TINY, make_dataset, run_train
 
 import atomic
 import checkpoint
+import dataloader
 import hardware
 from errors import UserError
 
@@ -347,9 +348,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         assert killed, f"training stopped before it was killed:\n{proc.stderr.read().decode()[-2000:]}"
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
-        assert all(
-            n in ("ckpt.pt", "train_log.csv", "loss.png") or TEMP_NAME.match(n) for n in names
-        ), names
+        assert all(n in ("ckpt.pt", "train_log.csv", "loss.png") or TEMP_NAME.match(n) for n in names), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
             ckpt = checkpoint.load(str(out / "ckpt.pt"))
@@ -502,4 +501,4 @@ def test_classic_meta_pkl_loads_with_every_protocol(tmp_path, protocol):
     meta = {"vocab_size": len(itos), "itos": itos, "stoi": {c: i for i, c in itos.items()}}
     with open(tmp_path / "meta.pkl", "wb") as f:
         pickle.dump(meta, f, protocol=protocol)
-    assert checkpoint.load_meta(str(tmp_path / "meta.pkl")) == meta
+    assert dataloader.load_meta(str(tmp_path / "meta.pkl")) == meta

@@ -1,0 +1,148 @@
+"""Sampling from a GPT: the KV cache, the next-token draw, and the generation loop.
+
+Every step calls the model's own forward. With a KVCache the prompt goes through once and each new
+token costs one position, until the sequence fills block_size; from there the last block_size
+tokens are recomputed at every step, as in nanoGPT, because every token's position (and so every
+cached key) changes as the window slides. On CUDA each kind of step runs once for real, is
+recorded as a CUDA graph and replayed: a small model's step is bound by kernel launches.
+"""
+
+import torch
+from torch.nn import functional as F
+
+from cuda_graph import CUDAGraph
+
+
+class KVCache:
+    """The keys and values of every layer for positions 0..block_size-1, filled as sampling goes.
+
+    `pos` is the number of positions stored, kept on the device as a (1,) tensor: a forward with
+    the cache reads it, stores the new keys and values there and advances it, without the host
+    ever looking. So a decode step has the same shapes and memory addresses every time, and CUDA
+    can record it once and replay it.
+    """
+
+    def __init__(self, config, batch_size, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, B, nh, block, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(config.block_size, device=device)  # (block,): the position of each slot
+
+    def begin(self, positions):
+        """Get ready for a forward of the tokens at `positions` (T,)."""
+        self.positions = positions
+        # query t may look at every stored position up to its own: (T, block), True where it may look
+        self.visible = self.slots[None, :] <= positions[:, None]
+
+    def store(self, layer, k, v):
+        """Put one layer's new keys and values (B, nh, T, hs) at their positions; return all of that
+        layer's keys and values (B, nh, block, hs)."""
+        self.k[layer].index_copy_(2, self.positions, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, self.positions, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
+
+def kv_cache(model, batch_size):
+    """An empty KVCache on the model's device, in the dtype its keys come out in (autocast's, if on)."""
+    w = model.lm_head.weight
+    dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
+    return KVCache(model.config, batch_size, w.device, dtype)
+
+
+def check_sampling(max_new_tokens, temperature, top_k):
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be 0 or more")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be 0 or more (0 means greedy decoding)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1, or None to keep every token (--top_k=None)")
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """One token per row (B, 1) from last-position logits (B, V): scaled by 1/temperature (0
+    means greedy), cut to the top_k, then drawn from their softmax.
+
+    The draw is torch.multinomial's own algorithm for one sample, argmax(probs / q) with
+    q ~ Exp(1), written out: the same tokens from the same generator state, without the check
+    that multinomial reads back to the host, which would stall every step."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / q, dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def generate(
+    model, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, cuda_graph=None, generator=None,
+    on_tokens=None,
+):  # fmt: skip
+    """Extend idx (B, T) by max_new_tokens tokens sampled from model (in eval mode); return all of
+    them, (B, T + new). use_cache=False recomputes every step; CUDA graphs are used where
+    cuda_graph is None or True and no generator is given. on_tokens(out, t) is called whenever
+    out[:, :t] has grown by a token."""
+    check_sampling(max_new_tokens, temperature, top_k)
+    B, T = idx.size()
+    if T < 1:
+        raise ValueError("idx must hold at least one token per row to start from")
+    if cuda_graph is None:
+        cuda_graph = idx.is_cuda and generator is None
+    elif cuda_graph and not (idx.is_cuda and generator is None):
+        raise ValueError("cuda_graph=True needs idx on a CUDA device and generator=None")
+    graph_device = idx.device if cuda_graph else None
+    block, end = model.config.block_size, T + max_new_tokens
+    out = idx.new_empty((B, end), dtype=torch.long)  # every token lands here, nothing is concatenated
+    out[:, :T] = idx
+    told = on_tokens or (lambda out, t: None)
+
+    def sample(logits):
+        return sample_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+
+    t = T  # tokens so far: the next one goes to out[:, t]
+    if use_cache and T <= block and T < end:
+        cache = kv_cache(model, B)
+        out[:, T : T + 1] = sample(model(out[:, :T], cache=cache)[0])  # prefill: the whole prompt at once
+        t = T + 1
+        told(out, t)
+
+        def decode_step():  # the newest token, at position cache.pos, through the cache
+            logits, _ = model(out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
+            out.scatter_(1, cache.pos.expand(B, 1), sample(logits))  # the next token goes right after it
+
+        t = repeat(decode_step, t, min(end, block + 1), graph_device, lambda t: told(out, t))
+    while t < min(end, block):  # the classic step while the context is still growing
+        out[:, t : t + 1] = sample(model(out[:, :t])[0])
+        t += 1
+        told(out, t)
+    if t < end:
+        window = torch.arange(t - block, t, device=out.device)  # where the last block_size tokens are
+
+        def window_step():  # the classic step over the last block_size tokens
+            logits, _ = model(out.index_select(1, window))
+            out.index_copy_(1, window[-1:] + 1, sample(logits))
+            window.add_(1)
+
+        repeat(window_step, t, end, graph_device, lambda t: told(out, t))
+    return out
+
+
+def repeat(step, t, end, graph_device, told):
+    """Call step() once per token until there are `end` tokens (told(t) after each); given a CUDA
+    graph_device, the first call is recorded as a graph there that the others replay."""
+    replay = None
+    while t < end:
+        if replay is not None:
+            replay()
+        elif graph_device is not None and end - t >= 4:  # recording costs about as much as a few eager steps
+            replay = CUDAGraph(step, warmup=1, rewind_rng=False, device=graph_device)  # the warm-up is this step
+        else:
+            step()
+        t += 1
+        told(t)
+    return end

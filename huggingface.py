@@ -1,0 +1,159 @@
+"""The bridge to Hugging Face's GPT-2, both ways: OpenAI's weights in, our checkpoints out.
+
+Hugging Face's GPT2LMHeadModel has our parameter names, but keeps four weights of each block as
+Conv1D, (in, out): transposed from nn.Linear. `transformers` is imported only here, and only when
+a GPT-2 model is asked for.
+"""
+
+import os
+
+import torch
+import torch.nn as nn
+
+from errors import UserError, first_line
+from model import GPT, MASK_SUFFIXES, GPTConfig, LayerNorm, head_apart_from_embedding
+
+# OpenAI's GPT-2 checkpoints, by their Hugging Face names
+PRETRAINED = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
+# the weights Hugging Face keeps as Conv1D, (in, out)
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+GPT2_VOCAB, EOT = 50257, 50256  # GPT-2's tokens, and the id of <|endoftext|>, its only special one
+
+# the files behind tiktoken's gpt2 encoding (tiktoken_ext.openai_public.gpt2): Hugging Face's names,
+# then the URL and sha256 tiktoken fetches and checks them by
+GPT2_BPE = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+GPT2_FILES = {
+    "vocab.json": (GPT2_BPE + "encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": (GPT2_BPE + "vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+
+def is_model_name(name):
+    """Whether init_from names a GPT-2 checkpoint or a local Hugging Face model folder."""
+    return name in PRETRAINED or os.path.isdir(name)
+
+
+# ---------------------------------------------------------------------------- weights in
+
+
+@torch.no_grad()
+def load_hf_state_dict(model, hf_sd):
+    """Copy a Hugging Face GPT2LMHeadModel state dict into model (same names, Conv1D transposed)."""
+    hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith(MASK_SUFFIXES)}
+    sd = model.state_dict()
+    if set(hf_sd) != set(sd):
+        missing, extra = sorted(set(sd) - set(hf_sd)), sorted(set(hf_sd) - set(sd))
+        raise ValueError(f"Hugging Face weights do not match: missing {missing[:4]}, unexpected {extra[:4]}")
+    if head_apart_from_embedding(hf_sd):
+        untied = "its output head is apart from its token embedding (tie_word_embeddings=False)"
+        raise ValueError(f"{untied}; GPT ties the two")
+    for k, v in hf_sd.items():
+        v = v.t() if k.endswith(TRANSPOSED) else v
+        if v.shape != sd[k].shape:
+            raise ValueError(f"shape mismatch for {k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}")
+        sd[k].copy_(v)
+
+
+def from_pretrained(model_type, override_args=None):
+    """A GPT with OpenAI's GPT-2 weights through transformers: a name of PRETRAINED, or a local
+    folder that GPT2LMHeadModel.from_pretrained reads."""
+    override_args = override_args or {}
+    if set(override_args) - {"dropout"}:
+        raise ValueError(f"only 'dropout' can be overridden for pretrained models, not {sorted(override_args)}")
+    if not is_model_name(model_type):
+        raise ValueError(f"unknown pretrained model {model_type!r}: use one of {', '.join(PRETRAINED)}")
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise ImportError("GPT-2 weights need Hugging Face transformers: pip install transformers") from None
+    hf = GPT2LMHeadModel.from_pretrained(model_type)
+    c = hf.config
+    config = GPTConfig(
+        block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+        dropout=override_args.get("dropout", 0.0), bias=True,
+    )  # fmt: skip
+    model = GPT(config)
+    load_hf_state_dict(model, hf.state_dict())
+    return model
+
+
+def load_pretrained(name, dropout=0.0):
+    """from_pretrained for the scripts: from the Hugging Face cache, downloaded, or a local folder;
+    offline, a one-line error within seconds."""
+    try:
+        import huggingface_hub
+        import requests  # here, not at the top: it costs every script's start-up for this one check
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError(f"{name} needs Hugging Face transformers: pip install transformers") from None
+    if name in PRETRAINED and huggingface_hub.try_to_load_from_cache(name, "config.json") is None:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        try:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+                raise OSError("HF_HUB_OFFLINE is set")
+            requests.head(endpoint, timeout=5)
+        except (OSError, requests.RequestException) as e:
+            raise UserError(
+                f"cannot load {name}: it is not in the Hugging Face cache and {endpoint} cannot be reached "
+                f"({first_line(e)}); connect once to download it, or give the folder of a saved model"
+            ) from None
+    try:
+        return from_pretrained(name, dict(dropout=dropout))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
+
+
+# ---------------------------------------------------------------------------- a checkpoint out
+
+
+@torch.no_grad()
+def hf_state_dict(model):
+    """The inverse of load_hf_state_dict: model's weights as GPT2LMHeadModel names them, the Conv1D
+    weights transposed and the tied head once (as transformer.wte.weight; Hugging Face ties it).
+    Its GPT-2 always has biases: a model without them gets zeros, which is the same math."""
+    sd = {k: v.t() if k.endswith(TRANSPOSED) else v for k, v in model.state_dict().items()}
+    del sd["lm_head.weight"]
+    for name, module in model.transformer.named_modules(prefix="transformer"):
+        if isinstance(module, (nn.Linear, LayerNorm)) and module.bias is None:
+            sd[f"{name}.bias"] = module.weight.new_zeros(module.weight.size(0))
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def hf_config(c, gpt2_tokens):
+    """config.json of Hugging Face's GPT-2 with the shape and math of GPTConfig c."""
+    config = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size)
+    config |= dict(n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=None)
+    config["activation_function"] = "gelu"  # the exact erf GELU of nanoGPT; GPT-2's "gelu_new" is the tanh one
+    config |= dict(layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.02)
+    config |= dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+    config["tie_word_embeddings"] = True  # lm_head is the token embedding, stored once
+    # GPT-2's end-of-text token, or none for characters (transformers' default 50256 is no character)
+    config |= dict(bos_token_id=EOT, eos_token_id=EOT) if gpt2_tokens else dict(bos_token_id=None, eos_token_id=None)
+    return config
+
+
+def tokenizer_config(block_size):
+    """What AutoTokenizer needs beside vocab.json and merges.txt to build GPT-2's tokenizer offline."""
+    eot = "<|endoftext|>"
+    special = dict(bos_token=eot, eos_token=eot, unk_token=eot)
+    return dict(tokenizer_class="GPT2Tokenizer", model_max_length=block_size, add_prefix_space=False, **special)
+
+
+def gpt2_tokenizer_files():
+    """OpenAI's encoder.json and vocab.bpe as vocab.json and merges.txt, from tiktoken's cache."""
+    from tiktoken.load import read_file_cached
+
+    try:
+        return {name: read_file_cached(url, sha256) for name, (url, sha256) in GPT2_FILES.items()}
+    except Exception as e:
+        raise UserError(
+            f"cannot get GPT-2's tokenizer files ({first_line(e)}): tiktoken downloads them once, so connect to "
+            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds them"
+        ) from None
