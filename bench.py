@@ -1,12 +1,13 @@
-"""Time the full training step (forward, backward, optimizer) of a GPT-2-shaped model.
+"""Time train.py's training step (forward, backward, optimizer: step.py) on a GPT-2-shaped model.
 
     python bench.py                          # GPT-2 124M, batch 12, on the best device there is
     python bench.py --batch_size=32          # the README's comparison point
     python bench.py --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
 
-Prints the time per iteration (the median of the timed repeats), tokens per second, MFU against
-the device's own peak, and the peak GPU memory.
+The step runs as train.py would run it on this machine (the plan it prints: on one GPU each block
+compiled and the micro-step replayed as a CUDA graph). Prints the time per iteration (the median
+of the timed repeats), tokens per second, MFU against the device's own peak, and the peak GPU memory.
 """
 
 import statistics
@@ -17,8 +18,9 @@ import torch
 from configurator import configure
 from dataloader import Batches
 from errors import UserError, report_user_errors
-from hardware import autocast, check_compile_mode, check_device, default_device, default_dtype, peak_flops
 from model import GPT, GPTConfig
+from plan import default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -32,13 +34,14 @@ seed = 1337  # the random seed
 device = default_device()  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = True  # use PyTorch 2.0 to compile the model to be faster
-compile_mode = "default"  # the torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
+compile_mode = "auto"  # as train.py's: 'auto', 'regional' or a torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
 profile = False  # write a torch.profiler trace to ./bench_log instead of timing
 n_layer = 12  # transformer blocks (GPT-2 124M)
 n_head = 12  # attention heads per block
 n_embd = 768  # width of the residual stream
 vocab_size = 50304  # GPT-2's vocabulary, padded to a multiple of 64
-head_loss = "auto"  # 'full' logits, 'chunked' (chunked_loss.py), or 'auto': the model's own choice
+head_loss = "auto"  # 'full' logits, 'chunked' (chunked_loss.py), or 'auto' (plan.py)
+attention = "auto"  # 'sdpa', 'manual' (the masked softmax), or 'auto': sdpa on CUDA only
 burn_in = 10  # untimed steps first: compilation, autotuning, allocator warm-up
 num_steps = 20  # steps per timed repeat
 repeats = 3  # timed repeats; the median is reported
@@ -47,45 +50,36 @@ config, changed = configure(globals())
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = default_dtype(device)
 # -----------------------------------------------------------------------------
-device_type = check_device(device, dtype)
-if compile:
-    check_compile_mode(compile_mode)
-torch.manual_seed(seed)
-torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
-ctx = autocast(device_type, dtype)
+plan = make_plan(
+    device, dtype, compile=compile, compile_mode=compile_mode, head_loss=head_loss, attention=attention,
+    vocab_size=vocab_size,
+)  # fmt: skip
+print(f"plan: {plan.describe()}")
+device_type = plan.device_type
+prepare_torch(seed)
 
 # data: train.py's batches, or random tokens made once
 if real_data:
     batches = Batches(dataset, block_size, batch_size, device, seed=seed)
     if (batches.max_token() or 0) >= vocab_size:
         raise UserError(f"--dataset={dataset} holds token id {batches.max_token()}: use a --vocab_size above it")
-    get_batch = lambda step: batches.get("train", step)  # noqa: E731
+    get_batch = lambda it, k: batches.get("train", it)  # noqa: E731
 else:
     x = torch.randint(vocab_size, (batch_size, block_size), device=device)
     y = torch.randint(vocab_size, (batch_size, block_size), device=device)
-    get_batch = lambda step: (x, y)  # noqa: E731
+    get_batch = lambda it, k: (x, y)  # noqa: E731
 
-# model and optimizer
-model = GPT(GPTConfig(block_size, vocab_size, n_layer, n_head, n_embd, dropout=0.0, bias=bias, head_loss=head_loss))
-model.to(device)
-raw_model = model
+# model, optimizer and train.py's step, as the plan says
+gpt_config = GPTConfig(
+    block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,
+    bias=bias,
+)  # fmt: skip
+model = GPT(gpt_config).to(device)
 optimizer = model.configure_optimizers(
     weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type
 )
-if compile:
-    print(f"compiling the model (mode {compile_mode})...")
-    model = torch.compile(model, mode=compile_mode, dynamic=False)
-
-
-def step(k):
-    X, Y = get_batch(k)
-    with ctx:
-        _, loss = model(X, Y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss
+plan.apply(model)
+step = TrainStep(model, optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
 
 
 def timed_steps(first, n):
@@ -94,7 +88,7 @@ def timed_steps(first, n):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for k in range(first, first + n):
-        loss = step(k)
+        loss = step(k, lr=1e-4)
     lossf = loss.item()  # waits for the device
     return (time.perf_counter() - t0) / n, lossf
 
@@ -107,7 +101,7 @@ if profile:
     trace = torch.profiler.tensorboard_trace_handler("./bench_log")
     with torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=trace) as prof:
         for k in range(15):
-            step(k)
+            step(k, lr=1e-4)
             prof.step()
     sort_by = "cuda_time_total" if device_type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort_by, row_limit=40))
@@ -129,7 +123,7 @@ else:
     line = f"time per iteration: {dt * 1000:.2f} ms (median of {repeats}, spread {spread:.2f} ms)"
     line += f", {batch_size * block_size / dt:,.0f} tokens/s"
     if peak is not None:
-        line += f", MFU {raw_model.estimate_mfu(batch_size, dt, peak) * 100:.1f}%"
+        line += f", MFU {model.estimate_mfu(batch_size, dt, peak) * 100:.1f}%"
     if device_type == "cuda":
         line += f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
     print(line)

@@ -34,7 +34,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.config = config  # read at every call: config.attention picks the path
+        self.config = config  # read at every call: config.attention picks the path (plan.py sets it)
         self.layer = layer  # which slice of a KVCache is ours
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -62,8 +62,7 @@ class CausalSelfAttention(nn.Module):
         """softmax(q k^T / sqrt(hs)) v for queries (B, nh, T, hs) over keys and values (B, nh, S, hs),
         where mask (T, S) is True for the keys a query may see (None: causal)."""
         dropout = self.dropout if self.training else 0.0
-        use_sdpa = self.config.attention == "sdpa" or self.config.attention == "auto" and q.is_cuda
-        if use_sdpa:  # flash attention and its kin: the (T, S) scores never reach memory
+        if self.config.attention == "sdpa":  # flash attention and its kin: the (T, S) scores never reach memory
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         T, S = q.size(-2), k.size(-2)
         if mask is None:
@@ -112,13 +111,11 @@ class GPTConfig:
     dropout: float = 0.0  # 0 for pretraining; 0.1+ helps when finetuning on little data
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit better and faster
     # The two fields below choose how the same math runs, not the architecture: they never enter a
-    # checkpoint's model_args. attention: 'auto' is SDPA on CUDA and the masked softmax elsewhere;
-    # 'sdpa' or 'manual' force one.
-    attention: str = "auto"
-    # head_loss: how forward(idx, targets) makes the loss: 'chunked' goes chunk by chunk without the
-    # whole (B, T, V) logits (and returns None for them), 'full' makes them; 'auto' is chunked on CUDA
-    # for a vocabulary of 8,192 or more (see chunked_loss.py), full elsewhere.
-    head_loss: str = "auto"
+    # checkpoint's model_args, and the scripts set them from their plan (plan.py).
+    attention: str = "sdpa"  # 'sdpa' (flash attention and its kin) or 'manual' (the masked softmax)
+    # head_loss: how forward(idx, targets) makes the loss: 'full' makes the (B, T, V) logits, 'chunked'
+    # goes chunk by chunk without them (chunked_loss.py) and returns None for them
+    head_loss: str = "full"
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -130,10 +127,10 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.attention not in ("auto", "sdpa", "manual"):
-            raise ValueError(f"attention={self.attention!r}: choose auto, sdpa or manual")
-        if self.head_loss not in ("auto", "chunked", "full"):
-            raise ValueError(f"head_loss={self.head_loss!r}: choose auto, chunked or full")
+        if self.attention not in ("sdpa", "manual"):
+            raise ValueError(f"attention={self.attention!r}: choose sdpa or manual")
+        if self.head_loss not in ("chunked", "full"):
+            raise ValueError(f"head_loss={self.head_loss!r}: choose chunked or full")
 
 
 # The GPTConfig fields that make a checkpoint's architecture (nanoGPT's model_args, less dropout)
@@ -191,9 +188,9 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """Logits (B, T, V) and the mean cross-entropy against targets (B, T), where -1 marks a
-        position to leave out (logits None if config.head_loss made the loss chunk by chunk);
-        without targets, the last position's logits (B, 1, V) only. With a cache, idx continues
-        the tokens already stored in it."""
+        position to leave out (logits None when config.head_loss is 'chunked'); without targets,
+        the last position's logits (B, 1, V) only. With a cache, idx continues the tokens already
+        stored in it."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
@@ -211,8 +208,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:  # inference: only the last position's logits are needed
             return self.lm_head(x[:, -1:, :]), None  # (B, 1, V)
-        how = self.config.head_loss
-        if how == "chunked" or how == "auto" and x.is_cuda and self.config.vocab_size >= 8192:
+        if self.config.head_loss == "chunked":
             import chunked_loss  # here, not at the top: it loads torch's compiler, which sampling never needs
 
             return None, chunked_loss.linear_cross_entropy(x, self.lm_head.weight, targets)

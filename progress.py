@@ -1,7 +1,8 @@
 """How far a long task has come and the time left, at the rate since it began.
 
-On a terminal the line is redrawn in place; elsewhere (a log file, nohup) it is printed every
-EVERY_S seconds. Used by the data scripts, train.py's long evals and eval_hellaswag.py.
+Nothing is shown for a task done within EVERY_S seconds. From then on, on a terminal the line is
+redrawn in place; elsewhere (a log file, nohup) a line is printed every EVERY_S seconds. Used by
+the data scripts, train.py's long evals and eval_hellaswag.py.
 """
 
 import sys
@@ -26,6 +27,7 @@ class Progress:
         self.file = file or sys.stderr
         self.in_place = self.file.isatty()
         self.start = self.shown = time.monotonic()
+        self.started = False  # whether a line was shown
 
     def line(self, done, note=""):
         seconds = time.monotonic() - self.start
@@ -39,15 +41,15 @@ class Progress:
 
     def update(self, done, note=""):
         now = time.monotonic()
-        if now - self.shown < (0.5 if self.in_place else self.every):
+        if now - self.shown < (0.5 if self.in_place and self.started else self.every):
             return
-        self.shown = now
+        self.shown, self.started = now, True
         if self.in_place:  # over the last line, and clear what is left of it
             print(f"\r{self.line(done, note)}\x1b[K", end="", file=self.file, flush=True)
         else:
             print(self.line(done, note), file=self.file, flush=True)
 
     def close(self, done=None, note=""):
-        """On a terminal, the final figures and the end of the line."""
-        if self.in_place:
+        """On a terminal, the final figures and the end of the line (if a line was shown)."""
+        if self.in_place and self.started:
             print(f"\r{self.line(self.total if done is None else done, note)}\x1b[K", file=self.file, flush=True)

@@ -19,8 +19,8 @@ from configurator import configure
 from dataloader import dataset_meta, load_meta
 from engine import check_sampling
 from errors import UserError, first_line, report_user_errors
-from hardware import autocast, check_device, default_device, default_dtype
 from huggingface import PRETRAINED, is_model_name, load_pretrained
+from plan import default_device, default_dtype, make_plan, prepare_torch
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -36,6 +36,7 @@ seed = 1337  # the same seed draws the same samples
 device = default_device()  # 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False  # use PyTorch 2.0 to compile the model to be faster (slower to start)
+attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
 # -----------------------------------------------------------------------------
 config, changed = configure(globals(), nullable={"top_k"})
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
@@ -43,7 +44,7 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before the model is loaded
-device_type = check_device(device, dtype)
+plan = make_plan(device, dtype, compile=compile, attention=attention, training=False)
 if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
@@ -63,10 +64,7 @@ if start.startswith("FILE:"):  # the prompt from a file
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read prompt file {start[5:]} ({first_line(e)}): give a UTF-8 text file") from None
 
-torch.manual_seed(seed)
-torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
-ctx = autocast(device_type, dtype)
+prepare_torch(seed)
 
 # the model
 ckpt = None
@@ -77,8 +75,7 @@ else:  # init from a given GPT-2 model
     model = load_pretrained(init_from)
 model.eval()
 model.to(device)
-if compile:
-    model.compile()  # in place: generate's own calls run compiled too
+plan.apply(model)  # compiled in place, if asked: generate's own calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
 meta_path = dataset_meta(ckpt)[1] if ckpt else None
@@ -133,10 +130,10 @@ class Printer:
 
 
 # run generation
-with torch.no_grad(), ctx:
+with torch.no_grad(), plan.autocast():
     for _ in range(num_samples):
         printer = Printer()
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, on_tokens=printer)
+        y = model.generate(x, max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph, on_tokens=printer)
         printer(y, y.size(1), final=True)
         print()
         print("---------------")

@@ -15,6 +15,7 @@ on exactly as if it had never stopped.
 import importlib.util
 import math
 import os
+import sys
 import time
 
 import torch
@@ -24,12 +25,13 @@ import checkpoint
 import parallel
 import plot
 from configurator import configure
-from cuda_graph import CUDAGraph
 from dataloader import Batches, find_data_file, load_meta
 from errors import UserError, report_user_errors
-from hardware import autocast, check_compile_mode, check_device, default_device, default_dtype, peak_flops
 from huggingface import PRETRAINED, is_model_name, load_pretrained
 from model import ARCH_KEYS, GPT, GPTConfig
+from plan import check_device, default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from progress import Progress
+from step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -79,6 +81,8 @@ device = default_device()  # 'cpu', 'cuda', 'cuda:0', 'cuda:1' etc., or 'mps' on
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16' (the latter with a gradient scaler)
 compile = True  # use PyTorch 2.0 to compile the model to be faster
 compile_mode = "auto"  # 'auto', 'regional' (each block) or a torch.compile mode such as 'max-autotune' (README)
+head_loss = "auto"  # 'chunked' (no whole logits: bigger batches fit), 'full' (nanoGPT's), 'auto' (plan.py)
+attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())  # config files and --key=value flags, in order
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
@@ -95,44 +99,35 @@ for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min
 for key in ("dropout", "beta1", "beta2"):
     if not 0 <= config[key] < 1:
         raise UserError(f"{key}={config[key]} must be in [0, 1)")
-if compile:
-    check_compile_mode(compile_mode, ours=("auto", "regional"))
 if init_from not in ("scratch", "resume") and not is_model_name(init_from):
     raise UserError(f"unknown init_from={init_from!r}: use scratch, resume or one of {', '.join(PRETRAINED)}")
-device_type = check_device(device, dtype)
+check_device(device, dtype)
 micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.world_size())  # per process
-if compile and compile_mode in ("reduce-overhead", "max-autotune") and micro_steps > 1 and device_type == "cuda":
-    raise UserError(
-        f"compile_mode={compile_mode!r} records CUDA graphs, which cannot accumulate gradients over {micro_steps} "
-        "micro-steps: use --compile_mode=auto, or --gradient_accumulation_steps=1"
-    )
-if fsdp and dtype == "float16" and parallel.torchrun_rank() is not None:
-    raise UserError("fsdp=True trains with --dtype=bfloat16 or float32, not float16 (no sharded gradient scaler)")
 if wandb_log and importlib.util.find_spec("wandb") is None:
     raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)")
 if find_data_file(dataset, "train.bin") is None:
     raise UserError(f"no training data for dataset {dataset!r}: run python data/{dataset}/prepare.py first")
 
+# a character-level dataset's vocabulary size is in its meta.pkl
+meta_path = find_data_file(dataset, "meta.pkl")
+meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
+
 # -----------------------------------------------------------------------------
-# setup: the processes of a torchrun job (DDP), seeds, device and precision
+# setup: the processes of a torchrun job (DDP), then how this run computes, decided once
 procs, device = parallel.init(backend, device)
 master_process = procs.master  # this process prints, logs and saves
 say = print if master_process else lambda *args, **kwargs: None
+plan = make_plan(
+    device, dtype, compile=compile, compile_mode=compile_mode, head_loss=head_loss, attention=attention,
+    vocab_size=meta_vocab_size or 50304, micro_steps=micro_steps, processes=procs.world_size, fsdp=fsdp,
+)  # fmt: skip
+say(f"plan: {plan.describe()}")
+if fsdp and not procs.enabled:
+    say("note: fsdp=True ignored: it shards over the processes of a torchrun job, and this is one process")
 fresh_run = init_from != "resume" and not eval_only
 if master_process:  # never replace another run's work by surprise
     checkpoint.prepare_out_dir(out_dir, fresh_run, overwrite, say)
-torch.manual_seed(1337 + procs.rank)
-torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
-ctx = autocast(device_type, dtype)  # mixed precision in the forward passes
-use_fsdp = fsdp and procs.enabled  # FSDP shards over the processes of a torchrun job
-if fsdp and not procs.enabled:
-    say("note: fsdp=True ignored: it shards over the processes of a torchrun job, and this is one process")
-
-# -----------------------------------------------------------------------------
-# data: a character-level dataset's vocabulary size is in its meta.pkl
-meta_path = find_data_file(dataset, "meta.pkl")
-meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
+prepare_torch(seed=1337 + procs.rank)
 if meta_vocab_size is not None:
     say(f"found vocab_size = {meta_vocab_size} (inside {meta_path})")
 
@@ -170,7 +165,12 @@ if init_from == "scratch":
         say("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
     vocab_size = meta_vocab_size or 50304
     try:
-        model = GPT(GPTConfig(block_size, vocab_size, n_layer, n_head, n_embd, dropout, bias))
+        model = GPT(
+            GPTConfig(
+                block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                dropout=dropout, bias=bias,
+            )
+        )  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None
 elif init_from == "resume":
@@ -194,36 +194,29 @@ if needed > model_args["vocab_size"]:
         f"{model_args['vocab_size']}: train it from scratch or use a model with a large enough vocabulary"
     )
 
-# -----------------------------------------------------------------------------
-# optimizer, and the gradient scaler of float16 training (a no-op otherwise)
-raw_model = model  # the plain module, whatever wraps it below: what is saved
-if use_fsdp:  # before the optimizer exists: it must hold the sharded parameters
-    parallel.shard(model, device_type)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-if ckpt is not None:  # the optimizer, the scaler and the RNGs where the run stopped
-    fsdp_model = raw_model if use_fsdp else None
-    checkpoint.restore_training_state(ckpt, optimizer, scaler, procs.rank, device, say, fsdp_model)
-    ckpt = None  # free up memory
+
+def micro_batch(it, k):
+    """Micro-batch k of this process at iteration it: the processes of a DDP run draw between
+    them exactly the batches that one process accumulating over all of them would."""
+    return batches.get("train", it * gradient_accumulation_steps + procs.rank * micro_steps + k)
+
 
 # -----------------------------------------------------------------------------
-# compile and wrap
-cuda_graphs = False  # whether the micro-step is recorded as a CUDA graph and replayed (below)
-if compile:
-    mode = compile_mode
-    if mode == "auto":  # a small model on one GPU waits on kernel launches: compile each block, record the step
-        one_gpu = device_type == "cuda" and not procs.enabled and micro_steps == 1
-        mode = "regional" if one_gpu else "default"
-        cuda_graphs = one_gpu and dtype != "float16"  # (float16's gradient scaler is not recorded)
-    say(f"compiling the model (torch.compile, mode {mode}): the first step and the first eval take longer")
-    if mode == "regional":  # each block alone: all blocks share one graph, compiled in seconds
-        for block in model.transformer.h:
-            block.compile(dynamic=False)
-    else:  # dynamic=False: eval passes take more sequences than training ones, and stay static
-        model = torch.compile(model, mode=mode, dynamic=False)
-if procs.enabled and not use_fsdp:
-    device_ids = [procs.local_rank] if device_type == "cuda" else None
+# optimizer, the plan applied (attention, head and loss, compilation), the wrapper and the step
+raw_model = model  # the plain module, whatever wraps it below: what is saved
+if plan.fsdp:  # before the optimizer exists: it must hold the sharded parameters
+    parallel.shard(model, plan.device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), plan.device_type)
+plan.apply(model)  # compiled in place: the first step and the first eval take longer
+if procs.enabled and not plan.fsdp:
+    device_ids = [procs.local_rank] if plan.device_type == "cuda" else None
     model = DDP(model, device_ids=device_ids, **parallel.NO_BUFFER_SYNC)
+train_step = TrainStep(model, optimizer, plan, micro_steps, grad_clip, micro_batch)
+if ckpt is not None:  # the optimizer, the gradient scaler and the RNGs where the run stopped
+    fsdp_model = raw_model if plan.fsdp else None
+    checkpoint.restore_training_state(ckpt, optimizer, train_step.scaler, procs.rank, device, say, fsdp_model)
+    ckpt = None  # free up memory
+ctx = plan.autocast()  # mixed precision in the forward passes
 
 
 # -----------------------------------------------------------------------------
@@ -236,11 +229,11 @@ def estimate_loss():
     the same mean, in fewer and larger forward passes."""
     out = {}
     model.eval()
-    shared = procs.enabled and not use_fsdp
+    shared = procs.enabled and not plan.fsdp
     mine = range(procs.rank, eval_iters, procs.world_size) if shared else range(eval_iters)
     limit = max(1, min(32, len(mine), 2**26 // (batch_size * block_size * model_args["vocab_size"])))
     group = max(g for g in range(1, limit + 1) if len(mine) % g == 0)
-    start = shown = time.time()
+    progress = Progress("  evaluating", 2 * len(mine), unit="batches", file=sys.stdout) if master_process else None
     for s, split in enumerate(("train", "val")):
         total = torch.zeros((), device=device)
         for i in range(0, len(mine), group):
@@ -248,13 +241,13 @@ def estimate_loss():
             with ctx:
                 _, loss = model(torch.cat(X), torch.cat(Y))
             total += loss.float() * len(X)
-            if time.time() - shown > 10:  # a long eval says how far it is
-                seconds, done = time.time() - start, (s * len(mine) + i + group) / (2 * len(mine))
-                say(f"  evaluating: {done:.0%} in {seconds:.0f}s, about {seconds / done - seconds:.0f}s left")
-                shown = time.time()
+            if progress:  # a long eval says how far it is
+                progress.update(s * len(mine) + i + group)
         if shared:
             torch.distributed.all_reduce(total)
         out[split] = total.item() / eval_iters
+    if progress:
+        progress.close()
     model.train()
     return out
 
@@ -276,14 +269,15 @@ def get_lr(it):
 def save_checkpoint():
     """Every rank takes part (their RNG states, FSDP's gather); rank 0 writes, in the background."""
     rng_states = parallel.gather_rng_states(checkpoint.rng_state(device), procs)
-    if use_fsdp:
+    if plan.fsdp:
         model_state, optimizer_state = parallel.full_state(raw_model, optimizer)
     else:
         model_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
     if master_process:
         say(f"saving checkpoint to {out_dir}")
         ckpt = dict(model=model_state, optimizer=optimizer_state, model_args=model_args, iter_num=iter_num)
-        ckpt |= dict(best_val_loss=best_val_loss, config=config, rng_state=rng_states, scaler=scaler.state_dict())
+        ckpt |= dict(best_val_loss=best_val_loss, config=config, rng_state=rng_states)
+        ckpt["scaler"] = train_step.scaler.state_dict()
         writer.submit(ckpt, os.path.join(out_dir, checkpoint.CKPT_NAME))
 
 
@@ -300,25 +294,11 @@ def time_left(dt):
     global long_run_noted
     evals = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
     seconds = (max_iters - iter_num - 1) * dt + evals * eval_seconds
-    if device_type == "cpu" and seconds > 3600 and not long_run_noted:
+    if plan.device_type == "cpu" and seconds > 3600 and not long_run_noted:
         say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
             "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
         long_run_noted = True
     return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
-
-
-def micro_step(X, Y):
-    """Forward and backward of one micro-batch: adds its gradients to .grad, returns its loss."""
-    with ctx:
-        _, loss = model(X, Y)
-    scaler.scale(loss / micro_steps).backward()  # scaled, to average over the micro-steps
-    return loss.detach()
-
-
-def micro_batch(it, k):
-    """Micro-batch k of this process at iteration it: the processes of a DDP run draw between
-    them exactly the batches that one process accumulating over all of them would."""
-    return batches.get("train", it * gradient_accumulation_steps + procs.rank * micro_steps + k)
 
 
 # -----------------------------------------------------------------------------
@@ -334,10 +314,6 @@ if wandb_log and master_process:
 writer = checkpoint.BackgroundWriter()
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
-X, Y = micro_batch(iter_num, 0)  # fetch the very first batch
-if cuda_graphs:  # record the micro-step once: from here on each call replays it, one launch for all
-    micro_step = CUDAGraph(micro_step, X, Y)
-    optimizer.zero_grad(set_to_none=False)  # the recording's warm-up runs left gradients behind
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
 t0, steps_since_log, eval_seconds = time.time(), 0, 0.0
@@ -369,26 +345,10 @@ while True:
     if eval_only or iter_num >= max_iters:
         break
 
-    # determine and set the learning rate for this iteration
+    # forward, backward and update at this iteration's learning rate, with gradient accumulation
+    # over micro_steps micro-batches to simulate a larger batch (step.py)
     lr = get_lr(iter_num) if decay_lr else learning_rate
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = lr
-
-    # forward backward update, with optional gradient accumulation to simulate larger batch size
-    for k in range(micro_steps):
-        parallel.sync_gradients(model, k == micro_steps - 1)  # DDP/FSDP: all-reduce on the last one only
-        loss = micro_step(X, Y)
-        X, Y = micro_batch(iter_num, k + 1) if k + 1 < micro_steps else micro_batch(iter_num + 1, 0)  # prefetch
-    # clip the gradient
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    # step the optimizer and scaler if training in fp16
-    scaler.step(optimizer)
-    scaler.update()
-    # flush the gradients as soon as we can, no need for this memory anymore (but a recorded
-    # backward adds into the memory it was recorded with: keep it and zero it instead)
-    optimizer.zero_grad(set_to_none=not cuda_graphs)
+    loss = train_step(iter_num, lr)
 
     # timing and logging
     steps_since_log += 1
@@ -413,7 +373,7 @@ if log:
     log.wait()
 if not eval_only:
     say(f"iters {first_iter}..{iter_num} in {time.time() - t_start:.1f}s, best val loss {best_val_loss:.4f}")
-if device_type == "cuda":
+if plan.device_type == "cuda":
     say(f"peak GPU memory on rank 0: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 model = None  # DDP's reducer must go before the process group
 parallel.close()

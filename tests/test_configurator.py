@@ -190,11 +190,12 @@ def test_train_defaults_are_the_classic_ones(train_config):
         warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5, backend="nccl", compile=True,
     )  # fmt: skip
     assert {k: config[k] for k in classic} == classic
-    # keys this project adds: fsdp and overwrite are off by default; compile_mode 'auto' only picks how
-    # the same math is launched
-    beyond_classic = {"compile_mode", "fsdp", "overwrite"}
+    # keys this project adds: fsdp and overwrite are off by default; compile_mode, head_loss and
+    # attention 'auto' only pick how the same math runs
+    beyond_classic = {"compile_mode", "head_loss", "attention", "fsdp", "overwrite"}
     assert set(config) == set(classic) | {"device", "dtype"} | beyond_classic
-    assert config["compile_mode"] == "auto" and config["fsdp"] is False and config["overwrite"] is False
+    assert config["compile_mode"] == config["head_loss"] == config["attention"] == "auto"
+    assert config["fsdp"] is False and config["overwrite"] is False
     assert changed == set()
 
 

@@ -12,6 +12,7 @@ import torch
 
 import engine
 from model import GPT, GPTConfig
+from plan import make_plan
 
 pytestmark = pytest.mark.gpu
 
@@ -32,7 +33,7 @@ def no_tf32():
 
 
 def test_auto_attention_uses_sdpa_on_cuda(monkeypatch):
-    model = GPT(tiny()).cuda()
+    model = make_plan("cuda", "float32", training=False).apply(GPT(tiny(attention="manual")).cuda())
     idx = torch.randint(0, 128, (2, 64), device="cuda")
     model(idx, idx)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call now fails
@@ -152,7 +153,9 @@ def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
     for name, flags in (("eager", ["--compile=False"]), ("compiled", ["--compile=True", f"--compile_mode={mode}"])):
         proc = run_train(tmp_path, *base, *flags, f"--out_dir=out-{name}")
         if name == "compiled":  # auto: regional (with recorded graphs) without accumulation, default with it
-            assert f"mode {'regional' if accumulate == 1 or mode == 'regional' else 'default'})" in proc.stdout
+            how = "each block compiled" if accumulate == 1 or mode == "regional" else "model compiled (mode default)"
+            graph = ", micro-step replayed as a CUDA graph" if accumulate == 1 and mode == "auto" else ""
+            assert f"plan: cuda float32, {how}{graph}, " in proc.stdout
             assert "skipping cudagraphs" not in proc.stdout + proc.stderr  # Inductor's silent fallback
         logs[name] = read_log(tmp_path / f"out-{name}")
     (train_a, eval_a), (train_b, eval_b) = logs["eager"], logs["compiled"]
@@ -240,7 +243,7 @@ def test_train_py_recorded_graphs_resume_exactly(tmp_path, dtype, tol):
     run_train(tmp_path, *args, "--out_dir=a", "--max_iters=12")
     run_train(tmp_path, *args, "--out_dir=b", "--max_iters=6")
     resumed = run_train(tmp_path, *args, "--out_dir=b", "--max_iters=12", "--init_from=resume")
-    assert "mode regional" in resumed.stdout
+    assert "each block compiled, micro-step replayed as a CUDA graph" in resumed.stdout
     (a_train, a_eval), (b_train, b_eval) = read_log(tmp_path / "a"), read_log(tmp_path / "b")
     assert [r["iter"] for r in b_train] == [r["iter"] for r in a_train] and len(a_eval) == len(b_eval) == 3
     for a, b in zip(a_train + a_eval, b_train + b_eval):

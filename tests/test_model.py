@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hardware import peak_flops
 from model import GPT, GPTConfig
+from plan import peak_flops
 
 
 def tiny_config(**kw):
@@ -81,9 +81,8 @@ def test_attention_paths_agree_on_whole_model_forward_and_backward():
         torch.testing.assert_close(grads["manual"][n], grads["sdpa"][n], atol=1e-6, rtol=1e-4)
 
 
-def test_auto_attention_picks_masked_softmax_on_cpu(monkeypatch):
-    model = GPT(tiny_config())
-    assert model.config.attention == "auto"
+def test_manual_attention_never_calls_sdpa(monkeypatch):
+    model = GPT(tiny_config(attention="manual"))
     idx = torch.randint(0, 97, (2, 16))
     expected, _ = model(idx, idx)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call would fail
@@ -397,5 +396,5 @@ def test_chunked_head_loss_trains_the_model_as_the_full_one():
     loss_chunked.backward()
     for (name, a), b in zip(full.named_parameters(), chunked.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-14, msg=name)
-    assert GPT(tiny_config()).config.head_loss == "auto"  # full on the CPU: chunking measured slower there
+    assert GPT(tiny_config()).config.head_loss == "full"  # nanoGPT's: the logits come back
     assert GPT(tiny_config(vocab_size=8192))(idx, idx)[0] is not None

@@ -22,7 +22,7 @@ from test_train import TINY, make_dataset, run_train
 import atomic
 import checkpoint
 import dataloader
-import hardware
+import plan
 from errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -298,10 +298,10 @@ def test_bf16_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match=r"does not support bfloat16: use --dtype=float16"):
-        hardware.check_device("cuda", "bfloat16")
-    assert hardware.check_device("cuda", "float16") == "cuda"
-    assert hardware.check_device("cpu", "bfloat16") == "cpu"  # the CPU emulates it
-    assert hardware.default_dtype("cuda") == "float16"
+        plan.check_device("cuda", "bfloat16")
+    assert plan.check_device("cuda", "float16") == "cuda"
+    assert plan.check_device("cpu", "bfloat16") == "cpu"  # the CPU emulates it
+    assert plan.default_dtype("cuda") == "float16"
 
 
 def test_matching_architecture_keys_still_resume(work):

@@ -1,0 +1,101 @@
+"""plan.py: every 'auto' decided once into concrete choices, what cannot work refused in one line,
+and the plan followed as it says (the model's attention and head, compiled blocks)."""
+
+import pytest
+import torch
+
+import plan as plan_module
+from errors import UserError
+from model import GPT, GPTConfig
+from plan import make_plan
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """Decisions for a CUDA machine, taken on this one: check_device answers as a GPU would."""
+    monkeypatch.setattr(plan_module, "check_device", lambda device, dtype: torch.device(device).type)
+
+
+def test_a_cpu_run_is_eager_with_full_logits_and_the_masked_softmax():
+    p = make_plan("cpu", "float32", compile=False)
+    assert (p.compile, p.cuda_graph, p.head_loss, p.attention) == ("none", False, "full", "manual")
+    assert p.describe() == "cpu float32, not compiled, full logits, masked-softmax attention"
+
+
+@pytest.mark.parametrize(
+    "settings,expected",
+    [
+        # one GPU, one micro-step: each block compiled and the micro-step recorded
+        (dict(), ("blocks", "default", True, "chunked", "sdpa")),
+        # gradient accumulation or several processes: torch.compile's default mode, nothing recorded
+        (dict(micro_steps=4), ("model", "default", False, "chunked", "sdpa")),
+        (dict(processes=2), ("model", "default", False, "chunked", "sdpa")),
+        # float16's gradient scaler is not recorded; a character vocabulary gets the full head
+        (dict(dtype="float16"), ("blocks", "default", False, "chunked", "sdpa")),
+        (dict(vocab_size=65), ("blocks", "default", True, "full", "sdpa")),
+        # what is asked for is what runs
+        (dict(compile_mode="regional", micro_steps=2), ("blocks", "default", False, "chunked", "sdpa")),
+        (dict(compile_mode="max-autotune"), ("model", "max-autotune", False, "chunked", "sdpa")),
+        (dict(compile=False, head_loss="full", attention="manual"), ("none", "auto", False, "full", "manual")),
+    ],
+)  # fmt: skip
+def test_cuda_decisions(on_cuda, settings, expected):
+    args = dict(dtype="bfloat16") | settings
+    p = make_plan("cuda", args.pop("dtype"), **{"compile": True} | args)
+    assert (p.compile, p.compile_mode, p.cuda_graph, p.head_loss, p.attention) == expected
+
+
+def test_the_one_line_says_what_runs(on_cuda):
+    p = make_plan("cuda", "bfloat16", compile=True)
+    assert p.describe() == (
+        "cuda bfloat16, each block compiled, micro-step replayed as a CUDA graph, chunked head+loss, SDPA attention"
+    )
+    p = make_plan("cuda:1", "bfloat16", compile=True, processes=8, fsdp=True)
+    assert p.describe().startswith("cuda:1 bfloat16, FSDP over 8 processes, model compiled (mode default), ")
+    sampling = make_plan("cuda", "bfloat16", training=False)
+    assert sampling.describe() == "cuda bfloat16, not compiled, decode replayed as CUDA graphs, SDPA attention"
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(compile_mode="reduce-overhead", micro_steps=4), "records CUDA graphs, which cannot accumulate"),
+        (dict(dtype="float16", fsdp=True, processes=2), "fsdp=True trains with --dtype=bfloat16 or float32"),
+        (dict(head_loss="fast"), "head_loss='fast': choose auto, chunked or full"),
+        (dict(attention="flash"), "attention='flash': choose auto, sdpa or manual"),
+        (dict(compile_mode="turbo"), "unknown compile_mode='turbo'"),
+    ],
+)
+def test_what_cannot_work_is_one_line(on_cuda, settings, message):
+    args = dict(dtype="bfloat16", compile=True) | settings
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_plan("cuda", args.pop("dtype"), **args)
+
+
+def test_apply_sets_the_math_path_and_compiles_each_block_in_place(on_cuda, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=3, n_head=2, n_embd=16))
+    names = list(model.state_dict())
+    make_plan("cuda", "bfloat16", compile=True, head_loss="chunked", attention="manual").apply(model)
+    assert (model.config.head_loss, model.config.attention) == ("chunked", "manual")
+    assert model.transformer.h[0].attn.config.attention == "manual"  # every block reads the same config
+    assert compiled == [("Block", {"dynamic": False})] * 3
+    assert list(model.state_dict()) == names  # in place: a checkpoint keeps nanoGPT's names
+    compiled.clear()
+    make_plan("cuda", "bfloat16", compile=True, micro_steps=2).apply(model)
+    assert compiled == [("GPT", {"mode": "default", "dynamic": False})]
+
+
+def test_a_plan_followed_on_the_cpu_gives_the_same_loss_either_way():
+    """The two attention paths and the two heads the plan picks between compute the same loss."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=4, n_embd=32)).double()
+    idx = torch.randint(0, 97, (2, 16))
+    losses = []
+    for head_loss, attention in (("full", "manual"), ("chunked", "sdpa")):
+        make_plan("cpu", "float32", head_loss=head_loss, attention=attention).apply(model)
+        logits, loss = model(idx, idx)
+        assert (logits is None) == (head_loss == "chunked")
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12)
