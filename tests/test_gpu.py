@@ -278,14 +278,15 @@ def test_an_edited_forward_changes_what_the_cuda_graphs_draw(monkeypatch, where)
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_chunked_head_loss_on_cuda_tracks_the_full_one(dtype, tol):
-    """'auto' chunks the head and loss on CUDA for a large vocabulary: the same loss and gradients
-    as the full logits, in float32 and under bf16 autocast, eager and inside a compiled model."""
+    """The chunked head and loss on CUDA (the plan's choice for a large vocabulary): the same loss and
+    gradients as the full logits, in float32 and under bf16 autocast, eager and inside a compiled model."""
     import chunked_loss
 
     torch.manual_seed(4)
     cfg = dict(block_size=64, vocab_size=10000, n_layer=2, n_head=4, n_embd=64)
     full = GPT(GPTConfig(**cfg, head_loss="full")).cuda()
-    chunked = GPT(GPTConfig(**cfg)).cuda()
+    chunked = GPT(GPTConfig(**cfg, head_loss="chunked")).cuda()
+    assert make_plan("cuda", "bfloat16", vocab_size=cfg["vocab_size"]).head_loss == "chunked"
     chunked.load_state_dict(full.state_dict())
     idx = torch.randint(0, 10000, (4, 64), device="cuda")
     targets = torch.randint(0, 10000, (4, 64), device="cuda")
