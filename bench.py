@@ -4,6 +4,7 @@
     python bench.py --batch_size=32          # the README's comparison point
     python bench.py --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
+    python bench.py --sample=True --compile=False           # sampling: decode tokens/s, time to the first token
 
 The step runs as train.py would run it on this machine (the plan it prints: on one GPU each block
 compiled and the micro-step replayed as a CUDA graph). Prints the time per iteration (the median
@@ -17,6 +18,7 @@ import torch
 
 from configurator import configure
 from dataloader import Batches
+from engine import Sampler
 from errors import UserError, report_user_errors
 from model import GPT, GPTConfig
 from plan import default_device, default_dtype, make_plan, peak_flops, prepare_torch
@@ -42,6 +44,8 @@ n_embd = 768  # width of the residual stream
 vocab_size = 50304  # GPT-2's vocabulary, padded to a multiple of 64
 head_loss = "auto"  # 'full' logits, 'chunked' (chunked_loss.py), or 'auto' (plan.py)
 attention = "auto"  # 'sdpa', 'manual' (the masked softmax), or 'auto': sdpa on CUDA only
+sample = False  # time sample.py's sampling instead, at batch 1 and 10: tokens/s and the time to the first token
+max_new_tokens = 500  # sample=True: the tokens of each sample, after a one-token prompt
 burn_in = 10  # untimed steps first: compilation, autotuning, allocator warm-up
 num_steps = 20  # steps per timed repeat
 repeats = 3  # timed repeats; the median is reported
@@ -52,14 +56,16 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
 # -----------------------------------------------------------------------------
 plan = make_plan(
     device, dtype, compile=compile, compile_mode=compile_mode, head_loss=head_loss, attention=attention,
-    vocab_size=vocab_size,
+    vocab_size=vocab_size, training=not sample,
 )  # fmt: skip
 print(f"plan: {plan.describe()}")
 device_type = plan.device_type
 prepare_torch(seed)
 
 # data: train.py's batches, or random tokens made once
-if real_data:
+if sample:
+    get_batch = None
+elif real_data:
     batches = Batches(dataset, block_size, batch_size, device, seed=seed)
     if (batches.max_token() or 0) >= vocab_size:
         raise UserError(f"--dataset={dataset} holds token id {batches.max_token()}: use a --vocab_size above it")
@@ -75,17 +81,48 @@ gpt_config = GPTConfig(
     bias=bias,
 )  # fmt: skip
 model = GPT(gpt_config).to(device)
-optimizer = model.configure_optimizers(
-    weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type
-)
-plan.apply(model)
-step = TrainStep(model, optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
+if not sample:
+    optimizer = model.configure_optimizers(
+        weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type
+    )
+    step = TrainStep(model, optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
+plan.apply(model.eval() if sample else model)
+
+
+def sync():
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_sampling(rows):
+    """sample.py's Sampler on `rows` one-token prompts: a first call, which records its CUDA graphs,
+    then the median of `repeats` calls; each call's time to its first new token is timed too."""
+    idx = torch.randint(min(vocab_size, 50257), (rows, 1), device=device)
+    sampler = Sampler(model, rows, 1, max_new_tokens, temperature=0.8, top_k=200, cuda_graph=plan.cuda_graph)
+    calls = []  # (seconds, seconds to the first new token) of each call
+    for _ in range(1 + repeats):
+        first = []  # when the first new token is on the device
+
+        def told(out, t, first=first):
+            if not first:
+                sync()
+                first.append(time.perf_counter())
+
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad(), plan.autocast():
+            sampler(idx, on_tokens=told)
+        sync()
+        calls.append((time.perf_counter() - t0, first[0] - t0))
+    dt, to_first = statistics.median(c[0] for c in calls[1:]), statistics.median(c[1] for c in calls[1:])
+    line = f"sampling {rows} x {max_new_tokens} tokens: {rows * max_new_tokens / dt:,.0f} tokens/s"
+    line += f" ({dt / max_new_tokens * 1000:.3f} ms per step), first token after {to_first * 1000:.1f} ms"
+    print(line + f"; the first call, which records the CUDA graphs: {calls[0][0]:.2f} s")
 
 
 def timed_steps(first, n):
     """Seconds per step over n steps (a host clock read after the device is done), and the last loss."""
-    if device_type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for k in range(first, first + n):
         loss = step(k, lr=1e-4)
@@ -93,7 +130,10 @@ def timed_steps(first, n):
     return (time.perf_counter() - t0) / n, lossf
 
 
-if profile:
+if sample:
+    for rows in (1, 10):
+        time_sampling(rows)
+elif profile:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device_type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -110,8 +150,6 @@ else:
     t0 = time.perf_counter()
     timed_steps(0, burn_in)
     print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s (compilation included)")
-    if device_type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for r in range(repeats):
         dt, lossf = timed_steps(burn_in + r * num_steps, num_steps)

@@ -78,71 +78,90 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     return torch.argmax(probs / q, dim=-1, keepdim=True)
 
 
-@torch.no_grad()
-def generate(
-    model, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, cuda_graph=None, generator=None,
-    on_tokens=None,
-):  # fmt: skip
-    """Extend idx (B, T) by max_new_tokens tokens sampled from model (in eval mode); return all of
-    them, (B, T + new). use_cache=False recomputes every step; CUDA graphs are used where
-    cuda_graph is None or True and no generator is given. on_tokens(out, t) is called whenever
-    out[:, :t] has grown by a token."""
-    check_sampling(max_new_tokens, temperature, top_k)
-    B, T = idx.size()
-    if T < 1:
-        raise ValueError("idx must hold at least one token per row to start from")
-    if cuda_graph is None:
-        cuda_graph = idx.is_cuda and generator is None
-    elif cuda_graph and not (idx.is_cuda and generator is None):
-        raise ValueError("cuda_graph=True needs idx on a CUDA device and generator=None")
-    graph_device = idx.device if cuda_graph else None
-    block, end = model.config.block_size, T + max_new_tokens
-    out = idx.new_empty((B, end), dtype=torch.long)  # every token lands here, nothing is concatenated
-    out[:, :T] = idx
-    told = on_tokens or (lambda out, t: None)
+class Sampler:
+    """Continuations of prompts of one shape: (B, T) tokens extended by max_new_tokens sampled from
+    model (in eval mode), again and again. The output buffer, the KV cache and the recorded CUDA
+    graphs are made at the first call and reused by the next ones: sample.py draws all of its
+    samples through one. use_cache=False recomputes every step; CUDA graphs are used where
+    cuda_graph is None or True and no generator is given."""
 
-    def sample(logits):
-        return sample_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+    def __init__(
+        self, model, batch_size, prompt_len, max_new_tokens, temperature=1.0, top_k=None, use_cache=True,
+        cuda_graph=None, generator=None,
+    ):  # fmt: skip
+        check_sampling(max_new_tokens, temperature, top_k)
+        if prompt_len < 1:
+            raise ValueError("idx must hold at least one token per row to start from")
+        device = model.lm_head.weight.device
+        if cuda_graph is None:
+            cuda_graph = device.type == "cuda" and generator is None
+        elif cuda_graph and not (device.type == "cuda" and generator is None):
+            raise ValueError("cuda_graph=True needs the model on a CUDA device and generator=None")
+        self.model, self.B, self.T, self.end = model, batch_size, prompt_len, prompt_len + max_new_tokens
+        self.temperature, self.top_k, self.generator = temperature, top_k, generator
+        self.graph_device = device if cuda_graph else None
+        self.block = model.config.block_size
+        self.out = torch.empty((batch_size, self.end), dtype=torch.long, device=device)  # every token lands here
+        cached = use_cache and prompt_len <= self.block and prompt_len < self.end
+        self.cache = kv_cache(model, batch_size) if cached else None
+        self.window = torch.arange(self.block, device=device)  # where the last block_size tokens are
+        self.replays = {}  # the recorded decode and window steps
 
-    t = T  # tokens so far: the next one goes to out[:, t]
-    if use_cache and T <= block and T < end:
-        cache = kv_cache(model, B)
-        out[:, T : T + 1] = sample(model(out[:, :T], cache=cache)[0])  # prefill: the whole prompt at once
-        t = T + 1
-        told(out, t)
+    def sample(self, logits):
+        return sample_next(logits[:, -1, :], self.temperature, self.top_k, self.generator)  # (B, 1)
 
-        def decode_step():  # the newest token, at position cache.pos, through the cache
-            logits, _ = model(out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
-            out.scatter_(1, cache.pos.expand(B, 1), sample(logits))  # the next token goes right after it
+    def decode_step(self):  # the newest token, at position cache.pos, through the cache
+        B, cache = self.B, self.cache
+        logits, _ = self.model(self.out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
+        self.out.scatter_(1, cache.pos.expand(B, 1), self.sample(logits))  # the next token goes right after it
 
-        t = repeat(decode_step, t, min(end, block + 1), graph_device, lambda t: told(out, t))
-    while t < min(end, block):  # the classic step while the context is still growing
-        out[:, t : t + 1] = sample(model(out[:, :t])[0])
-        t += 1
-        told(out, t)
-    if t < end:
-        window = torch.arange(t - block, t, device=out.device)  # where the last block_size tokens are
+    def window_step(self):  # the classic step over the last block_size tokens
+        logits, _ = self.model(self.out.index_select(1, self.window))
+        self.out.index_copy_(1, self.window[-1:] + 1, self.sample(logits))
+        self.window.add_(1)
 
-        def window_step():  # the classic step over the last block_size tokens
-            logits, _ = model(out.index_select(1, window))
-            out.index_copy_(1, window[-1:] + 1, sample(logits))
-            window.add_(1)
+    @torch.no_grad()
+    def __call__(self, idx, on_tokens=None):
+        """idx (B, T) and its continuation, (B, T + max_new_tokens): a new tensor. on_tokens(out, t) is
+        called whenever out[:, :t] has grown by a token."""
+        if tuple(idx.shape) != (self.B, self.T):
+            raise ValueError(f"this Sampler continues prompts of shape {(self.B, self.T)}, not {tuple(idx.shape)}")
+        out, T, end, block = self.out, self.T, self.end, self.block
+        out[:, :T] = idx
+        told = on_tokens or (lambda out, t: None)
+        t = T  # tokens so far: the next one goes to out[:, t]
+        if self.cache is not None:
+            self.cache.pos.zero_()
+            out[:, T : T + 1] = self.sample(self.model(out[:, :T], cache=self.cache)[0])  # prefill: the whole prompt
+            t = T + 1
+            told(out, t)
+            t = self.repeat("decode", t, min(end, block + 1), told)
+        while t < min(end, block):  # the classic step while the context is still growing
+            out[:, t : t + 1] = self.sample(self.model(out[:, :t])[0])
+            t += 1
+            told(out, t)
+        if t < end:
+            self.window.copy_(torch.arange(t - block, t, device=out.device))
+            self.repeat("window", t, end, told)
+        return out.clone()
 
-        repeat(window_step, t, end, graph_device, lambda t: told(out, t))
-    return out
+    def repeat(self, kind, t, end, told):
+        """Run the step of this kind once per token until there are `end` tokens (told after each);
+        on CUDA it is recorded as a graph the first time, and replayed from then on."""
+        step = self.decode_step if kind == "decode" else self.window_step
+        while t < end:
+            if kind in self.replays:
+                self.replays[kind]()
+            elif self.graph_device is not None and end - t >= 4:  # recording costs about a few eager steps
+                self.replays[kind] = CUDAGraph(step, warmup=1, rewind_rng=False, device=self.graph_device)  # (it ran)
+            else:
+                step()
+            t += 1
+            told(self.out, t)
+        return end
 
 
-def repeat(step, t, end, graph_device, told):
-    """Call step() once per token until there are `end` tokens (told(t) after each); given a CUDA
-    graph_device, the first call is recorded as a graph there that the others replay."""
-    replay = None
-    while t < end:
-        if replay is not None:
-            replay()
-        elif graph_device is not None and end - t >= 4:  # recording costs about as much as a few eager steps
-            replay = CUDAGraph(step, warmup=1, rewind_rng=False, device=graph_device)  # the warm-up is this step
-        else:
-            step()
-        t += 1
-        told(t)
-    return end
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_tokens=None, **options):
+    """Extend idx (B, T) by max_new_tokens sampled tokens: one call of a new Sampler."""
+    sampler = Sampler(model, *idx.shape, max_new_tokens, temperature, top_k, **options)
+    return sampler(idx, on_tokens)

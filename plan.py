@@ -137,15 +137,27 @@ class Plan:
         parts.append(compiled.get(self.compile, f"model compiled (mode {self.compile_mode})"))
         if self.cuda_graph:
             parts.append("micro-step replayed as a CUDA graph" if self.training else "decode replayed as CUDA graphs")
+        if self.cast_blocks:
+            parts.append(f"block weights held in {self.dtype}")
         if self.training:
             parts.append("chunked head+loss" if self.head_loss == "chunked" else "full logits")
         parts.append("SDPA attention" if self.attention == "sdpa" else "masked-softmax attention")
         return ", ".join(parts)
 
+    @property
+    def cast_blocks(self):
+        """Sampling under autocast: the blocks' Linear weights are cast to the autocast dtype once,
+        not at every step (the same values: autocast rounds them alike)."""
+        return not self.training and self.dtype != "float32"
+
     def apply(self, model):
         """Give model this plan's attention and head_loss (how its math runs, not what it computes),
         and compile it in place (its state dict keeps its names)."""
         model.config.attention, model.config.head_loss = self.attention, self.head_loss
+        if self.cast_blocks:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
+            for module in model.transformer.h.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(DTYPES[self.dtype])
         if self.compile == "blocks":  # all blocks share one graph: compiled in seconds
             for block in model.transformer.h:
                 block.compile(dynamic=False)

@@ -7,17 +7,20 @@
 Tokens are printed as they are generated; each sample ends with a line of dashes.
 """
 
+import time
+
+STARTED = time.perf_counter()  # --verbose counts the time to the first token from here, imports included
+
 import codecs
 import os
 import sys
-import time
 
 import torch
 
 import checkpoint
 from configurator import configure
 from dataloader import dataset_meta, load_meta
-from engine import check_sampling
+from engine import Sampler, check_sampling
 from errors import UserError, first_line, report_user_errors
 from huggingface import PRETRAINED, is_model_name, load_pretrained
 from plan import default_device, default_dtype, make_plan, prepare_torch
@@ -37,6 +40,8 @@ device = default_device()  # 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
 compile = False  # use PyTorch 2.0 to compile the model to be faster (slower to start)
 attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
+batch_samples = False  # draw all num_samples at once, as one batch: faster on a GPU, other draws than one by one
+verbose = False  # say on stderr how the time went: to the first token, and the tokens per second
 # -----------------------------------------------------------------------------
 config, changed = configure(globals(), nullable={"top_k"})
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
@@ -114,26 +119,40 @@ x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
 
 class Printer:
-    """Writes a sample's text as its tokens come: what is new, about 20 times a second, decoded
-    as UTF-8 across token boundaries (a GPT-2 token can hold part of a character)."""
+    """Writes row `row` of a batch of samples as its tokens come: what is new, about 20 times a
+    second, decoded as UTF-8 across token boundaries (a GPT-2 token can hold part of a character)."""
 
-    def __init__(self):
-        self.printed, self.last = 0, 0.0
+    first_token_at = None  # when the first new token was printed (for --verbose)
+
+    def __init__(self, row=0):
+        self.row, self.printed, self.last = row, 0, 0.0
         self.text = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, out, t, final=False):
         if final or time.time() - self.last > 0.05:
-            new = out[0, self.printed : t].tolist()  # waits for the GPU: only this often
+            new = out[self.row, self.printed : t].tolist()  # waits for the GPU: only this often
             sys.stdout.write(self.text.decode(to_bytes(new), final=final))
             sys.stdout.flush()
             self.printed, self.last = t, time.time()
+            if Printer.first_token_at is None and t > x.size(1):
+                Printer.first_token_at = time.perf_counter()
 
 
-# run generation
+# run generation: one Sampler draws every sample and reuses its buffers and recorded CUDA graphs;
+# with batch_samples, all of them at once as the rows of one batch (row 0 is printed as it comes)
+rows = num_samples if batch_samples else 1
 with torch.no_grad(), plan.autocast():
-    for _ in range(num_samples):
-        printer = Printer()
-        y = model.generate(x, max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph, on_tokens=printer)
-        printer(y, y.size(1), final=True)
-        print()
-        print("---------------")
+    sampler = Sampler(model, rows, x.size(1), max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph)
+    began = time.perf_counter()
+    for _ in range(num_samples // rows):
+        printers = [Printer(row) for row in range(rows)]
+        y = sampler(x.expand(rows, -1), on_tokens=printers[0])
+        for printer in printers:
+            printer(y, y.size(1), final=True)  # (row 0: what is left of it)
+            print()
+            print("---------------")
+if verbose:
+    seconds = time.perf_counter() - began
+    print(f"time to the first token: {Printer.first_token_at - STARTED:.2f} s from the start", file=sys.stderr)
+    tokens, how = num_samples * max_new_tokens, "one batch" if batch_samples else "one sample at a time"
+    print(f"{tokens:,} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s, {how})", file=sys.stderr)

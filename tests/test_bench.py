@@ -26,3 +26,15 @@ def test_bench_reports_time_tokens_and_a_sane_loss(tmp_path, real):
     losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", proc.stdout)]
     vocab = 32 if real else 97
     assert len(losses) == 2 and all(abs(x - math.log(vocab)) < 0.5 for x in losses)  # near uniform at init
+
+
+def test_bench_sample_reports_both_batches(tmp_path):
+    args = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16"]
+    args += ["--vocab_size=64", "--sample=True", "--max_new_tokens=20", "--repeats=1"]
+    proc = subprocess.run([*BENCH, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    pattern = r"sampling (\d+) x 20 tokens: ([0-9,]+) tokens/s \(([0-9.]+) ms per step\), first token"
+    lines = re.findall(pattern, proc.stdout)
+    assert [rows for rows, _, _ in lines] == ["1", "10"]
+    for rows, rate, ms in lines:  # tokens/s is the rows' tokens over the steps' time
+        assert float(rate.replace(",", "")) == pytest.approx(int(rows) * 1000 / float(ms), rel=0.01, abs=0.5)

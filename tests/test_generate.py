@@ -219,6 +219,31 @@ def test_sampled_tokens_equal_with_global_seed():
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("new", [8, 30])  # within the KV cache's block, and past it (the sliding window)
+def test_a_reused_sampler_draws_as_fresh_generate_calls(new):
+    """One Sampler called again and again (its buffers and cache reused) draws what as many fresh
+    generate() calls draw from the same global seed: nanoGPT's samples, one after another."""
+    model = make_model(seed=8, std=0.1)
+    idx = prompt(2, 3, seed=9)
+    torch.manual_seed(5)
+    fresh = [model.generate(idx, new, temperature=0.9, top_k=10) for _ in range(3)]
+    torch.manual_seed(5)
+    sampler = engine.Sampler(model, 2, 3, new, temperature=0.9, top_k=10)
+    reused = [sampler(idx) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(fresh, reused, strict=True))
+    assert not torch.equal(reused[0], reused[1])  # each call draws anew
+
+
+def test_a_reused_sampler_starts_afresh_for_each_prompt():
+    model = make_model(seed=3)
+    sampler = engine.Sampler(model, 2, 4, 30, temperature=0)
+    for seed in (1, 2, 3):
+        idx = prompt(2, 4, seed=seed)
+        assert torch.equal(sampler(idx), greedy_by_hand(model, idx, 30))
+    with pytest.raises(ValueError, match=r"prompts of shape \(2, 4\), not \(1, 4\)"):
+        sampler(idx[:1])
+
+
 @pytest.mark.parametrize("top_k", [None, 1, 3, 10, 64, 1000])
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 2.0])
 def test_sample_next_matches_hand_computed_distribution(top_k, temperature):
@@ -356,6 +381,18 @@ def test_cuda_graph_greedy_equals_recompute(attention, batch, length, new):
     assert torch.equal(model.generate(idx, new, top_k=1), expected)  # graphs by default on CUDA
     assert torch.equal(model.generate(idx, new, temperature=0, cuda_graph=True), expected)
     assert torch.equal(model.generate(idx, new, temperature=0, cuda_graph=False), expected)
+
+
+@pytest.mark.gpu
+def test_a_reused_sampler_replays_its_graphs_for_new_prompts():
+    """The decode and window graphs recorded at the first call serve the next prompts: the cache and
+    the window start afresh each time (greedy, float32: the very tokens of the eager loop)."""
+    model = make_model(seed=2, std=0.1).cuda()
+    sampler = engine.Sampler(model, 2, 5, 40, temperature=0, cuda_graph=True)  # 45 > BLOCK: both kinds of step
+    for seed in (1, 2, 3):
+        idx = prompt(2, 5, seed=seed).cuda()
+        assert torch.equal(sampler(idx), greedy_by_hand(model, idx, 40))
+    assert set(sampler.replays) == {"decode", "window"}
 
 
 @pytest.mark.gpu

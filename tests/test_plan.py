@@ -53,7 +53,9 @@ def test_the_one_line_says_what_runs(on_cuda):
     p = make_plan("cuda:1", "bfloat16", compile=True, processes=8, fsdp=True)
     assert p.describe().startswith("cuda:1 bfloat16, FSDP over 8 processes, model compiled (mode default), ")
     sampling = make_plan("cuda", "bfloat16", training=False)
-    assert sampling.describe() == "cuda bfloat16, not compiled, decode replayed as CUDA graphs, SDPA attention"
+    assert sampling.describe() == (
+        "cuda bfloat16, not compiled, decode replayed as CUDA graphs, block weights held in bfloat16, SDPA attention"
+    )
 
 
 @pytest.mark.parametrize(
@@ -99,3 +101,18 @@ def test_a_plan_followed_on_the_cpu_gives_the_same_loss_either_way():
         assert (logits is None) == (head_loss == "chunked")
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-12)
+
+
+def test_sampling_holds_the_block_weights_in_the_autocast_dtype_with_the_same_logits():
+    """Autocast casts each Linear weight at every step; a sampling plan casts the blocks' once: the
+    same values, so the same logits, bit for bit. LayerNorm and the (tied) embedding stay float32."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=4, n_embd=32, attention="manual"))
+    reference = GPT(model.config).eval()
+    reference.load_state_dict(model.state_dict())
+    make_plan("cpu", "bfloat16", attention="manual", training=False).apply(model.eval())
+    assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+    assert model.transformer.h[0].ln_1.weight.dtype == model.lm_head.weight.dtype == torch.float32
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(idx)[0], reference(idx)[0])

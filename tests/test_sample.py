@@ -8,6 +8,7 @@ independently) accept a checkpoint as ours writes it.
 import dataclasses
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -301,3 +302,22 @@ def test_gpt2_without_network_fails_fast_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot load gpt2: it is not in the Hugging Face cache")
     assert "http://127.0.0.1:9 cannot be reached" in lines[0]
+
+
+def test_batched_samples_are_the_rows_generate_draws_for_a_batch(char_run):
+    """--batch_samples=True draws every sample at once: the rows of one generate() call on the prompt
+    repeated, computed here in-process from the same seed; --verbose says how the time went."""
+    import checkpoint
+
+    folder, _, meta = char_run
+    result = run_sample(folder, "--start=First", "--num_samples=3", "--max_new_tokens=40", "--batch_samples=True",
+                        "--verbose=True")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    torch.manual_seed(1337)
+    model = checkpoint.model_from(checkpoint.load(str(folder / "out" / "ckpt.pt")), dropout=0.0).eval()
+    x = torch.tensor([[meta["stoi"][c] for c in "First"]]).expand(3, -1)
+    expected = ["".join(meta["itos"][i] for i in row.tolist()) for row in model.generate(x, 40, 0.8, 200)]
+    assert samples_of(result.stdout) == expected and len(set(expected)) == 3
+    first, rate = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"time to the first token: [0-9.]+ s from the start", first)
+    assert re.fullmatch(r"120 tokens in [0-9.]+ s \([0-9,]+ tokens/s, one batch\)", rate)
