@@ -17,7 +17,7 @@ from atomic import atomic_folder
 from configurator import configure
 from dataloader import dataset_meta, load_meta
 from errors import UserError, first_line, report_user_errors
-from huggingface import GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
+from huggingface import GPT2_FILES, GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
 from model import ARCH_KEYS
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -33,14 +33,36 @@ if not hf_dir:  # beside the checkpoint's folder
 # -----------------------------------------------------------------------------
 
 
+# every file an export writes: --overwrite replaces a folder holding these alone
+EXPORT_FILES = ("config.json", "model.safetensors", "chars.json", *GPT2_FILES, "tokenizer_config.json")
+
+
 def check_target():
-    """Refuse, before any work, to write where it would replace something unasked."""
+    """Refuse, before any work, to write where it would replace something unasked: --overwrite
+    replaces an earlier export, never a folder holding anything else (the checkpoint, other runs)."""
+    if os.path.islink(hf_dir):  # the swap would replace the link, and leave what it points to
+        raise UserError(f"hf_dir {hf_dir} is a symbolic link: give the folder it points to")
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
         raise UserError(f"hf_dir {hf_dir} is a file: choose another --hf_dir")
-    if os.path.exists(os.path.join(hf_dir, checkpoint.CKPT_NAME)):  # even with --overwrite
+    hf, out = os.path.realpath(hf_dir), os.path.realpath(out_dir)
+    if out == hf or out.startswith(os.path.join(hf, "")):
+        inside = "is" if out == hf else "holds"
+        raise UserError(f"hf_dir {hf_dir} {inside} out_dir {out_dir}, the run being exported: choose another --hf_dir")
+    names = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+    if checkpoint.CKPT_NAME in names:  # even with --overwrite
         raise UserError(f"hf_dir {hf_dir} holds a training checkpoint ({checkpoint.CKPT_NAME}): choose another hf_dir")
-    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
-        raise UserError(f"{hf_dir} already holds files: choose another --hf_dir, or replace them with --overwrite=True")
+    foreign = [n for n in names if n not in EXPORT_FILES or not is_plain_file(os.path.join(hf_dir, n))]
+    if foreign or names and not {"config.json", "model.safetensors"} <= set(names):  # an export writes both
+        raise UserError(
+            f"{hf_dir} holds {(foreign or names)[0]!r} and is no earlier export: choose another --hf_dir "
+            "(--overwrite replaces only an export)"
+        )
+    if names and not overwrite:
+        raise UserError(f"{hf_dir} holds an export: choose another --hf_dir, or replace it with --overwrite=True")
+
+
+def is_plain_file(path):
+    return os.path.isfile(path) and not os.path.islink(path)
 
 
 def classic_model(ckpt):

@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -502,3 +503,82 @@ def test_classic_meta_pkl_loads_with_every_protocol(tmp_path, protocol):
     with open(tmp_path / "meta.pkl", "wb") as f:
         pickle.dump(meta, f, protocol=protocol)
     assert dataloader.load_meta(str(tmp_path / "meta.pkl")) == meta
+
+
+# ---------------------------------------------------------------------------- the other scripts, run in this process
+
+
+def run_in_process(script: Path, cwd: Path, args, monkeypatch) -> str | None:
+    """`python script *args` in cwd, run in this process (no interpreter start-up): the message of the
+    one-line error it ends with (a UserError, or the exit of a script that prints its own), None if none."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # report_user_errors() replaces it
+    monkeypatch.setattr(sys, "path", [str(script.parent), *sys.path])
+    with torch.random.fork_rng(devices=[]):  # the scripts seed torch
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except UserError as e:
+            return str(e)
+        except SystemExit as e:
+            if e.code in (None, 0):
+                return None
+            assert isinstance(e.code, str) and e.code.startswith("error: "), e.code
+            return e.code.removeprefix("error: ")
+    return None
+
+
+def assert_one_line(message: str | None, *phrases: str):
+    """An `error:` line that says what and how, briefly: one line, under 200 characters, no library text."""
+    assert message is not None, "no error"
+    assert "\n" not in message and len(f"error: {message}") < 200, message
+    assert "Traceback" not in message and "Errno" not in message, message
+    for phrase in phrases:
+        assert phrase in message, f"{phrase!r} not in {message!r}"
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    """runs/a/ckpt.pt (a character-level model on data/toy) beside runs/b, a folder of the user's."""
+    from test_export_hf import save_checkpoint, small_model, write_meta
+
+    write_meta(tmp_path)
+    save_checkpoint(tmp_path, small_model(), dataset="toy")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "out").rename(tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "b").mkdir()
+    (tmp_path / "runs" / "b" / "notes.txt").write_text("mine")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "hf_dir, phrase",
+    [
+        ("runs", "hf_dir runs holds out_dir runs/a, the run being exported"),
+        ("runs/a", "hf_dir runs/a is out_dir runs/a"),
+        (".", "hf_dir . holds out_dir runs/a"),
+        ("runs/b", "runs/b holds 'notes.txt' and is no earlier export"),
+        ("data", "data holds 'toy' and is no earlier export"),
+    ],
+)
+def test_export_overwrite_replaces_only_an_earlier_export(run_dirs, monkeypatch, hf_dir, phrase):
+    before = snapshot(run_dirs)
+    args = ["--out_dir=runs/a", f"--hf_dir={hf_dir}", "--overwrite=True"]
+    assert_one_line(run_in_process(REPO / "export_hf.py", run_dirs, args, monkeypatch), phrase)
+    assert snapshot(run_dirs) == before
+
+
+def test_export_overwrite_replaces_an_earlier_export(run_dirs, monkeypatch, capsys):
+    def export(*args):
+        return run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", *args], monkeypatch)
+
+    assert export("--hf_dir=hf") is None
+    (run_dirs / "hf" / "config.json").write_text("{}")
+    assert_one_line(export("--hf_dir=hf"), "hf holds an export: choose another --hf_dir, or replace it with")
+    assert export("--hf_dir=hf", "--overwrite=True") is None
+    assert sorted(os.listdir(run_dirs / "hf")) == ["chars.json", "config.json", "model.safetensors"]
+    assert (run_dirs / "hf" / "config.json").read_text() != "{}"
+    (run_dirs / "hf" / "README.md").write_text("my notes on this model")  # no longer an export alone
+    assert_one_line(export("--hf_dir=hf", "--overwrite=True"), "hf holds 'README.md' and is no earlier export")
+    os.symlink("hf", run_dirs / "link")
+    assert_one_line(export("--hf_dir=link", "--overwrite=True"), "hf_dir link is a symbolic link")
