@@ -1,5 +1,8 @@
 """User mistakes end a script with one line on stderr, `error: ...`, and exit status 1, no traceback."""
 
+import errno
+import os
+import re
 import sys
 
 
@@ -35,3 +38,30 @@ def first_line(e):
     """An exception as one short line: its type and the first line of its message."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def reason(e):
+    """Why an operation failed, in a few words and without the library's text: the system's reason
+    for an OS error ('No space left on device', also inside a Rust library's message), an HTTP
+    status, else the exception's type ('ConnectionError')."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status:
+        return f"HTTP {status}"
+    code = os_errno(e)
+    return os.strerror(code) if code else type(e).__name__
+
+
+def os_errno(e):
+    """The errno of an OS error, or of one a library reports as '... (os error 28)'; None if none."""
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    code = re.search(r"\(os error (\d+)\)", str(e))
+    return int(code.group(1)) if code else None
+
+
+def cannot_write(path, e, elsewhere):
+    """The UserError for a file that could not be written: what, why and the fix (`elsewhere`: the
+    flag that chooses another place, e.g. '--out_dir')."""
+    full = os_errno(e) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    fix = f"free some disk space or choose another {elsewhere}" if full else f"choose another {elsewhere}"
+    return UserError(f"cannot write {path} ({reason(e)}): {fix}")

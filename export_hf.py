@@ -16,7 +16,7 @@ import checkpoint
 from atomic import atomic_folder
 from configurator import configure
 from dataloader import dataset_meta, load_meta
-from errors import UserError, first_line, report_user_errors
+from errors import UserError, cannot_write, os_errno, report_user_errors
 from huggingface import GPT2_FILES, GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
 from model import ARCH_KEYS
 
@@ -115,8 +115,10 @@ try:
     os.makedirs(os.path.dirname(os.path.abspath(hf_dir)), exist_ok=True)
     with atomic_folder(hf_dir) as folder:  # a failure midway leaves hf_dir as it was
         write_folder(folder, model, chars, tokenizer_files)
-except OSError as e:
-    raise UserError(f"cannot write {hf_dir} ({first_line(e)}): free some space or choose another --hf_dir") from None
+except Exception as e:  # an OS error, or safetensors' report of one (a full disk)
+    if not (isinstance(e, OSError) or os_errno(e)):
+        raise
+    raise cannot_write(hf_dir, e, "--hf_dir") from None
 print(f"exported {out_dir}/{checkpoint.CKPT_NAME} to {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")
 if chars is not None:
     print(

@@ -2,6 +2,7 @@
 non-zero and leaves what the user had untouched; a SIGKILL at any moment leaves a loadable
 checkpoint; crafted checkpoints and meta.pkl files are refused without running their code."""
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -24,6 +25,7 @@ import atomic
 import checkpoint
 import dataloader
 import hardware
+import plot
 from errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -582,3 +584,105 @@ def test_export_overwrite_replaces_an_earlier_export(run_dirs, monkeypatch, caps
     assert_one_line(export("--hf_dir=hf", "--overwrite=True"), "hf holds 'README.md' and is no earlier export")
     os.symlink("hf", run_dirs / "link")
     assert_one_line(export("--hf_dir=link", "--overwrite=True"), "hf_dir link is a symbolic link")
+
+
+def main_error(main, argv, capsys) -> str | None:
+    """A script's main(argv), in this process: the message of the one `error:` line it exits with."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as e:
+        err = e.code if isinstance(e.code, str) else capsys.readouterr().err  # sys.exit(text) prints it later
+        assert e.code != 0 and err.startswith("error: ") and err.rstrip("\n").count("\n") == 0, err
+        return err.removeprefix("error: ").rstrip("\n")
+    return None
+
+
+@contextlib.contextmanager
+def small_files(limit: int):
+    """No file may grow past `limit` bytes: a write beyond it fails with EFBIG (File too large), the
+    system's own refusal at the very write, as a full disk's ENOSPC would be."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write fails instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def small_text(path: Path) -> Path:
+    path.write_text("To be, or not to be, that is the question.\n" * 300)  # 13 KB
+    return path
+
+
+@pytest.mark.parametrize("writer", ["export", "plot", "prepare_text", "shakespeare_char"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_dirs, monkeypatch, capsys, writer):
+    """Every writer, when the system refuses a write midway: one line naming the file, the reason and
+    the fix; what was there before is as it was and no temp file is left."""
+    from test_data import load_script
+    from test_prepare_text import pt
+
+    monkeypatch.chdir(run_dirs)
+    plot.TrainingLog("runs/a", truncate=True, say=print).row(0, 3.5, None, 1e-3, 12.0, None)
+    assert plot.main(["runs/a", "--out", "old.png"]) is None  # (matplotlib's caches are warm now)
+    small_text(run_dirs / "in.txt")
+    before = snapshot(run_dirs)
+    with small_files(4096):
+        if writer == "export":
+            message = run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", "--hf_dir=hf"], monkeypatch)
+            target = "hf"
+        elif writer == "plot":
+            message, target = main_error(plot.main, ["runs/a", "--out", "old.png"], capsys), "old.png"
+        elif writer == "prepare_text":
+            message = main_error(pt.main, ["in.txt", "--out_dir", "new", "--block_size=8"], capsys)
+            target = "new"
+        else:
+            main = load_script("shakespeare_char").main
+            message, target = main_error(main, ["in.txt", "--out-dir", "sc"], capsys), "sc/input.txt"
+    assert_one_line(message, f"{target} (File too large): free some disk space or choose another --")
+    after = snapshot(run_dirs)
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
+    assert not [p for p in run_dirs.rglob(".*")], "a temp file was left"
+
+
+LOG_HEADER = "iter,loss,val_loss,lr,time_ms,mfu\n"
+
+
+def test_read_log_leaves_out_a_cut_short_last_row_and_blank_rows(tmp_path):
+    """A run killed while writing a row leaves it without its newline: the rows before it are the log."""
+    log = tmp_path / "train_log.csv"
+    log.write_text(LOG_HEADER + "0,4.5,4.6,0.001,,\n\n1,4.25,,0.001,12.5,\n,,,,,\n2,4.0,,0.0")
+    assert plot.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)])
+    log.write_text(LOG_HEADER + "2")  # the first row, cut short
+    assert plot.read_log(str(log)) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "log, phrase",
+    [
+        (LOG_HEADER + "0,4.5,,0.001,12.0,\n1\n", "line 3 of out/train_log.csv ('1') is no row of iter,loss"),
+        (LOG_HEADER + "0,4.513,4.6,,0.001,12.0,\n", "line 2 of out/train_log.csv ('0,4.513,"),  # a row on a cut one
+        ("x" * 200_000 + "\n", "out/train_log.csv is not a training log"),
+        (b"\xff\xfe\x00", "out/train_log.csv is not a training log: it is not text"),
+    ],
+)
+def test_plot_py_says_which_row_of_a_log_is_broken(tmp_path, monkeypatch, capsys, log, phrase):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train_log.csv").write_bytes(log if isinstance(log, bytes) else log.encode())
+    assert_one_line(main_error(plot.main, ["out"], capsys), phrase)
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_plot_py_out_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.csv").write_text(LOG_HEADER + "0,4.5,,0.001,12.0,\n")
+    (tmp_path / "pictures").mkdir()
+    message = main_error(plot.main, ["run", "--out", "pictures"], capsys)
+    assert_one_line(message, "--out pictures is a folder: give the picture's file name, e.g. --out pictures/loss.png")
+    assert sorted(os.listdir(tmp_path)) == ["pictures", "run"] and os.listdir(tmp_path / "pictures") == []
