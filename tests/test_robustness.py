@@ -3,6 +3,7 @@ non-zero and leaves what the user had untouched; a SIGKILL at any moment leaves 
 checkpoint; crafted checkpoints and meta.pkl files are refused without running their code."""
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import os
@@ -686,3 +687,23 @@ def test_plot_py_out_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
     message = main_error(plot.main, ["run", "--out", "pictures"], capsys)
     assert_one_line(message, "--out pictures is a folder: give the picture's file name, e.g. --out pictures/loss.png")
     assert sorted(os.listdir(tmp_path)) == ["pictures", "run"] and os.listdir(tmp_path / "pictures") == []
+
+
+@pytest.mark.parametrize("script", ["prepare_text", "shakespeare_char"])
+def test_prepare_on_a_read_only_filesystem_says_so(tmp_path, monkeypatch, capsys, script):
+    """The folder cannot be made: the message is that, not what the cleanup met afterwards."""
+    from test_data import load_script
+    from test_prepare_text import pt
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.chdir(tmp_path)
+    small_text(tmp_path / "in.txt")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    if script == "prepare_text":
+        message = main_error(pt.main, ["in.txt", "--out_dir", "ro/new", "--block_size=8"], capsys)
+    else:
+        message = main_error(load_script("shakespeare_char").main, ["in.txt", "--out-dir", "ro/new"], capsys)
+    assert_one_line(message, "cannot write ro/new (Read-only file system): choose another --out-dir")
+    assert os.listdir(tmp_path) == ["in.txt"]
