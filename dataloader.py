@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import torch
 
-from errors import UserError, first_line
+from errors import UserError, first_line, reason
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,15 +52,24 @@ class Batches:
                     f"no {split} data for dataset {dataset!r}: data/{dataset}/{split}.bin is missing; "
                     f"run python data/{dataset}/prepare.py first"
                 )
-            tokens = os.path.getsize(path) // 2
+            size = os.path.getsize(path)
+            if size % 2:  # a file cut short, or no token file: read on, every token after a cut is wrong
+                raise UserError(
+                    f"{path} is {size:,} bytes, not a whole number of 2-byte token ids: it is cut short or no "
+                    f"token file; run python data/{dataset}/prepare.py again"
+                )
+            tokens = size // 2
             if tokens < block_size + 1:
                 raise UserError(
                     f"{path} holds {tokens} tokens, fewer than block_size + 1 = {block_size + 1}: "
                     "lower --block_size or prepare more data"
                 )
             self.paths[split] = path
-            small = os.path.getsize(path) <= in_memory_bytes
-            self.arrays[split] = np.fromfile(path, dtype=np.uint16) if small else None
+            try:
+                self.arrays[split] = np.fromfile(path, dtype=np.uint16) if size <= in_memory_bytes else None
+                self.tokens(split)  # (a large file is mapped here once, to know that it can be)
+            except OSError as e:
+                raise UserError(f"cannot read {path} ({reason(e)})") from None
         self.offsets = np.arange(block_size + 1, dtype=np.int64)
 
     def tokens(self, split):

@@ -707,3 +707,15 @@ def test_prepare_on_a_read_only_filesystem_says_so(tmp_path, monkeypatch, capsys
         message = main_error(load_script("shakespeare_char").main, ["in.txt", "--out-dir", "ro/new"], capsys)
     assert_one_line(message, "cannot write ro/new (Read-only file system): choose another --out-dir")
     assert os.listdir(tmp_path) == ["in.txt"]
+
+
+@pytest.mark.parametrize("in_memory_bytes", [1 << 30, 0])  # read whole, memory-mapped
+def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes):
+    """A .bin cut in the middle of a token: read on, it would shift every token after the cut."""
+    make_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with open("data/tiny/train.bin", "ab") as f:
+        f.write(b"\x07")
+    with pytest.raises(UserError) as e:
+        dataloader.Batches("tiny", 16, 4, "cpu", in_memory_bytes=in_memory_bytes)
+    assert_one_line(str(e.value), "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids")
