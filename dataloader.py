@@ -132,3 +132,20 @@ def load_meta(path, keys=("vocab_size",)):
     if type(meta["vocab_size"]) is not int or meta["vocab_size"] < 1:
         raise UserError(f"{path} has an invalid vocab_size {meta['vocab_size']!r}: rerun the dataset's prepare.py")
     return meta
+
+
+def char_vocabulary(meta, path, vocab_size):
+    """The characters of a meta.pkl by id ({id: str}; nanoGPT's itos is a dict, a list also does),
+    checked to be the vocabulary of a model of vocab_size tokens: a dataset prepared again from
+    other text after training would decode the model's ids as other characters."""
+    itos = dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
+    stoi = meta.get("stoi", {})
+    plain = isinstance(itos, dict) and all(type(i) is int and type(ch) is str for i, ch in itos.items())
+    if not plain or not isinstance(stoi, dict) or not all(type(ch) is str and type(i) is int for ch, i in stoi.items()):
+        raise UserError(f"{path} is not a character vocabulary (its itos and stoi map ids and str): rerun prepare.py")
+    if sorted(itos) != list(range(vocab_size)) or meta["vocab_size"] != vocab_size:
+        raise UserError(
+            f"{path} has {len(itos)} characters but the model has {vocab_size} tokens: the dataset was prepared "
+            "again, from other text; prepare it from the model's own text"
+        )
+    return itos

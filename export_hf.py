@@ -15,7 +15,7 @@ import os
 import checkpoint
 from atomic import atomic_folder
 from configurator import configure
-from dataloader import dataset_meta, load_meta
+from dataloader import char_vocabulary, dataset_meta, load_meta
 from errors import UserError, cannot_write, os_errno, report_user_errors
 from huggingface import GPT2_FILES, GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
 from model import ARCH_KEYS
@@ -78,8 +78,8 @@ def character_vocabulary(ckpt, vocab_size):
     for a model on GPT-2's tokens."""
     dataset, meta_path = dataset_meta(ckpt)
     if meta_path:
-        itos = load_meta(meta_path, keys=("itos",))["itos"]
-        return [itos[i] for i in sorted(itos)] if isinstance(itos, dict) else list(itos)
+        itos = char_vocabulary(load_meta(meta_path, keys=("itos",)), meta_path, vocab_size)
+        return [itos[i] for i in range(vocab_size)]
     if vocab_size < GPT2_VOCAB:
         raise UserError(
             f"the model has {vocab_size} tokens, too few for GPT-2's, and no data/{dataset}/meta.pkl was found: "

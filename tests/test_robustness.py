@@ -719,3 +719,39 @@ def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes
     with pytest.raises(UserError) as e:
         dataloader.Batches("tiny", 16, 4, "cpu", in_memory_bytes=in_memory_bytes)
     assert_one_line(str(e.value), "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids")
+
+
+def write_toy_meta(root: Path, itos, vocab_size=None):
+    meta = {"vocab_size": len(itos) if vocab_size is None else vocab_size, "itos": dict(enumerate(itos))}
+    meta["stoi"] = {ch: i for i, ch in enumerate(itos)}
+    with open(root / "data" / "toy" / "meta.pkl", "wb") as f:
+        pickle.dump(meta, f)
+
+
+@pytest.mark.parametrize(
+    "seed, ok", [(2**64, False), (-(2**63) - 1, False), (2**64 - 1, True), (-1, True), (1337, True)]
+)
+def test_sample_seed_beyond_64_bits_is_one_line(run_dirs, monkeypatch, capsys, seed, ok):
+    args = ["--out_dir=runs/a", "--device=cpu", f"--seed={seed}", "--start=0", "--num_samples=1", "--max_new_tokens=2"]
+    message = run_in_process(REPO / "sample.py", run_dirs, args, monkeypatch)
+    if ok:
+        assert message is None
+    else:
+        assert_one_line(message, f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
+
+
+@pytest.mark.parametrize("script", ["sample.py", "export_hf.py"])
+@pytest.mark.parametrize(
+    "itos, phrase",
+    [  # the model has 40 tokens
+        ([chr(65 + i) for i in range(18)], "data/toy/meta.pkl has 18 characters but the model has 40 tokens"),
+        ([bytes([48 + i]) for i in range(40)], "data/toy/meta.pkl is not a character vocabulary"),
+    ],
+    ids=["prepared-again", "bytes"],
+)
+def test_a_meta_pkl_that_does_not_fit_the_model_is_one_line(run_dirs, monkeypatch, script, itos, phrase):
+    write_toy_meta(run_dirs, itos)
+    before = snapshot(run_dirs)
+    args = ["--out_dir=runs/a", "--device=cpu"] if script == "sample.py" else ["--out_dir=runs/a"]
+    assert_one_line(run_in_process(REPO / script, run_dirs, args, monkeypatch), phrase)
+    assert snapshot(run_dirs) == before
