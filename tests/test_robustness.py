@@ -755,3 +755,73 @@ def test_a_meta_pkl_that_does_not_fit_the_model_is_one_line(run_dirs, monkeypatc
     args = ["--out_dir=runs/a", "--device=cpu"] if script == "sample.py" else ["--out_dir=runs/a"]
     assert_one_line(run_in_process(REPO / script, run_dirs, args, monkeypatch), phrase)
     assert snapshot(run_dirs) == before
+
+
+@pytest.fixture
+def exported(run_dirs, monkeypatch):
+    """run_dirs with hf/, the export of runs/a."""
+    assert run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", "--hf_dir=hf"], monkeypatch) is None
+    return run_dirs
+
+
+def _cut(rel, keep):
+    def setup(root: Path):
+        data = (root / rel).read_bytes()
+        (root / rel).write_bytes(data[: keep(len(data))])
+
+    return setup
+
+
+@pytest.mark.parametrize(
+    "folder, setup, phrase",
+    [
+        ("hf", _cut("hf/model.safetensors", lambda n: n // 2), "hf/model.safetensors is cut short or corrupt"),
+        ("hf", _cut("hf/model.safetensors", lambda n: 100), "hf/model.safetensors is cut short or corrupt"),
+        ("hf", _cut("hf/config.json", lambda n: n // 2), "hf/config.json is cut short or corrupt"),
+        ("runs/a", None, "runs/a holds a training checkpoint, not a Hugging Face model: use --init_from=resume"),
+        ("runs/b", None, "runs/b has no config.json: give a Hugging Face model folder"),
+    ],
+)
+def test_a_broken_model_folder_is_one_line(exported, monkeypatch, folder, setup, phrase):
+    pytest.importorskip("transformers")
+    import huggingface
+
+    monkeypatch.chdir(exported)
+    if setup:
+        setup(exported)
+    with pytest.raises(UserError) as e:
+        huggingface.load_pretrained(folder)
+    assert_one_line(str(e.value), phrase)
+
+
+def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monkeypatch):
+    """Hugging Face's probe, the shakespeare download and tiktoken's files, with the network gone."""
+    pytest.importorskip("transformers")
+    import huggingface_hub
+    import tiktoken.registry
+    from test_data import load_script
+
+    import huggingface
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("HF_HUB_OFFLINE", "NANOGPT_INPUT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # as in a fresh process
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    with pytest.raises(UserError) as e:
+        huggingface.load_pretrained("gpt2")
+    assert_one_line(str(e.value), "http://127.0.0.1:9 cannot be reached (ConnectionError); connect once")
+    with pytest.raises(UserError) as e:
+        huggingface.gpt2_tokenizer_files()
+    assert_one_line(str(e.value), "cannot get GPT-2's tokenizer files (ProxyError): tiktoken downloads them once")
+    prepare = load_script("shakespeare_char")
+    with pytest.raises(UserError) as e:
+        prepare.pu.gpt2_encoding()
+    assert_one_line(str(e.value), "could not load the GPT-2 tokenizer (ProxyError): connect to the internet once")
+    with pytest.raises(UserError) as e:
+        prepare.prepare(out_dir=tmp_path / "sc")
+    assert_one_line(str(e.value), "could not download input.txt from raw.githubusercontent.com (ProxyError)")
