@@ -47,6 +47,18 @@ config, changed = configure(globals())
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = default_dtype(device)
 # -----------------------------------------------------------------------------
+# what cannot work is an error now, before anything is built or run
+for key in ("batch_size", "num_steps", "repeats"):
+    if config[key] < 1:
+        raise UserError(f"{key}={config[key]} must be at least 1")
+if burn_in < 0:
+    raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
+if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+    raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
+try:
+    model_config = GPTConfig(block_size, vocab_size, n_layer, n_head, n_embd, bias=bias, head_loss=head_loss)
+except ValueError as e:  # a shape no GPT can have
+    raise UserError(str(e)) from None
 device_type = check_device(device, dtype)
 if compile:
     check_compile_mode(compile_mode)
@@ -67,7 +79,7 @@ else:
     get_batch = lambda step: (x, y)  # noqa: E731
 
 # model and optimizer
-model = GPT(GPTConfig(block_size, vocab_size, n_layer, n_head, n_embd, dropout=0.0, bias=bias, head_loss=head_loss))
+model = GPT(model_config)
 model.to(device)
 raw_model = model
 optimizer = model.configure_optimizers(
@@ -114,7 +126,8 @@ if profile:
     print("profile written to ./bench_log")
 else:
     t0 = time.perf_counter()
-    timed_steps(0, burn_in)
+    if burn_in:
+        timed_steps(0, burn_in)
     print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s (compilation included)")
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

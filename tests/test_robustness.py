@@ -825,3 +825,24 @@ def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monk
     with pytest.raises(UserError) as e:
         prepare.prepare(out_dir=tmp_path / "sc")
     assert_one_line(str(e.value), "could not download input.txt from raw.githubusercontent.com (ProxyError)")
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--repeats=0"], "repeats=0 must be at least 1"),
+        (["--batch_size=0"], "batch_size=0 must be at least 1"),
+        (["--num_steps=0"], "num_steps=0 must be at least 1"),
+        (["--burn_in=-1"], "burn_in=-1 must not be negative"),
+        (["--n_head=3"], "n_embd=16 is not divisible by n_head=3"),
+        (["--block_size=0"], "block_size=0 must be at least 1"),
+        (["--seed=-18446744073709551616"], "seed=-18446744073709551616 is out of range"),
+        (["--burn_in=0"], None),  # (BENCH's own: a timed step without a burn-in)
+    ],
+)
+def test_bench_keys_are_checked_before_it_runs(tmp_path, monkeypatch, capsys, args, phrase):
+    message = run_in_process(REPO / "bench.py", tmp_path, [*BENCH, "--real_data=False", *args], monkeypatch)
+    if phrase is None:
+        assert message is None and "time per iteration" in capsys.readouterr().out
+    else:
+        assert_one_line(message, phrase)
