@@ -11,8 +11,9 @@ class UserError(Exception):
 
 
 def report_user_errors():
-    """From now on, an uncaught UserError, Ctrl-C or a GPU out of memory ends the process with one
-    line instead of a traceback. Anything else is a bug and keeps its traceback."""
+    """From now on, an uncaught UserError, Ctrl-C or running out of memory ends the process with one
+    line instead of a traceback, and a closed pipe on stdout quietly. Anything else is a bug and
+    keeps its traceback."""
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
@@ -20,6 +21,13 @@ def report_user_errors():
             print(f"error: {value}", file=sys.stderr, flush=True)
         elif issubclass(kind, KeyboardInterrupt):
             print("interrupted", file=sys.stderr, flush=True)
+        elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)
+        elif issubclass(kind, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(value):
+            asked = re.search(r"allocate (\d+) bytes", str(value))  # torch's CPU allocator says how much
+            what = f" (tried to allocate {int(asked.group(1)) / 2**30:.2f} GiB)" if asked else ""
+            print(f"error: out of memory{what}: lower --batch_size or --block_size, or use a smaller model",
+                  file=sys.stderr, flush=True)  # fmt: skip
         elif kind.__name__ == "OutOfMemoryError":  # torch's: a batch or model too big for the GPU
             what = str(value).strip().split(". GPU")[0]  # "CUDA out of memory. Tried to allocate 1.2 GiB"
             print(

@@ -846,3 +846,30 @@ def test_bench_keys_are_checked_before_it_runs(tmp_path, monkeypatch, capsys, ar
         assert message is None and "time per iteration" in capsys.readouterr().out
     else:
         assert_one_line(message, phrase)
+
+
+def test_cpu_out_of_memory_is_one_line(monkeypatch, capsys):
+    import errors
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    errors.report_user_errors()
+    try:
+        torch.empty(2**62, dtype=torch.uint8)  # torch's CPU allocator refuses at once: nothing is allocated
+    except RuntimeError as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+    sys.excepthook(MemoryError, MemoryError(), None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "error: out of memory (tried to allocate 4294967296.00 GiB): lower --batch_size or --block_size, or use a "
+        "smaller model",
+        "error: out of memory: lower --batch_size or --block_size, or use a smaller model",
+    ]
+
+
+def test_a_closed_pipe_on_stdout_ends_quietly():
+    """`python sample.py | head`: the reader has gone, and so does the script, without a traceback."""
+    code = "import errors; errors.report_user_errors()\nwhile True: print('x' * 1000)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    assert proc.wait(timeout=30) != 0 and proc.stderr.read() == b""
