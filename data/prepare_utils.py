@@ -93,6 +93,31 @@ def import_datasets(name: str):
     return datasets
 
 
+def from_hub(datasets, path: str, **kwargs):
+    """datasets.load_dataset(path, **kwargs) from the Hugging Face hub. Offline (and not in the cache,
+    or HF_HUB_OFFLINE unset), a one-line error within seconds: the hub's client would retry for half
+    a minute, printing each try."""
+    import huggingface_hub
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    if not offline and huggingface_hub.try_to_load_from_cache(path, "README.md", repo_type="dataset") is None:
+        try:
+            requests.head(endpoint, timeout=5)
+        except requests.RequestException as exc:
+            raise UserError(
+                f"could not get {path}: {endpoint} cannot be reached ({reason(exc)}); connect to the internet, "
+                "or set HF_HUB_OFFLINE=1 to use a copy in the Hugging Face cache"
+            ) from None
+    try:
+        return datasets.load_dataset(path, **kwargs)
+    except OSError as exc:  # the hub's and the network's errors, a dataset not found
+        raise UserError(
+            f"could not get {path} from the Hugging Face hub ({reason(exc)}): connect to the internet "
+            "(it is downloaded once, into the Hugging Face cache)"
+        ) from None
+
+
 def shakespeare_arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentParser:
     """Command line shared by the two shakespeare scripts."""
     parser = argparse.ArgumentParser(description=description)

@@ -873,3 +873,22 @@ def test_a_closed_pipe_on_stdout_ends_quietly():
     proc.stdout.read(10)
     proc.stdout.close()
     assert proc.wait(timeout=30) != 0 and proc.stderr.read() == b""
+
+
+def test_a_hub_dataset_offline_is_one_line_within_seconds(monkeypatch):
+    """Not cached and the hub unreachable: the datasets library is not even asked (it retries for 30 s)."""
+    import huggingface_hub
+    from test_data import load_script
+
+    class NoDatasets:
+        def load_dataset(self, *args, **kwargs):
+            raise AssertionError("load_dataset was called")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        load_script("openwebtext").pu.from_hub(NoDatasets(), "openwebtext", num_proc=1)
+    assert time.monotonic() - start < 10
+    assert_one_line(str(e.value), "could not get openwebtext: http://127.0.0.1:9 cannot be reached (ConnectionError)")
