@@ -28,8 +28,9 @@ hf_dir = ""  # the Hugging Face model folder to write; empty: out_dir + '-hf'
 overwrite = False  # replace what hf_dir already holds
 # -----------------------------------------------------------------------------
 configure(globals())
-if not hf_dir:  # beside the checkpoint's folder
-    hf_dir = out_dir.rstrip("/") + "-hf"
+if not hf_dir:  # beside the checkpoint's folder, named after it (also for --out_dir=.)
+    hf_dir = os.path.normpath(out_dir)
+    hf_dir = (os.path.abspath(hf_dir) if os.path.basename(hf_dir) in ("", ".", "..") else hf_dir) + "-hf"
 # -----------------------------------------------------------------------------
 
 

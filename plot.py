@@ -158,6 +158,8 @@ def main(argv=None):
         sys.exit(f"error: cannot write {args.out}: there is no folder {folder}; create it or give another --out")
     if os.path.isdir(args.out):
         sys.exit(f"error: --out {args.out} is a folder: give the picture's file name, e.g. --out {args.out}/loss.png")
+    if not args.out.lower().endswith(".png"):  # (a loss.pdf holding a PNG would be a surprise)
+        sys.exit(f"error: --out {args.out}: plot.py draws PNG pictures; give a file name ending in .png")
     try:
         fig = draw(args.out_dirs, args.out)
     except OSError as e:

@@ -180,6 +180,8 @@ def check_splits(counts: list[int], block_size: int, val_fraction: float) -> Non
 def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0) -> dict[str, int]:
     """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts."""
     source, out_dir = Path(source), Path(out_dir)
+    if source.is_dir() and out_dir.resolve().is_relative_to(source.resolve()):  # it would read its own bins
+        raise pu.UserError(f"the output folder {out_dir} is inside the input folder {source}: write it elsewhere")
     files = input_files(source)
     total_bytes, chunk_bytes = sum(f.stat().st_size for f in files), max(1, round(chunk_mb * 1e6))
     n_chars, vocab = count_text(

@@ -169,6 +169,8 @@ def given_input(given: str | os.PathLike | None, script: str) -> Path | None:
     if given is None:
         return None
     source = Path(given).expanduser()
+    if source.is_dir():
+        raise UserError(f"{source} is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
     if not source.is_file():
         raise UserError(
             f"input file not found: {source}; pass an existing text file as the first argument "

@@ -171,7 +171,9 @@ def totals(done: dict) -> tuple[int, int]:
 def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None, shard_docs: int = SHARD_DOCS):
     """Write <out_dir>/<split>.bin for every split, resuming an interrupted run; return {split: tokens}."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if shard_docs < 1:
+        raise pu.UserError(f"--shard-docs={shard_docs} must be at least 1")
+    pu.make_out_dir(out_dir)
     splits = text_only(splits)
     pu.gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
     record, expected = out_dir / PROGRESS_NAME, fingerprint(splits, recipe)

@@ -892,3 +892,49 @@ def test_a_hub_dataset_offline_is_one_line_within_seconds(monkeypatch):
         load_script("openwebtext").pu.from_hub(NoDatasets(), "openwebtext", num_proc=1)
     assert time.monotonic() - start < 10
     assert_one_line(str(e.value), "could not get openwebtext: http://127.0.0.1:9 cannot be reached (ConnectionError)")
+
+
+def test_prepare_text_refuses_an_output_folder_inside_its_input(tmp_path, monkeypatch, capsys):
+    """It would read the bins of its last run (and everything else there) as text."""
+    from test_prepare_text import pt
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    small_text(tmp_path / "texts" / "a.txt")
+    message = main_error(pt.main, ["texts", "--out_dir", "texts/data", "--block_size=8"], capsys)
+    assert_one_line(message, "the output folder texts/data is inside the input folder texts: write it elsewhere")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "texts"]
+
+
+def test_shakespeare_input_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from test_data import load_script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    message = main_error(load_script("shakespeare_char").main, ["texts", "--out-dir", "sc"], capsys)
+    assert_one_line(message, "texts is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
+
+
+def test_token_bins_shard_docs_below_one_is_one_line(tmp_path):
+    from test_data import load_script
+
+    with pytest.raises(UserError) as e:
+        load_script("openwebtext").token_bins.write_bins({}, tmp_path / "out", {}, shard_docs=0)
+    assert_one_line(str(e.value), "--shard-docs=0 must be at least 1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_out_dir_dot_goes_beside_the_folder(run_dirs, monkeypatch, capsys):
+    shutil.copytree(run_dirs / "data", run_dirs / "runs" / "a" / "data")  # its meta.pkl, found from runs/a
+    assert run_in_process(REPO / "export_hf.py", run_dirs / "runs" / "a", ["--out_dir=."], monkeypatch) is None
+    assert (run_dirs / "runs" / "a-hf" / "model.safetensors").is_file()
+    assert sorted(os.listdir(run_dirs / "runs" / "a")) == ["ckpt.pt", "data"]
+
+
+def test_plot_py_out_not_a_png_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.csv").write_text(LOG_HEADER)
+    message = main_error(plot.main, ["run", "--out", "loss.pdf"], capsys)
+    assert_one_line(message, "--out loss.pdf: plot.py draws PNG pictures; give a file name ending in .png")
+    assert sorted(os.listdir(tmp_path)) == ["run"]
