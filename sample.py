@@ -20,7 +20,7 @@ from dataloader import char_vocabulary, dataset_meta, load_meta
 from engine import check_sampling
 from errors import UserError, reason, report_user_errors
 from hardware import autocast, check_device, default_device, default_dtype
-from huggingface import PRETRAINED, is_model_name, load_pretrained
+from huggingface import GPT2_VOCAB, PRETRAINED, is_model_name, load_pretrained
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -96,6 +96,13 @@ if meta_path:
         raise UserError(f"prompt has characters the vocabulary lacks: {shown}; use characters of {meta_path}")
     start_ids = [stoi[ch] for ch in start]
     to_bytes = lambda ids: "".join(itos.get(i, "\ufffd") for i in ids).encode()  # noqa: E731
+elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's ids would mean other text
+    dataset = dataset_meta(ckpt)[0] if ckpt else None
+    missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl says what they are"
+    raise UserError(
+        f"the model has {model.config.vocab_size} tokens, too few for GPT-2's, and {missing}: "
+        "sample its checkpoint (--out_dir) from the folder you trained in"
+    )
 else:
     print("No meta.pkl found, assuming GPT-2 encodings...")
     import tiktoken

@@ -938,3 +938,13 @@ def test_plot_py_out_not_a_png_is_one_line(tmp_path, monkeypatch, capsys):
     message = main_error(plot.main, ["run", "--out", "loss.pdf"], capsys)
     assert_one_line(message, "--out loss.pdf: plot.py draws PNG pictures; give a file name ending in .png")
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "hf"])
+def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, monkeypatch, source):
+    """GPT-2's tokenizer on a 40-token model would print other text than the model means."""
+    shutil.rmtree(exported / "data")
+    args = ["--out_dir=runs/a"] if source == "checkpoint" else ["--init_from=hf"]
+    message = run_in_process(REPO / "sample.py", exported, [*args, "--device=cpu", "--start=!"], monkeypatch)
+    missing = "no data/toy/meta.pkl was found" if source == "checkpoint" else "no meta.pkl says what they are"
+    assert_one_line(message, f"the model has 40 tokens, too few for GPT-2's, and {missing}")
