@@ -82,8 +82,9 @@ def character_vocabulary(ckpt, vocab_size):
         itos = char_vocabulary(load_meta(meta_path, keys=("itos",)), meta_path, vocab_size)
         return [itos[i] for i in range(vocab_size)]
     if vocab_size < GPT2_VOCAB:
+        missing = f"no data/{dataset}/meta.pkl was found" if dataset else "its checkpoint names no dataset"
         raise UserError(
-            f"the model has {vocab_size} tokens, too few for GPT-2's, and no data/{dataset}/meta.pkl was found: "
+            f"the model has {vocab_size} tokens, too few for GPT-2's, and {missing}: "
             "run export_hf.py from the folder you trained in, so that its character vocabulary is found"
         )
     return None

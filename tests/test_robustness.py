@@ -948,3 +948,11 @@ def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, mon
     message = run_in_process(REPO / "sample.py", exported, [*args, "--device=cpu", "--start=!"], monkeypatch)
     missing = "no data/toy/meta.pkl was found" if source == "checkpoint" else "no meta.pkl says what they are"
     assert_one_line(message, f"the model has 40 tokens, too few for GPT-2's, and {missing}")
+
+
+def test_export_of_a_character_model_whose_checkpoint_names_no_dataset(run_dirs, monkeypatch):
+    ckpt = torch.load(run_dirs / "runs" / "a" / "ckpt.pt", weights_only=True)
+    del ckpt["config"]["dataset"]
+    torch.save(ckpt, run_dirs / "runs" / "a" / "ckpt.pt")
+    message = run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a"], monkeypatch)
+    assert_one_line(message, "the model has 40 tokens, too few for GPT-2's, and its checkpoint names no dataset")
