@@ -825,6 +825,12 @@ def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monk
     with pytest.raises(UserError) as e:
         prepare.prepare(out_dir=tmp_path / "sc")
     assert_one_line(str(e.value), "could not download input.txt from raw.githubusercontent.com (ProxyError)")
+    from test_sample import MODEL_ARGS, build_model, write_checkpoint
+
+    args = dict(MODEL_ARGS, vocab_size=50304, n_embd=16, n_layer=1)  # on GPT-2's tokens
+    write_checkpoint(tmp_path, build_model(args), args, dataset="openwebtext")
+    message = run_in_process(REPO / "sample.py", tmp_path, ["--device=cpu"], monkeypatch)
+    assert_one_line(message, "cannot load tiktoken's gpt2 encoding (ProxyError): it is downloaded once")
 
 
 @pytest.mark.parametrize(
