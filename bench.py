@@ -54,6 +54,21 @@ config, changed = configure(globals())
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = default_dtype(device)
 # -----------------------------------------------------------------------------
+# what cannot work is an error now, before anything is built or run
+for key in ("batch_size", "num_steps", "repeats"):
+    if config[key] < 1:
+        raise UserError(f"{key}={config[key]} must be at least 1")
+if burn_in < 0:
+    raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
+if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+    raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
+try:
+    gpt_config = GPTConfig(
+        block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,
+        bias=bias,
+    )  # fmt: skip
+except ValueError as e:  # a shape no GPT can have
+    raise UserError(str(e)) from None
 plan = make_plan(
     device, dtype, compile=compile, compile_mode=compile_mode, head_loss=head_loss, attention=attention,
     vocab_size=vocab_size, training=not sample,
@@ -76,10 +91,6 @@ else:
     get_batch = lambda it, k: (x, y)  # noqa: E731
 
 # model, optimizer and train.py's step, as the plan says
-gpt_config = GPTConfig(
-    block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,
-    bias=bias,
-)  # fmt: skip
 model = GPT(gpt_config).to(device)
 if not sample:
     optimizer = model.configure_optimizers(
@@ -148,7 +159,8 @@ elif profile:
     print("profile written to ./bench_log")
 else:
     t0 = time.perf_counter()
-    timed_steps(0, burn_in)
+    if burn_in:
+        timed_steps(0, burn_in)
     print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s (compilation included)")
     times = []
     for r in range(repeats):

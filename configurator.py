@@ -56,16 +56,35 @@ def unknown_key(key, keys, script, where=""):
     return UserError(f"unknown config key {key!r}{where}: {guess}(python {script} --help lists every key)")
 
 
+def not_a_config(path, why, script):
+    """A bare argument that is no config file: often a run's folder or checkpoint, meant as --out_dir."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    if os.path.isfile(os.path.join(folder, "ckpt.pt")):
+        resume = "--init_from=resume " if script == "train.py" else ""
+        hint = f"did you mean {resume}--out_dir={folder}?"
+    else:
+        hint = "a config file is Python, such as config/train_shakespeare_char.py"
+    return UserError(f"{path} is not a config file ({why}): {hint}")
+
+
 def apply_file(path, namespace, keys, nullable, script):
     """Execute a config file against a copy of the namespace; take the keys it set. Returns them."""
     try:
-        with open(path) as f:
-            code = compile(f.read(), path, "exec")
+        with open(path, "rb") as f:  # bytes: Python reads a source's encoding from the source itself
+            source = f.read()
     except FileNotFoundError:
         raise UserError(f"config file {path} not found: check the path (configs live in config/)") from None
+    except IsADirectoryError:
+        raise not_a_config(path, "it is a folder", script) from None
     except OSError as e:
         raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+    if b"\0" in source:  # no text holds one; a checkpoint, a .bin or a picture does
+        raise not_a_config(path, "it is binary", script)
+    try:
+        code = compile(source, path, "exec")
     except SyntaxError as e:
+        if e.msg.startswith("(unicode error)") or "Non-UTF-8" in e.msg:
+            raise UserError(f"config file {path} is not UTF-8 text (line {e.lineno}): save it as UTF-8") from None
         raise UserError(f"syntax error in config file {path}, line {e.lineno}: {e.msg}") from None
     scope = dict(namespace)
     try:

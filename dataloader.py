@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import torch
 
-from errors import UserError, first_line
+from errors import UserError, first_line, reason
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,15 +52,24 @@ class Batches:
                     f"no {split} data for dataset {dataset!r}: data/{dataset}/{split}.bin is missing; "
                     f"run python data/{dataset}/prepare.py first"
                 )
-            tokens = os.path.getsize(path) // 2
+            size = os.path.getsize(path)
+            if size % 2:  # a file cut short, or no token file: read on, every token after a cut is wrong
+                raise UserError(
+                    f"{path} is {size:,} bytes, not a whole number of 2-byte token ids: it is cut short or no "
+                    f"token file; run python data/{dataset}/prepare.py again"
+                )
+            tokens = size // 2
             if tokens < block_size + 1:
                 raise UserError(
                     f"{path} holds {tokens} tokens, fewer than block_size + 1 = {block_size + 1}: "
                     "lower --block_size or prepare more data"
                 )
             self.paths[split] = path
-            small = os.path.getsize(path) <= in_memory_bytes
-            self.arrays[split] = np.fromfile(path, dtype=np.uint16) if small else None
+            try:
+                self.arrays[split] = np.fromfile(path, dtype=np.uint16) if size <= in_memory_bytes else None
+                self.tokens(split)  # (a large file is mapped here once, to know that it can be)
+            except OSError as e:
+                raise UserError(f"cannot read {path} ({reason(e)})") from None
         self.offsets = np.arange(block_size + 1, dtype=np.int64)
 
     def tokens(self, split):
@@ -123,3 +132,20 @@ def load_meta(path, keys=("vocab_size",)):
     if type(meta["vocab_size"]) is not int or meta["vocab_size"] < 1:
         raise UserError(f"{path} has an invalid vocab_size {meta['vocab_size']!r}: rerun the dataset's prepare.py")
     return meta
+
+
+def char_vocabulary(meta, path, vocab_size):
+    """The characters of a meta.pkl by id ({id: str}; nanoGPT's itos is a dict, a list also does),
+    checked to be the vocabulary of a model of vocab_size tokens: a dataset prepared again from
+    other text after training would decode the model's ids as other characters."""
+    itos = dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
+    stoi = meta.get("stoi", {})
+    plain = isinstance(itos, dict) and all(type(i) is int and type(ch) is str for i, ch in itos.items())
+    if not plain or not isinstance(stoi, dict) or not all(type(ch) is str and type(i) is int for ch, i in stoi.items()):
+        raise UserError(f"{path} is not a character vocabulary (its itos and stoi map ids and str): rerun prepare.py")
+    if sorted(itos) != list(range(vocab_size)) or meta["vocab_size"] != vocab_size:
+        raise UserError(
+            f"{path} has {len(itos)} characters but the model has {vocab_size} tokens: the dataset was prepared "
+            "again, from other text; prepare it from the model's own text"
+        )
+    return itos

@@ -1,5 +1,8 @@
 """User mistakes end a script with one line on stderr, `error: ...`, and exit status 1, no traceback."""
 
+import errno
+import os
+import re
 import sys
 
 
@@ -8,8 +11,9 @@ class UserError(Exception):
 
 
 def report_user_errors():
-    """From now on, an uncaught UserError, Ctrl-C or a GPU out of memory ends the process with one
-    line instead of a traceback. Anything else is a bug and keeps its traceback."""
+    """From now on, an uncaught UserError, Ctrl-C or running out of memory ends the process with one
+    line instead of a traceback, and a closed pipe on stdout quietly. Anything else is a bug and
+    keeps its traceback."""
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
@@ -17,6 +21,13 @@ def report_user_errors():
             print(f"error: {value}", file=sys.stderr, flush=True)
         elif issubclass(kind, KeyboardInterrupt):
             print("interrupted", file=sys.stderr, flush=True)
+        elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)
+        elif issubclass(kind, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(value):
+            asked = re.search(r"allocate (\d+) bytes", str(value))  # torch's CPU allocator says how much
+            what = f" (tried to allocate {int(asked.group(1)) / 2**30:.2f} GiB)" if asked else ""
+            print(f"error: out of memory{what}: lower --batch_size or --block_size, or use a smaller model",
+                  file=sys.stderr, flush=True)  # fmt: skip
         elif kind.__name__ == "OutOfMemoryError":  # torch's: a batch or model too big for the GPU
             what = str(value).strip().split(". GPU")[0]  # "CUDA out of memory. Tried to allocate 1.2 GiB"
             print(
@@ -35,3 +46,30 @@ def first_line(e):
     """An exception as one short line: its type and the first line of its message."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def reason(e):
+    """Why an operation failed, in a few words and without the library's text: the system's reason
+    for an OS error ('No space left on device', also inside a Rust library's message), an HTTP
+    status, else the exception's type ('ConnectionError')."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status:
+        return f"HTTP {status}"
+    code = os_errno(e)
+    return os.strerror(code) if code else type(e).__name__
+
+
+def os_errno(e):
+    """The errno of an OS error, or of one a library reports as '... (os error 28)'; None if none."""
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    code = re.search(r"\(os error (\d+)\)", str(e))
+    return int(code.group(1)) if code else None
+
+
+def cannot_write(path, e, elsewhere):
+    """The UserError for a file that could not be written: what, why and the fix (`elsewhere`: the
+    flag that chooses another place, e.g. '--out_dir')."""
+    full = os_errno(e) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    fix = f"free some disk space or choose another {elsewhere}" if full else f"choose another {elsewhere}"
+    return UserError(f"cannot write {path} ({reason(e)}): {fix}")

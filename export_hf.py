@@ -15,9 +15,9 @@ import os
 import checkpoint
 from atomic import atomic_folder
 from configurator import configure
-from dataloader import dataset_meta, load_meta
-from errors import UserError, first_line, report_user_errors
-from huggingface import GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
+from dataloader import char_vocabulary, dataset_meta, load_meta
+from errors import UserError, cannot_write, os_errno, report_user_errors
+from huggingface import GPT2_FILES, GPT2_VOCAB, gpt2_tokenizer_files, hf_config, hf_state_dict, tokenizer_config
 from model import ARCH_KEYS
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -28,19 +28,42 @@ hf_dir = ""  # the Hugging Face model folder to write; empty: out_dir + '-hf'
 overwrite = False  # replace what hf_dir already holds
 # -----------------------------------------------------------------------------
 configure(globals())
-if not hf_dir:  # beside the checkpoint's folder
-    hf_dir = out_dir.rstrip("/") + "-hf"
+if not hf_dir:  # beside the checkpoint's folder, named after it (also for --out_dir=.)
+    hf_dir = os.path.normpath(out_dir)
+    hf_dir = (os.path.abspath(hf_dir) if os.path.basename(hf_dir) in ("", ".", "..") else hf_dir) + "-hf"
 # -----------------------------------------------------------------------------
 
 
+# every file an export writes: --overwrite replaces a folder holding these alone
+EXPORT_FILES = ("config.json", "model.safetensors", "chars.json", *GPT2_FILES, "tokenizer_config.json")
+
+
 def check_target():
-    """Refuse, before any work, to write where it would replace something unasked."""
+    """Refuse, before any work, to write where it would replace something unasked: --overwrite
+    replaces an earlier export, never a folder holding anything else (the checkpoint, other runs)."""
+    if os.path.islink(hf_dir):  # the swap would replace the link, and leave what it points to
+        raise UserError(f"hf_dir {hf_dir} is a symbolic link: give the folder it points to")
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
         raise UserError(f"hf_dir {hf_dir} is a file: choose another --hf_dir")
-    if os.path.exists(os.path.join(hf_dir, checkpoint.CKPT_NAME)):  # even with --overwrite
+    hf, out = os.path.realpath(hf_dir), os.path.realpath(out_dir)
+    if out == hf or out.startswith(os.path.join(hf, "")):
+        inside = "is" if out == hf else "holds"
+        raise UserError(f"hf_dir {hf_dir} {inside} out_dir {out_dir}, the run being exported: choose another --hf_dir")
+    names = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+    if checkpoint.CKPT_NAME in names:  # even with --overwrite
         raise UserError(f"hf_dir {hf_dir} holds a training checkpoint ({checkpoint.CKPT_NAME}): choose another hf_dir")
-    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not overwrite:
-        raise UserError(f"{hf_dir} already holds files: choose another --hf_dir, or replace them with --overwrite=True")
+    foreign = [n for n in names if n not in EXPORT_FILES or not is_plain_file(os.path.join(hf_dir, n))]
+    if foreign or names and not {"config.json", "model.safetensors"} <= set(names):  # an export writes both
+        raise UserError(
+            f"{hf_dir} holds {(foreign or names)[0]!r} and is no earlier export: choose another --hf_dir "
+            "(--overwrite replaces only an export)"
+        )
+    if names and not overwrite:
+        raise UserError(f"{hf_dir} holds an export: choose another --hf_dir, or replace it with --overwrite=True")
+
+
+def is_plain_file(path):
+    return os.path.isfile(path) and not os.path.islink(path)
 
 
 def classic_model(ckpt):
@@ -56,11 +79,12 @@ def character_vocabulary(ckpt, vocab_size):
     for a model on GPT-2's tokens."""
     dataset, meta_path = dataset_meta(ckpt)
     if meta_path:
-        itos = load_meta(meta_path, keys=("itos",))["itos"]
-        return [itos[i] for i in sorted(itos)] if isinstance(itos, dict) else list(itos)
+        itos = char_vocabulary(load_meta(meta_path, keys=("itos",)), meta_path, vocab_size)
+        return [itos[i] for i in range(vocab_size)]
     if vocab_size < GPT2_VOCAB:
+        missing = f"no data/{dataset}/meta.pkl was found" if dataset else "its checkpoint names no dataset"
         raise UserError(
-            f"the model has {vocab_size} tokens, too few for GPT-2's, and no data/{dataset}/meta.pkl was found: "
+            f"the model has {vocab_size} tokens, too few for GPT-2's, and {missing}: "
             "run export_hf.py from the folder you trained in, so that its character vocabulary is found"
         )
     return None
@@ -93,8 +117,10 @@ try:
     os.makedirs(os.path.dirname(os.path.abspath(hf_dir)), exist_ok=True)
     with atomic_folder(hf_dir) as folder:  # a failure midway leaves hf_dir as it was
         write_folder(folder, model, chars, tokenizer_files)
-except OSError as e:
-    raise UserError(f"cannot write {hf_dir} ({first_line(e)}): free some space or choose another --hf_dir") from None
+except Exception as e:  # an OS error, or safetensors' report of one (a full disk)
+    if not (isinstance(e, OSError) or os_errno(e)):
+        raise
+    raise cannot_write(hf_dir, e, "--hf_dir") from None
 print(f"exported {out_dir}/{checkpoint.CKPT_NAME} to {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")
 if chars is not None:
     print(

@@ -5,12 +5,13 @@ Conv1D, (in, out): transposed from nn.Linear. `transformers` is imported only he
 a GPT-2 model is asked for.
 """
 
+import json
 import os
 
 import torch
 import torch.nn as nn
 
-from errors import UserError, first_line
+from errors import UserError, first_line, reason
 from model import GPT, MASK_SUFFIXES, GPTConfig, LayerNorm, head_apart_from_embedding
 
 # OpenAI's GPT-2 checkpoints, by their Hugging Face names
@@ -100,14 +101,46 @@ def load_pretrained(name, dropout=0.0):
                 raise OSError("HF_HUB_OFFLINE is set")
             requests.head(endpoint, timeout=5)
         except (OSError, requests.RequestException) as e:
+            why = str(e) if "HF_HUB_OFFLINE" in str(e) else reason(e)
             raise UserError(
                 f"cannot load {name}: it is not in the Hugging Face cache and {endpoint} cannot be reached "
-                f"({first_line(e)}); connect once to download it, or give the folder of a saved model"
+                f"({why}); connect once to download it, or give the folder of a saved model"
             ) from None
+    if name not in PRETRAINED:
+        check_model_folder(name)
     try:
         return from_pretrained(name, dict(dropout=dropout))
-    except (OSError, ValueError) as e:
+    except OSError as e:  # the hub's errors, or transformers' on a folder
+        raise UserError(f"cannot load {name} ({reason(e)}): check the name, the folder or the network") from None
+    except ValueError as e:  # the weights do not fit a GPT
         raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
+
+
+def check_model_folder(folder):
+    """A local model folder, checked before transformers reads it, so that a training run's folder,
+    a folder without a model or one whose files are cut short is one line that says which."""
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        if os.path.isfile(os.path.join(folder, "ckpt.pt")):
+            raise UserError(
+                f"{folder} holds a training checkpoint, not a Hugging Face model: "
+                f"use --init_from=resume --out_dir={folder}"
+            )
+        raise UserError(f"{folder} has no config.json: give a Hugging Face model folder (export_hf.py writes one)")
+    try:
+        with open(config, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config} is cut short or corrupt ({reason(e)}): export the model again") from None
+    weights = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(weights):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(weights, framework="pt"):  # reads the header: it must cover the whole file
+                pass
+        except Exception as e:  # safetensors' own error (the header), or an OS error
+            raise UserError(f"{weights} is cut short or corrupt ({reason(e)}): export the model again") from None
 
 
 # ---------------------------------------------------------------------------- a checkpoint out
@@ -154,6 +187,6 @@ def gpt2_tokenizer_files():
         return {name: read_file_cached(url, sha256) for name, (url, sha256) in GPT2_FILES.items()}
     except Exception as e:
         raise UserError(
-            f"cannot get GPT-2's tokenizer files ({first_line(e)}): tiktoken downloads them once, so connect to "
+            f"cannot get GPT-2's tokenizer files ({reason(e)}): tiktoken downloads them once, so connect to "
             "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds them"
         ) from None

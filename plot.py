@@ -10,25 +10,50 @@ row per eval (iter, train loss in `loss`, val_loss) and, when matplotlib is inst
 
 import argparse
 import csv
+import io
 import os
 import sys
 import threading
 import time
 
 from atomic import atomic_write
+from errors import cannot_write, reason
 
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
 
 
-def read_log(path):
-    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the evals)."""
-    steps, evals = [], []
+def log_rows(path):
+    """The rows of a train_log.csv as lists of cells, header first, with their line numbers. A last
+    line without its newline was cut short (the run was killed while writing it): it is left out,
+    and so are blank lines."""
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["val_loss"]:
-                evals.append((int(row["iter"]), float(row["loss"]), float(row["val_loss"])))
+        text = f.read()
+    reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
+    try:
+        return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error:  # e.g. a field beyond the csv module's limit: no log holds one
+        raise ValueError(f"{path} is not a training log: line {reader.line_num} is no CSV row") from None
+
+
+def read_log(path):
+    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the evals).
+    A row that is not one of HEADER's is a ValueError that names its line."""
+    rows = log_rows(path)
+    if rows and rows[0][1][:3] != list(HEADER[:3]):
+        raise ValueError(f"{path} is not a training log: its first line is not {','.join(HEADER)}")
+    steps, evals = [], []
+    for n, row in rows[1:]:
+        try:
+            if len(row) != len(HEADER):
+                raise ValueError
+            it, loss = int(row[0]), float(row[1])
+            if row[2]:
+                evals.append((it, loss, float(row[2])))
             else:
-                steps.append((int(row["iter"]), float(row["loss"])))
+                steps.append((it, loss))
+        except ValueError:
+            shown = ",".join(row)[:40]
+            raise ValueError(f"line {n} of {path} ({shown!r}) is no row of {','.join(HEADER)}: delete it") from None
     return steps, evals
 
 
@@ -117,12 +142,29 @@ def main(argv=None):
     parser.add_argument("--out", default="loss.png", help="the picture to write (default: loss.png)")
     args = parser.parse_args(argv)
     for out_dir in args.out_dirs:
-        if not os.path.isfile(os.path.join(out_dir, "train_log.csv")):
-            sys.exit(f"error: {out_dir}/train_log.csv not found: give the out_dir of a training run")
+        path = os.path.join(out_dir, "train_log.csv")
+        if not os.path.isfile(path):
+            sys.exit(f"error: {path} not found: give the out_dir of a training run")
+        try:
+            read_log(path)
+        except OSError as e:
+            sys.exit(f"error: cannot read {path} ({reason(e)})")
+        except UnicodeDecodeError:
+            sys.exit(f"error: {path} is not a training log: it is not text")
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         sys.exit(f"error: cannot write {args.out}: there is no folder {folder}; create it or give another --out")
-    if draw(args.out_dirs, args.out) is None:
+    if os.path.isdir(args.out):
+        sys.exit(f"error: --out {args.out} is a folder: give the picture's file name, e.g. --out {args.out}/loss.png")
+    if not args.out.lower().endswith(".png"):  # (a loss.pdf holding a PNG would be a surprise)
+        sys.exit(f"error: --out {args.out}: plot.py draws PNG pictures; give a file name ending in .png")
+    try:
+        fig = draw(args.out_dirs, args.out)
+    except OSError as e:
+        sys.exit(f"error: {cannot_write(args.out, e, '--out')}")
+    if fig is None:
         sys.exit("error: plot.py needs matplotlib: pip install matplotlib")
     print(f"wrote {args.out}")
 

@@ -19,10 +19,10 @@ import torch
 
 import checkpoint
 from configurator import configure
-from dataloader import dataset_meta, load_meta
+from dataloader import char_vocabulary, dataset_meta, load_meta
 from engine import Sampler, check_sampling
-from errors import UserError, first_line, report_user_errors
-from huggingface import PRETRAINED, is_model_name, load_pretrained
+from errors import UserError, reason, report_user_errors
+from huggingface import GPT2_VOCAB, PRETRAINED, is_model_name, load_pretrained
 from plan import default_device, default_dtype, make_plan, prepare_torch
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -54,6 +54,8 @@ if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
     )
+if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+    raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
 if num_samples < 1:
     raise UserError(f"num_samples={num_samples} must be at least 1")
 try:
@@ -66,8 +68,10 @@ if start.startswith("FILE:"):  # the prompt from a file
             start = f.read()
     except FileNotFoundError:
         raise UserError(f"prompt file {start[5:]} not found (from --start={start}): check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read prompt file {start[5:]} ({first_line(e)}): give a UTF-8 text file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {start[5:]} is not UTF-8 text: give a UTF-8 text file") from None
+    except OSError as e:
+        raise UserError(f"cannot read prompt file {start[5:]} ({reason(e)}): give a UTF-8 text file") from None
 
 prepare_torch(seed)
 
@@ -87,13 +91,20 @@ meta_path = dataset_meta(ckpt)[1] if ckpt else None
 if meta_path:
     print(f"Loading meta from {meta_path}...")
     meta = load_meta(meta_path, keys=("itos", "stoi"))
-    stoi, itos = meta["stoi"], dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
+    stoi, itos = meta["stoi"], char_vocabulary(meta, meta_path, model.config.vocab_size)
     lacking = list(dict.fromkeys(ch for ch in start if ch not in stoi))
     if lacking:
         shown = ", ".join(repr(ch) for ch in lacking[:20]) + (", ..." if len(lacking) > 20 else "")
         raise UserError(f"prompt has characters the vocabulary lacks: {shown}; use characters of {meta_path}")
     start_ids = [stoi[ch] for ch in start]
     to_bytes = lambda ids: "".join(itos.get(i, "\ufffd") for i in ids).encode()  # noqa: E731
+elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's ids would mean other text
+    dataset = dataset_meta(ckpt)[0] if ckpt else None
+    missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl says what they are"
+    raise UserError(
+        f"the model has {model.config.vocab_size} tokens, too few for GPT-2's, and {missing}: "
+        "sample its checkpoint (--out_dir) from the folder you trained in"
+    )
 else:
     print("No meta.pkl found, assuming GPT-2 encodings...")
     import tiktoken
@@ -102,7 +113,7 @@ else:
         enc = tiktoken.get_encoding("gpt2")
     except Exception as e:
         raise UserError(
-            f"cannot load tiktoken's gpt2 encoding ({first_line(e)}): it is downloaded once, so connect to "
+            f"cannot load tiktoken's gpt2 encoding ({reason(e)}): it is downloaded once, so connect to "
             "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
         ) from None
     start_ids = enc.encode(start, allowed_special={"<|endoftext|>"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import io
 import itertools
 import os
@@ -50,10 +51,15 @@ def input_files(path: Path) -> list[Path]:
     if not path.is_dir():
         raise pu.UserError(f"input not found: {path}; pass a UTF-8 text file or a folder of them")
     files = []
-    for root, dirs, names in os.walk(path):
+    for root, dirs, names in os.walk(path, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files += [Path(root, n) for n in names if not n.startswith(".") and Path(root, n).is_file()]
     return sorted(files, key=lambda f: f.relative_to(path).parts)
+
+
+def unreadable(exc: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed is an error, not silently left out."""
+    raise pu.UserError(f"cannot read {exc.filename} ({pu.reason(exc)}): give a folder this user can read")
 
 
 def read_chunks(files: list[Path], chunk_bytes: int, progress: pu.Progress) -> Iterator[str]:
@@ -62,7 +68,7 @@ def read_chunks(files: list[Path], chunk_bytes: int, progress: pu.Progress) -> I
     for path in files:
         # Python's text mode decoder, as read_text in the other scripts: the same characters, \r\n and \r as \n.
         decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
-        with open(path, "rb") as f:
+        with reading(path) as f:
             while True:
                 block, held = f.read(chunk_bytes), len(decoder.getstate()[0])  # held: a character's first bytes
                 try:
@@ -76,6 +82,16 @@ def read_chunks(files: list[Path], chunk_bytes: int, progress: pu.Progress) -> I
                 if not block:
                     break
             done += f.tell()
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[io.BufferedReader]:
+    """path opened for reading; an OS error (no permission, a disk error) is one line that names it."""
+    try:
+        with open(path, "rb") as f:
+            yield f
+    except OSError as exc:
+        raise pu.UserError(f"cannot read {path} ({pu.reason(exc)})") from None
 
 
 def code_points(text: str) -> np.ndarray:
@@ -146,7 +162,7 @@ def write_splits(ids: Iterable[tuple[int, np.ndarray]], files: tuple) -> list[in
     counts = [0, 0]
     for split, arr in ids:
         pu.check_uint16(arr)
-        arr.astype(np.uint16).tofile(files[split])
+        files[split].write(arr.astype(np.uint16).data)  # not tofile: its short write is an OSError without the reason
         counts[split] += int(arr.size)
     return counts
 
@@ -164,6 +180,8 @@ def check_splits(counts: list[int], block_size: int, val_fraction: float) -> Non
 def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0) -> dict[str, int]:
     """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts."""
     source, out_dir = Path(source), Path(out_dir)
+    if source.is_dir() and out_dir.resolve().is_relative_to(source.resolve()):  # it would read its own bins
+        raise pu.UserError(f"the output folder {out_dir} is inside the input folder {source}: write it elsewhere")
     files = input_files(source)
     total_bytes, chunk_bytes = sum(f.stat().st_size for f in files), max(1, round(chunk_mb * 1e6))
     n_chars, vocab = count_text(
@@ -180,14 +198,15 @@ def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1,
     pieces = split_pieces(chunks, int(n_chars * (1 - val_fraction)), len if tokenizer == "char" else last_safe_cut)
     made_dir = not out_dir.exists()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with pu.atomic_write(out_dir / "train.bin") as train, pu.atomic_write(out_dir / "val.bin") as val:
-            counts = write_splits(token_ids(pieces, tokenizer, vocab), (train, val))
-            check_splits(counts, block_size, val_fraction)
-            if tokenizer == "char":
-                pu.write_pickle(char_meta(vocab), out_dir / "meta.pkl")
+        with pu.writing(out_dir):  # (the input's read errors are UserErrors by now)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with pu.atomic_write(out_dir / "train.bin") as train, pu.atomic_write(out_dir / "val.bin") as val:
+                counts = write_splits(token_ids(pieces, tokenizer, vocab), (train, val))
+                check_splits(counts, block_size, val_fraction)
+                if tokenizer == "char":
+                    pu.write_pickle(char_meta(vocab), out_dir / "meta.pkl")
     except BaseException:
-        if made_dir and not any(out_dir.iterdir()):  # no empty folder left behind either
+        if made_dir and out_dir.is_dir() and not any(out_dir.iterdir()):  # no empty folder left behind either
             out_dir.rmdir()
         raise
     if tokenizer == "gpt2":  # a meta.pkl from an earlier char run would make train.py and sample.py read chars
@@ -224,8 +243,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with pu.user_errors():
-        if args.block_size < 1 or not 0 < args.val_fraction < 1 or args.chunk_mb <= 0:
-            raise pu.UserError("--block_size must be at least 1, --val_fraction between 0 and 1, --chunk_mb above 0")
+        if args.block_size < 1 or not 0 < args.val_fraction < 1 or not 0 < args.chunk_mb <= 1024:
+            raise pu.UserError(
+                "--block_size must be at least 1, --val_fraction between 0 and 1, --chunk_mb above 0 and at most 1024"
+            )
         out_dir = args.out_dir or dataset_dir(args.name)
         counts = prepare(args.input, out_dir, args.tokenizer, args.block_size, args.val_fraction, args.chunk_mb)
     print(f"length of dataset in characters: {counts['chars']:,} (from {counts['files']:,} file(s))")

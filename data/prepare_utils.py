@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -27,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from atomic import atomic_write  # noqa: E402
-from errors import UserError, first_line  # noqa: E402
+from errors import UserError, cannot_write, os_errno, reason  # noqa: E402, F401  (os_errno: for token_bins)
 from progress import Progress  # noqa: E402, F401  (the scripts' progress reporter)
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -53,7 +54,24 @@ def user_errors() -> Iterator[None]:
     except UserError as exc:
         fail(str(exc))
     except OSError as exc:
-        fail(first_line(exc))
+        fail(f"{reason(exc)}: {exc.filename}" if exc.filename else reason(exc))
+    except KeyboardInterrupt:  # what was being written is gone (atomic_write): no traceback to show
+        print("interrupted", file=sys.stderr)
+        sys.exit(1)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around the writing of path: an OS error (a full disk, a read-only folder) is one line that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise cannot_write(path, exc, "--out-dir") from None
+
+
+def make_out_dir(out_dir: Path) -> None:
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def default_num_proc() -> int:
@@ -73,6 +91,31 @@ def import_datasets(name: str):
             f"{name} needs the 'datasets' package: pip install 'nanogpt-plus[datasets]' (or pip install datasets tqdm)"
         ) from None
     return datasets
+
+
+def from_hub(datasets, path: str, **kwargs):
+    """datasets.load_dataset(path, **kwargs) from the Hugging Face hub. Offline (and not in the cache,
+    or HF_HUB_OFFLINE unset), a one-line error within seconds: the hub's client would retry for half
+    a minute, printing each try."""
+    import huggingface_hub
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    if not offline and huggingface_hub.try_to_load_from_cache(path, "README.md", repo_type="dataset") is None:
+        try:
+            requests.head(endpoint, timeout=5)
+        except requests.RequestException as exc:
+            raise UserError(
+                f"could not get {path}: {endpoint} cannot be reached ({reason(exc)}); connect to the internet, "
+                "or set HF_HUB_OFFLINE=1 to use a copy in the Hugging Face cache"
+            ) from None
+    try:
+        return datasets.load_dataset(path, **kwargs)
+    except OSError as exc:  # the hub's and the network's errors, a dataset not found
+        raise UserError(
+            f"could not get {path} from the Hugging Face hub ({reason(exc)}): connect to the internet "
+            "(it is downloaded once, into the Hugging Face cache)"
+        ) from None
 
 
 def shakespeare_arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentParser:
@@ -95,7 +138,7 @@ def shakespeare_arg_parser(description: str, default_out_dir: Path) -> argparse.
 
 
 def local_copy_hint(script: str) -> str:
-    return f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV}=path/to/input.txt)"
+    return f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV})"
 
 
 def download(url: str, target: Path, script: str) -> None:
@@ -103,14 +146,19 @@ def download(url: str, target: Path, script: str) -> None:
     try:
         response = requests.get(url, timeout=DOWNLOAD_TIMEOUT_S)
         response.raise_for_status()
-        with atomic_write(target) as f:
-            f.write(response.content)
     except requests.RequestException as exc:
-        raise UserError(f"could not download {url} ({first_line(exc)}); {local_copy_hint(script)}") from None
+        where = f"{Path(url).name} from {urlsplit(url).hostname}"
+        raise UserError(f"could not download {where} ({reason(exc)}); {local_copy_hint(script)}") from None
+    with writing(target), atomic_write(target) as f:
+        f.write(response.content)
 
 
 def copy_input(source: Path, target: Path) -> None:
-    with atomic_write(target) as f, open(source, "rb") as src:
+    try:
+        src = open(source, "rb")
+    except OSError as exc:
+        raise UserError(f"cannot read {source} ({reason(exc)})") from None
+    with src, writing(target), atomic_write(target) as f:
         shutil.copyfileobj(src, f)
 
 
@@ -121,6 +169,8 @@ def given_input(given: str | os.PathLike | None, script: str) -> Path | None:
     if given is None:
         return None
     source = Path(given).expanduser()
+    if source.is_dir():
+        raise UserError(f"{source} is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
     if not source.is_file():
         raise UserError(
             f"input file not found: {source}; pass an existing text file as the first argument "
@@ -151,6 +201,8 @@ def read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; pass a plain text file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({reason(exc)})") from None
 
 
 def split_text(text: str) -> tuple[str, str]:
@@ -171,8 +223,8 @@ def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
     """Write ids as one flat raw uint16 stream (np.ndarray.tofile), atomically; return the count."""
     arr = np.asarray(ids, dtype=np.int64)
     check_uint16(arr)
-    with atomic_write(path) as f:
-        arr.astype(np.uint16).tofile(f)
+    with writing(path), atomic_write(path) as f:
+        f.write(arr.astype(np.uint16).data)  # not tofile: its short write is an OSError without the reason
     return int(arr.size)
 
 
@@ -182,16 +234,16 @@ def gpt2_encoding():
 
     try:
         return tiktoken.get_encoding("gpt2")
-    except requests.RequestException as exc:
+    except Exception as exc:  # requests' errors offline, a hash mismatch, an unwritable cache
         # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
         raise UserError(
-            f"could not load the GPT-2 tokenizer ({first_line(exc)}); "
-            "set TIKTOKEN_CACHE_DIR to a directory that already holds it"
+            f"could not load the GPT-2 tokenizer ({reason(exc)}): connect to the internet once, "
+            "or set TIKTOKEN_CACHE_DIR to a directory that already holds it"
         ) from None
 
 
 def write_pickle(obj: object, path: Path) -> None:
-    with atomic_write(path) as f:
+    with writing(path), atomic_write(path) as f:
         pickle.dump(obj, f)
 
 

@@ -16,6 +16,7 @@ splits are renamed to <split>.bin, then the record is removed. A record of other
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -170,7 +171,9 @@ def totals(done: dict) -> tuple[int, int]:
 def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None, shard_docs: int = SHARD_DOCS):
     """Write <out_dir>/<split>.bin for every split, resuming an interrupted run; return {split: tokens}."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if shard_docs < 1:
+        raise pu.UserError(f"--shard-docs={shard_docs} must be at least 1")
+    pu.make_out_dir(out_dir)
     splits = text_only(splits)
     pu.gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
     record, expected = out_dir / PROGRESS_NAME, fingerprint(splits, recipe)
@@ -194,10 +197,16 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
             os.replace(out_dir / f"{split}.bin.partial", out_dir / f"{split}.bin")
     except KeyboardInterrupt:
         raise pu.UserError("interrupted: run the same command again to go on from here") from None
-    except (OSError, BrokenProcessPool) as exc:
+    except BrokenProcessPool:
         raise pu.UserError(
-            f"{pu.first_line(exc)}; the work done so far is kept: fix this (free disk space; a smaller --num-proc if "
-            "a worker ran out of memory) and run the same command again to go on from here"
+            "a worker process died (out of memory?): the work done so far is kept; run the same command again, "
+            "with a smaller --num-proc, to go on from here"
+        ) from None
+    except OSError as exc:
+        full = pu.os_errno(exc) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        what, fix = (f"cannot write {out_dir}", "free some disk space") if full else (str(exc.filename), "fix it")
+        raise pu.UserError(
+            f"{what} ({pu.reason(exc)}): the work done so far is kept; {fix} and run the same command again to go on"
         ) from None
     finally:
         progress.close(totals(done)[0])

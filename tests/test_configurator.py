@@ -153,6 +153,34 @@ def test_missing_file(tmp_path):
         run([str(tmp_path / "nope.py")])
 
 
+@pytest.mark.parametrize(
+    "arg, script, message",
+    [  # a run's checkpoint or folder given where a config file goes: the user meant --out_dir
+        ("out/ckpt.pt", "sample.py", "out/ckpt.pt is not a config file (it is binary): did you mean --out_dir=out?"),
+        ("out/ckpt.pt", "train.py", "(it is binary): did you mean --init_from=resume --out_dir=out?"),
+        ("out", "export_hf.py", "out is not a config file (it is a folder): did you mean --out_dir=out?"),
+        ("data/train.bin", "train.py", "data/train.bin is not a config file (it is binary): a config file is Python"),
+        ("latin1.py", "train.py", "config file latin1.py is not UTF-8 text (line 1): save it as UTF-8"),
+    ],
+)
+def test_a_file_that_is_no_config_file_is_one_line(tmp_path, monkeypatch, arg, script, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "out" / "ckpt.pt").write_bytes(b"PK\x03\x04\x00\x00\x08\x08" + bytes(range(256)))  # torch.save: a zip
+    (tmp_path / "data" / "train.bin").write_bytes(bytes([1, 0, 2, 0, 3, 0]))
+    (tmp_path / "latin1.py").write_bytes('start = "café"\n'.encode("latin-1"))
+    with pytest.raises(UserError) as e:
+        run([arg], defaults() | {"__file__": str(REPO / script)})
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_config_file_may_declare_its_encoding(tmp_path):
+    path = tmp_path / "cfg.py"
+    path.write_bytes('# -*- coding: latin-1 -*-\nout_dir = "café"\n'.encode("latin-1"))
+    assert run([str(path)])[0]["out_dir"] == "café"
+
+
 def test_unknown_key_in_a_file_never_lands_in_the_namespace(tmp_path):
     ns = defaults()
     with pytest.raises(UserError):

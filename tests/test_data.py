@@ -208,7 +208,9 @@ def test_download_failure_is_one_line_and_leaves_nothing(name, fake_get, tmp_pat
     assert excinfo.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    assert URL in err and ENV in err and f"data/{name}/prepare.py path/to/input.txt" in err
+    why = "(ConnectionError)" if fake_get is connection_error else "(HTTP 404)"  # not the library's text
+    assert f"could not download input.txt from raw.githubusercontent.com {why}" in err and len(err) < 200
+    assert ENV in err and f"data/{name}/prepare.py path/to/input.txt" in err
     assert os.listdir(out) == []  # neither input.txt nor a temp file
 
 

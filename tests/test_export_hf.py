@@ -298,12 +298,15 @@ def test_existing_folder_is_kept_unless_overwrite(tmp_path):
     save_checkpoint(tmp_path, small_model(), dataset="toy")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "notes.txt").write_text("mine")
-    proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=hf")
-    assert_one_line_error(
-        proc, "hf already holds files: choose another --hf_dir, or replace them with --overwrite=True"
-    )
+    for overwrite in ("False", "True"):  # a folder of the user's, even when asked to
+        proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=hf", f"--overwrite={overwrite}")
+        assert_one_line_error(proc, "hf holds 'notes.txt' and is no earlier export: choose another --hf_dir")
     assert os.listdir(tmp_path / "hf") == ["notes.txt"] and (tmp_path / "hf" / "notes.txt").read_text() == "mine"
-    # asked to, it replaces the folder whole
+    # an earlier export, asked to, it replaces whole
+    (tmp_path / "hf" / "notes.txt").unlink()
+    export(tmp_path)
+    proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=hf")
+    assert_one_line_error(proc, "hf holds an export: choose another --hf_dir, or replace it with --overwrite=True")
     proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=hf", "--overwrite=True")
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(tmp_path / "hf")) == ["chars.json", "config.json", "model.safetensors"]
@@ -311,8 +314,12 @@ def test_existing_folder_is_kept_unless_overwrite(tmp_path):
     # never over a training checkpoint, even when asked to
     before = (tmp_path / "out" / "ckpt.pt").read_bytes()
     proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=out", "--overwrite=True")
-    assert_one_line_error(proc, "hf_dir out holds a training checkpoint (ckpt.pt): choose another hf_dir")
+    assert_one_line_error(proc, "hf_dir out is out_dir out, the run being exported: choose another --hf_dir")
     assert os.listdir(tmp_path / "out") == ["ckpt.pt"] and (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "ckpt.pt").write_bytes(before)
+    proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=other", "--overwrite=True")
+    assert_one_line_error(proc, "hf_dir other holds a training checkpoint (ckpt.pt): choose another hf_dir")
 
 
 def test_without_safetensors_one_line_says_how_to_install_it(tmp_path):

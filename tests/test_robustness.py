@@ -2,12 +2,15 @@
 non-zero and leaves what the user had untouched; a SIGKILL at any moment leaves a loadable
 checkpoint; crafted checkpoints and meta.pkl files are refused without running their code."""
 
+import contextlib
+import errno
 import hashlib
 import importlib.util
 import os
 import pickle
 import random
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -23,6 +26,7 @@ import atomic
 import checkpoint
 import dataloader
 import plan
+import plot
 from errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -502,3 +506,459 @@ def test_classic_meta_pkl_loads_with_every_protocol(tmp_path, protocol):
     with open(tmp_path / "meta.pkl", "wb") as f:
         pickle.dump(meta, f, protocol=protocol)
     assert dataloader.load_meta(str(tmp_path / "meta.pkl")) == meta
+
+
+# ---------------------------------------------------------------------------- the other scripts, run in this process
+
+
+def run_in_process(script: Path, cwd: Path, args, monkeypatch) -> str | None:
+    """`python script *args` in cwd, run in this process (no interpreter start-up): the message of the
+    one-line error it ends with (a UserError, or the exit of a script that prints its own), None if none."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # report_user_errors() replaces it
+    monkeypatch.setattr(sys, "path", [str(script.parent), *sys.path])
+    with torch.random.fork_rng(devices=[]):  # the scripts seed torch
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except UserError as e:
+            return str(e)
+        except SystemExit as e:
+            if e.code in (None, 0):
+                return None
+            assert isinstance(e.code, str) and e.code.startswith("error: "), e.code
+            return e.code.removeprefix("error: ")
+    return None
+
+
+def assert_one_line(message: str | None, *phrases: str):
+    """An `error:` line that says what and how, briefly: one line, under 200 characters, no library text."""
+    assert message is not None, "no error"
+    assert "\n" not in message and len(f"error: {message}") < 200, message
+    assert "Traceback" not in message and "Errno" not in message, message
+    for phrase in phrases:
+        assert phrase in message, f"{phrase!r} not in {message!r}"
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    """runs/a/ckpt.pt (a character-level model on data/toy) beside runs/b, a folder of the user's."""
+    from test_export_hf import save_checkpoint, small_model, write_meta
+
+    write_meta(tmp_path)
+    save_checkpoint(tmp_path, small_model(), dataset="toy")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "out").rename(tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "b").mkdir()
+    (tmp_path / "runs" / "b" / "notes.txt").write_text("mine")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "hf_dir, phrase",
+    [
+        ("runs", "hf_dir runs holds out_dir runs/a, the run being exported"),
+        ("runs/a", "hf_dir runs/a is out_dir runs/a"),
+        (".", "hf_dir . holds out_dir runs/a"),
+        ("runs/b", "runs/b holds 'notes.txt' and is no earlier export"),
+        ("data", "data holds 'toy' and is no earlier export"),
+    ],
+)
+def test_export_overwrite_replaces_only_an_earlier_export(run_dirs, monkeypatch, hf_dir, phrase):
+    before = snapshot(run_dirs)
+    args = ["--out_dir=runs/a", f"--hf_dir={hf_dir}", "--overwrite=True"]
+    assert_one_line(run_in_process(REPO / "export_hf.py", run_dirs, args, monkeypatch), phrase)
+    assert snapshot(run_dirs) == before
+
+
+def test_export_overwrite_replaces_an_earlier_export(run_dirs, monkeypatch, capsys):
+    def export(*args):
+        return run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", *args], monkeypatch)
+
+    assert export("--hf_dir=hf") is None
+    (run_dirs / "hf" / "config.json").write_text("{}")
+    assert_one_line(export("--hf_dir=hf"), "hf holds an export: choose another --hf_dir, or replace it with")
+    assert export("--hf_dir=hf", "--overwrite=True") is None
+    assert sorted(os.listdir(run_dirs / "hf")) == ["chars.json", "config.json", "model.safetensors"]
+    assert (run_dirs / "hf" / "config.json").read_text() != "{}"
+    (run_dirs / "hf" / "README.md").write_text("my notes on this model")  # no longer an export alone
+    assert_one_line(export("--hf_dir=hf", "--overwrite=True"), "hf holds 'README.md' and is no earlier export")
+    os.symlink("hf", run_dirs / "link")
+    assert_one_line(export("--hf_dir=link", "--overwrite=True"), "hf_dir link is a symbolic link")
+
+
+def main_error(main, argv, capsys) -> str | None:
+    """A script's main(argv), in this process: the message of the one `error:` line it exits with."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as e:
+        err = e.code if isinstance(e.code, str) else capsys.readouterr().err  # sys.exit(text) prints it later
+        assert e.code != 0 and err.startswith("error: ") and err.rstrip("\n").count("\n") == 0, err
+        return err.removeprefix("error: ").rstrip("\n")
+    return None
+
+
+@contextlib.contextmanager
+def small_files(limit: int):
+    """No file may grow past `limit` bytes: a write beyond it fails with EFBIG (File too large), the
+    system's own refusal at the very write, as a full disk's ENOSPC would be."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write fails instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def small_text(path: Path) -> Path:
+    path.write_text("To be, or not to be, that is the question.\n" * 300)  # 13 KB
+    return path
+
+
+@pytest.mark.parametrize("writer", ["export", "plot", "prepare_text", "shakespeare_char"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_dirs, monkeypatch, capsys, writer):
+    """Every writer, when the system refuses a write midway: one line naming the file, the reason and
+    the fix; what was there before is as it was and no temp file is left."""
+    from test_data import load_script
+    from test_prepare_text import pt
+
+    monkeypatch.chdir(run_dirs)
+    plot.TrainingLog("runs/a", truncate=True, say=print).row(0, 3.5, None, 1e-3, 12.0, None)
+    assert plot.main(["runs/a", "--out", "old.png"]) is None  # (matplotlib's caches are warm now)
+    small_text(run_dirs / "in.txt")
+    before = snapshot(run_dirs)
+    with small_files(4096):
+        if writer == "export":
+            message = run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", "--hf_dir=hf"], monkeypatch)
+            target = "hf"
+        elif writer == "plot":
+            message, target = main_error(plot.main, ["runs/a", "--out", "old.png"], capsys), "old.png"
+        elif writer == "prepare_text":
+            message = main_error(pt.main, ["in.txt", "--out_dir", "new", "--block_size=8"], capsys)
+            target = "new"
+        else:
+            main = load_script("shakespeare_char").main
+            message, target = main_error(main, ["in.txt", "--out-dir", "sc"], capsys), "sc/input.txt"
+    assert_one_line(message, f"{target} (File too large): free some disk space or choose another --")
+    after = snapshot(run_dirs)
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
+    assert not [p for p in run_dirs.rglob(".*")], "a temp file was left"
+
+
+LOG_HEADER = "iter,loss,val_loss,lr,time_ms,mfu\n"
+
+
+def test_read_log_leaves_out_a_cut_short_last_row_and_blank_rows(tmp_path):
+    """A run killed while writing a row leaves it without its newline: the rows before it are the log."""
+    log = tmp_path / "train_log.csv"
+    log.write_text(LOG_HEADER + "0,4.5,4.6,0.001,,\n\n1,4.25,,0.001,12.5,\n,,,,,\n2,4.0,,0.0")
+    assert plot.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)])
+    log.write_text(LOG_HEADER + "2")  # the first row, cut short
+    assert plot.read_log(str(log)) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "log, phrase",
+    [
+        (LOG_HEADER + "0,4.5,,0.001,12.0,\n1\n", "line 3 of out/train_log.csv ('1') is no row of iter,loss"),
+        (LOG_HEADER + "0,4.513,4.6,,0.001,12.0,\n", "line 2 of out/train_log.csv ('0,4.513,"),  # a row on a cut one
+        ("x" * 200_000 + "\n", "out/train_log.csv is not a training log"),
+        (b"\xff\xfe\x00", "out/train_log.csv is not a training log: it is not text"),
+    ],
+)
+def test_plot_py_says_which_row_of_a_log_is_broken(tmp_path, monkeypatch, capsys, log, phrase):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train_log.csv").write_bytes(log if isinstance(log, bytes) else log.encode())
+    assert_one_line(main_error(plot.main, ["out"], capsys), phrase)
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_plot_py_out_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.csv").write_text(LOG_HEADER + "0,4.5,,0.001,12.0,\n")
+    (tmp_path / "pictures").mkdir()
+    message = main_error(plot.main, ["run", "--out", "pictures"], capsys)
+    assert_one_line(message, "--out pictures is a folder: give the picture's file name, e.g. --out pictures/loss.png")
+    assert sorted(os.listdir(tmp_path)) == ["pictures", "run"] and os.listdir(tmp_path / "pictures") == []
+
+
+@pytest.mark.parametrize("script", ["prepare_text", "shakespeare_char"])
+def test_prepare_on_a_read_only_filesystem_says_so(tmp_path, monkeypatch, capsys, script):
+    """The folder cannot be made: the message is that, not what the cleanup met afterwards."""
+    from test_data import load_script
+    from test_prepare_text import pt
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.chdir(tmp_path)
+    small_text(tmp_path / "in.txt")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    if script == "prepare_text":
+        message = main_error(pt.main, ["in.txt", "--out_dir", "ro/new", "--block_size=8"], capsys)
+    else:
+        message = main_error(load_script("shakespeare_char").main, ["in.txt", "--out-dir", "ro/new"], capsys)
+    assert_one_line(message, "cannot write ro/new (Read-only file system): choose another --out-dir")
+    assert os.listdir(tmp_path) == ["in.txt"]
+
+
+@pytest.mark.parametrize("in_memory_bytes", [1 << 30, 0])  # read whole, memory-mapped
+def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes):
+    """A .bin cut in the middle of a token: read on, it would shift every token after the cut."""
+    make_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with open("data/tiny/train.bin", "ab") as f:
+        f.write(b"\x07")
+    with pytest.raises(UserError) as e:
+        dataloader.Batches("tiny", 16, 4, "cpu", in_memory_bytes=in_memory_bytes)
+    assert_one_line(str(e.value), "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids")
+
+
+def write_toy_meta(root: Path, itos, vocab_size=None):
+    meta = {"vocab_size": len(itos) if vocab_size is None else vocab_size, "itos": dict(enumerate(itos))}
+    meta["stoi"] = {ch: i for i, ch in enumerate(itos)}
+    with open(root / "data" / "toy" / "meta.pkl", "wb") as f:
+        pickle.dump(meta, f)
+
+
+@pytest.mark.parametrize(
+    "seed, ok", [(2**64, False), (-(2**63) - 1, False), (2**64 - 1, True), (-1, True), (1337, True)]
+)
+def test_sample_seed_beyond_64_bits_is_one_line(run_dirs, monkeypatch, capsys, seed, ok):
+    args = ["--out_dir=runs/a", "--device=cpu", f"--seed={seed}", "--start=0", "--num_samples=1", "--max_new_tokens=2"]
+    message = run_in_process(REPO / "sample.py", run_dirs, args, monkeypatch)
+    if ok:
+        assert message is None
+    else:
+        assert_one_line(message, f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
+
+
+@pytest.mark.parametrize("script", ["sample.py", "export_hf.py"])
+@pytest.mark.parametrize(
+    "itos, phrase",
+    [  # the model has 40 tokens
+        ([chr(65 + i) for i in range(18)], "data/toy/meta.pkl has 18 characters but the model has 40 tokens"),
+        ([bytes([48 + i]) for i in range(40)], "data/toy/meta.pkl is not a character vocabulary"),
+    ],
+    ids=["prepared-again", "bytes"],
+)
+def test_a_meta_pkl_that_does_not_fit_the_model_is_one_line(run_dirs, monkeypatch, script, itos, phrase):
+    write_toy_meta(run_dirs, itos)
+    before = snapshot(run_dirs)
+    args = ["--out_dir=runs/a", "--device=cpu"] if script == "sample.py" else ["--out_dir=runs/a"]
+    assert_one_line(run_in_process(REPO / script, run_dirs, args, monkeypatch), phrase)
+    assert snapshot(run_dirs) == before
+
+
+@pytest.fixture
+def exported(run_dirs, monkeypatch):
+    """run_dirs with hf/, the export of runs/a."""
+    assert run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", "--hf_dir=hf"], monkeypatch) is None
+    return run_dirs
+
+
+def _cut(rel, keep):
+    def setup(root: Path):
+        data = (root / rel).read_bytes()
+        (root / rel).write_bytes(data[: keep(len(data))])
+
+    return setup
+
+
+@pytest.mark.parametrize(
+    "folder, setup, phrase",
+    [
+        ("hf", _cut("hf/model.safetensors", lambda n: n // 2), "hf/model.safetensors is cut short or corrupt"),
+        ("hf", _cut("hf/model.safetensors", lambda n: 100), "hf/model.safetensors is cut short or corrupt"),
+        ("hf", _cut("hf/config.json", lambda n: n // 2), "hf/config.json is cut short or corrupt"),
+        ("runs/a", None, "runs/a holds a training checkpoint, not a Hugging Face model: use --init_from=resume"),
+        ("runs/b", None, "runs/b has no config.json: give a Hugging Face model folder"),
+    ],
+)
+def test_a_broken_model_folder_is_one_line(exported, monkeypatch, folder, setup, phrase):
+    pytest.importorskip("transformers")
+    import huggingface
+
+    monkeypatch.chdir(exported)
+    if setup:
+        setup(exported)
+    with pytest.raises(UserError) as e:
+        huggingface.load_pretrained(folder)
+    assert_one_line(str(e.value), phrase)
+
+
+def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monkeypatch):
+    """Hugging Face's probe, the shakespeare download and tiktoken's files, with the network gone."""
+    pytest.importorskip("transformers")
+    import huggingface_hub
+    import tiktoken.registry
+    from test_data import load_script
+
+    import huggingface
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("HF_HUB_OFFLINE", "NANOGPT_INPUT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # as in a fresh process
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    with pytest.raises(UserError) as e:
+        huggingface.load_pretrained("gpt2")
+    assert_one_line(str(e.value), "http://127.0.0.1:9 cannot be reached (ConnectionError); connect once")
+    with pytest.raises(UserError) as e:
+        huggingface.gpt2_tokenizer_files()
+    assert_one_line(str(e.value), "cannot get GPT-2's tokenizer files (ProxyError): tiktoken downloads them once")
+    prepare = load_script("shakespeare_char")
+    with pytest.raises(UserError) as e:
+        prepare.pu.gpt2_encoding()
+    assert_one_line(str(e.value), "could not load the GPT-2 tokenizer (ProxyError): connect to the internet once")
+    with pytest.raises(UserError) as e:
+        prepare.prepare(out_dir=tmp_path / "sc")
+    assert_one_line(str(e.value), "could not download input.txt from raw.githubusercontent.com (ProxyError)")
+    from test_sample import MODEL_ARGS, build_model, write_checkpoint
+
+    args = dict(MODEL_ARGS, vocab_size=50304, n_embd=16, n_layer=1)  # on GPT-2's tokens
+    write_checkpoint(tmp_path, build_model(args), args, dataset="openwebtext")
+    message = run_in_process(REPO / "sample.py", tmp_path, ["--device=cpu"], monkeypatch)
+    assert_one_line(message, "cannot load tiktoken's gpt2 encoding (ProxyError): it is downloaded once")
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--repeats=0"], "repeats=0 must be at least 1"),
+        (["--batch_size=0"], "batch_size=0 must be at least 1"),
+        (["--num_steps=0"], "num_steps=0 must be at least 1"),
+        (["--burn_in=-1"], "burn_in=-1 must not be negative"),
+        (["--n_head=3"], "n_embd=16 is not divisible by n_head=3"),
+        (["--block_size=0"], "block_size=0 must be at least 1"),
+        (["--seed=-18446744073709551616"], "seed=-18446744073709551616 is out of range"),
+        (["--burn_in=0"], None),  # (BENCH's own: a timed step without a burn-in)
+    ],
+)
+def test_bench_keys_are_checked_before_it_runs(tmp_path, monkeypatch, capsys, args, phrase):
+    message = run_in_process(REPO / "bench.py", tmp_path, [*BENCH, "--real_data=False", *args], monkeypatch)
+    if phrase is None:
+        assert message is None and "time per iteration" in capsys.readouterr().out
+    else:
+        assert_one_line(message, phrase)
+
+
+def test_cpu_out_of_memory_is_one_line(monkeypatch, capsys):
+    import errors
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    errors.report_user_errors()
+    try:
+        torch.empty(2**62, dtype=torch.uint8)  # torch's CPU allocator refuses at once: nothing is allocated
+    except RuntimeError as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+    sys.excepthook(MemoryError, MemoryError(), None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "error: out of memory (tried to allocate 4294967296.00 GiB): lower --batch_size or --block_size, or use a "
+        "smaller model",
+        "error: out of memory: lower --batch_size or --block_size, or use a smaller model",
+    ]
+
+
+def test_a_closed_pipe_on_stdout_ends_quietly():
+    """`python sample.py | head`: the reader has gone, and so does the script, without a traceback."""
+    code = "import errors; errors.report_user_errors()\nwhile True: print('x' * 1000)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    assert proc.wait(timeout=30) != 0 and proc.stderr.read() == b""
+
+
+def test_a_hub_dataset_offline_is_one_line_within_seconds(monkeypatch):
+    """Not cached and the hub unreachable: the datasets library is not even asked (it retries for 30 s)."""
+    import huggingface_hub
+    from test_data import load_script
+
+    class NoDatasets:
+        def load_dataset(self, *args, **kwargs):
+            raise AssertionError("load_dataset was called")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        load_script("openwebtext").pu.from_hub(NoDatasets(), "openwebtext", num_proc=1)
+    assert time.monotonic() - start < 10
+    assert_one_line(str(e.value), "could not get openwebtext: http://127.0.0.1:9 cannot be reached (ConnectionError)")
+
+
+def test_prepare_text_refuses_an_output_folder_inside_its_input(tmp_path, monkeypatch, capsys):
+    """It would read the bins of its last run (and everything else there) as text."""
+    from test_prepare_text import pt
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    small_text(tmp_path / "texts" / "a.txt")
+    message = main_error(pt.main, ["texts", "--out_dir", "texts/data", "--block_size=8"], capsys)
+    assert_one_line(message, "the output folder texts/data is inside the input folder texts: write it elsewhere")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "texts"]
+
+
+def test_shakespeare_input_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from test_data import load_script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    message = main_error(load_script("shakespeare_char").main, ["texts", "--out-dir", "sc"], capsys)
+    assert_one_line(message, "texts is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
+
+
+def test_token_bins_shard_docs_below_one_is_one_line(tmp_path):
+    from test_data import load_script
+
+    with pytest.raises(UserError) as e:
+        load_script("openwebtext").token_bins.write_bins({}, tmp_path / "out", {}, shard_docs=0)
+    assert_one_line(str(e.value), "--shard-docs=0 must be at least 1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_out_dir_dot_goes_beside_the_folder(run_dirs, monkeypatch, capsys):
+    shutil.copytree(run_dirs / "data", run_dirs / "runs" / "a" / "data")  # its meta.pkl, found from runs/a
+    assert run_in_process(REPO / "export_hf.py", run_dirs / "runs" / "a", ["--out_dir=."], monkeypatch) is None
+    assert (run_dirs / "runs" / "a-hf" / "model.safetensors").is_file()
+    assert sorted(os.listdir(run_dirs / "runs" / "a")) == ["ckpt.pt", "data"]
+
+
+def test_plot_py_out_not_a_png_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.csv").write_text(LOG_HEADER)
+    message = main_error(plot.main, ["run", "--out", "loss.pdf"], capsys)
+    assert_one_line(message, "--out loss.pdf: plot.py draws PNG pictures; give a file name ending in .png")
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "hf"])
+def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, monkeypatch, source):
+    """GPT-2's tokenizer on a 40-token model would print other text than the model means."""
+    shutil.rmtree(exported / "data")
+    args = ["--out_dir=runs/a"] if source == "checkpoint" else ["--init_from=hf"]
+    message = run_in_process(REPO / "sample.py", exported, [*args, "--device=cpu", "--start=!"], monkeypatch)
+    missing = "no data/toy/meta.pkl was found" if source == "checkpoint" else "no meta.pkl says what they are"
+    assert_one_line(message, f"the model has 40 tokens, too few for GPT-2's, and {missing}")
+
+
+def test_export_of_a_character_model_whose_checkpoint_names_no_dataset(run_dirs, monkeypatch):
+    ckpt = torch.load(run_dirs / "runs" / "a" / "ckpt.pt", weights_only=True)
+    del ckpt["config"]["dataset"]
+    torch.save(ckpt, run_dirs / "runs" / "a" / "ckpt.pt")
+    message = run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a"], monkeypatch)
+    assert_one_line(message, "the model has 40 tokens, too few for GPT-2's, and its checkpoint names no dataset")

@@ -40,7 +40,7 @@ def load_fineweb(parquet_dir: Path | None = None, num_proc: int | None = None):
     datasets = pu.import_datasets("fineweb_edu")
     num_proc = num_proc or pu.default_num_proc()
     if parquet_dir is None:
-        return datasets.load_dataset(HF_NAME, name=HF_CONFIG, split="train", num_proc=num_proc)
+        return pu.from_hub(datasets, HF_NAME, name=HF_CONFIG, split="train", num_proc=num_proc)
     files = parquet_files(parquet_dir)
     return datasets.load_dataset("parquet", data_files=files, split="train", num_proc=min(num_proc, len(files)))
 

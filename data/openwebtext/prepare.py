@@ -29,7 +29,7 @@ SEED = 2357
 def load_openwebtext(name: str = HF_NAME, num_proc: int | None = None):
     """The raw dataset from the Hugging Face hub: a DatasetDict with a single 'train' split."""
     datasets = pu.import_datasets("openwebtext")
-    return datasets.load_dataset(name, num_proc=num_proc or pu.default_num_proc())
+    return pu.from_hub(datasets, name, num_proc=num_proc or pu.default_num_proc())
 
 
 def split_train_val(dataset, test_size: float = TEST_SIZE, seed: int = SEED):

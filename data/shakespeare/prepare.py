@@ -30,7 +30,7 @@ def encode(text: str, enc: tiktoken.Encoding) -> list[int]:
 def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) -> dict[str, int]:
     """Write train.bin and val.bin into out_dir; return the counts."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    pu.make_out_dir(out_dir)
     text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
     enc = pu.gpt2_encoding()
     # Split on characters before tokenizing, as classic nanoGPT does; token counts follow from that.

@@ -39,7 +39,7 @@ def decode(ids, itos: dict[int, str]) -> str:
 def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) -> dict[str, int]:
     """Write train.bin, val.bin and meta.pkl into out_dir; return the counts."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    pu.make_out_dir(out_dir)
     text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
     stoi, itos = build_vocab(text)
     train_text, val_text = pu.split_text(text)
