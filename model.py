@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from cuda_graph import CUDAGraph
+from muon import MuonAndAdamW
 
 
 class LayerNorm(nn.Module):
@@ -323,16 +324,23 @@ class GPT(nn.Module):
                 sd[f"{name}.bias"] = module.weight.new_zeros(module.weight.size(0))
         return {k: v.contiguous() for k, v in sd.items()}
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
         """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
-        and LayerNorm gains; the fused kernel where torch has one for the device."""
-        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
+        and LayerNorm gains; the fused kernel where torch has one for the device. Given muon (the
+        keyword arguments of torch.optim.Muon), Muon takes the 2-D weights inside the transformer
+        blocks instead, and the two come as one optimizer (muon.py)."""
+        matrices = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
+        taken = set(map(id, matrices))
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]  # the tied weight once
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         fused = device_type in ("cuda", "cpu") or None  # None: torch's default (foreach) elsewhere
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        if not muon:
+            return adamw
+        return MuonAndAdamW(adamw, torch.optim.Muon(matrices, nesterov=True, **muon))
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilisation: FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as

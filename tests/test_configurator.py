@@ -191,10 +191,11 @@ def test_train_defaults_are_the_classic_ones(train_config):
     )  # fmt: skip
     assert {k: config[k] for k in classic} == classic
     # keys this project adds: fsdp and overwrite are off by default; compile_mode 'auto' only picks how
-    # the same math is launched
-    beyond_classic = {"compile_mode", "fsdp", "overwrite"}
+    # the same math is launched; the optimizer is AdamW unless asked, and the muon_ keys are Muon's alone
+    beyond_classic = {"compile_mode", "fsdp", "overwrite", "optimizer", "muon_lr", "muon_momentum", "muon_weight_decay"}
     assert set(config) == set(classic) | {"device", "dtype"} | beyond_classic
     assert config["compile_mode"] == "auto" and config["fsdp"] is False and config["overwrite"] is False
+    assert config["optimizer"] == "adamw"
     assert changed == set()
 
 
