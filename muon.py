@@ -35,7 +35,6 @@ class MuonAndAdamW:
     def param_groups(self):  # the groups themselves: setting an lr or unscaling gradients reaches both
         return [group for opt in self.optimizers for group in opt.param_groups]
 
-    @torch.no_grad()
     def step(self):
         for opt in self.optimizers:
             opt.step()

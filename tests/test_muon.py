@@ -126,6 +126,36 @@ def test_float16_gradient_scaler_unscales_and_skips_for_both_optimizers():
 
 
 @needs_muon
+def test_state_dict_numbers_every_parameter_in_group_order_and_resumes_exactly():
+    """One torch.optim layout: AdamW's groups then Muon's, parameters numbered 0.. in that order
+    (each state shaped as its parameter); loaded into a fresh model's optimizer, the next steps match."""
+    x = torch.randint(0, 32, (2, 8))
+    model, twin = tiny_model(), tiny_model(seed=1)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+    model(x, x)[1].backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert [i for g in saved["param_groups"] for i in g["params"]] == list(range(len(params)))
+    assert [len(g["params"]) for g in saved["param_groups"]] == [len(g["params"]) for g in optimizer.param_groups]
+    assert "nesterov" in saved["param_groups"][-1] and "betas" in saved["param_groups"][0]
+    for i, p in enumerate(params):
+        key = "momentum_buffer" if i >= len(params) - 8 else "exp_avg"
+        assert saved["state"][i][key].shape == p.shape, i
+    twin.load_state_dict(model.state_dict())
+    resumed = twin.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+    resumed.load_state_dict(checkpoint.cpu_copy(saved))
+    for m, o in ((model, optimizer), (twin, resumed)):
+        for _ in range(2):
+            o.zero_grad()
+            m(x, x)[1].backward()
+            o.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    with pytest.raises(ValueError, match="2 parameter groups saved, 3 expected"):  # AdamW's alone
+        resumed.load_state_dict(twin.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").state_dict())
+
+
+@needs_muon
 def test_zero_grad_keeps_or_drops_every_gradient():
     """set_to_none=False (a recorded CUDA graph's gradients) zeroes them in place; True drops them."""
     model = tiny_model()
@@ -253,3 +283,22 @@ def test_a_torch_without_muon_is_one_line(tmp_path):
         "upgrade torch, or use --optimizer=adamw"
     ]
     assert not (tmp_path / "out").exists()
+
+
+@needs_muon
+@pytest.mark.gpu
+def test_muon_under_recorded_cuda_graphs_trains_as_eager(tmp_path):
+    """On one GPU, compile_mode=auto records the micro-step and zeroes the recorded gradients in
+    place (zero_grad(set_to_none=False)); Muon, stepping eagerly on them, logs the losses of the
+    eager run, within the rounding its bfloat16 orthogonalisation spreads (float32 otherwise)."""
+    make_dataset(tmp_path)
+    args = [a for a in ARGS if a not in ("--device=cpu", "--compile=False", "--gradient_accumulation_steps=2")]
+    args += ["--device=cuda", "--dtype=float32", "--max_iters=12", "--gradient_accumulation_steps=1"]
+    compiled = run_train(tmp_path, *args, "--compile=True", "--out_dir=compiled")
+    assert "mode regional" in compiled.stdout
+    run_train(tmp_path, *args, "--compile=False", "--out_dir=eager")
+    (train_a, eval_a), (train_b, eval_b) = read_log(tmp_path / "eager"), read_log(tmp_path / "compiled")
+    assert [r["iter"] for r in train_a] == [r["iter"] for r in train_b] and len(eval_a) == len(eval_b) == 3
+    for a, b in zip(train_a + eval_a, train_b + eval_b, strict=True):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-2), a["iter"]
+    assert float(eval_b[-1]["val_loss"]) < float(eval_b[0]["val_loss"]) - 0.5
