@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import engine
+from muon import MuonAndAdamW
 
 
 class LayerNorm(nn.Module):
@@ -233,16 +234,27 @@ class GPT(nn.Module):
 
         return huggingface.from_pretrained(model_type, override_args)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
         """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
-        and LayerNorm gains; the fused kernel where torch has one for the device."""
-        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
+        and LayerNorm gains; the fused kernel where torch has one for the device. Given muon (the
+        keyword arguments of torch.optim.Muon), Muon takes the 2-D weights inside the transformer
+        blocks instead, and the two come as one optimizer (muon.py)."""
+        matrices = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
+        taken = set(map(id, matrices))
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]  # the tied weight once
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         fused = device_type in ("cuda", "cpu") or None  # None: torch's default (foreach) elsewhere
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        if not muon:
+            return adamw
+        # Muon's lr follows the same schedule, scaled to its own peak (step.py applies lr_scale)
+        lr_scale = muon["lr"] / learning_rate if learning_rate > 0 else 0.0
+        return MuonAndAdamW(
+            adamw, torch.optim.Muon([{"params": matrices, "lr_scale": lr_scale}], nesterov=True, **muon)
+        )
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilisation: FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as

@@ -131,6 +131,12 @@ def state_dict_options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
+def torch_optimizers(optimizer):
+    """The torch.optim optimizers behind ours: muon.MuonAndAdamW's two (in the order of its param
+    groups, which is the order torch.distributed.checkpoint joins their states in), or AdamW alone."""
+    return getattr(optimizer, "optimizers", (optimizer,))
+
+
 def param_names(model, optimizer):
     """The name of each optimizer parameter, in the order torch.optim numbers them."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -143,7 +149,7 @@ def full_state(model, optimizer):
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     model_sd = get_model_state_dict(model, options=state_dict_options(cpu_offload=True))
-    by_name = get_optimizer_state_dict(model, optimizer, options=state_dict_options(cpu_offload=True))
+    by_name = get_optimizer_state_dict(model, torch_optimizers(optimizer), options=state_dict_options(cpu_offload=True))
     if not by_name:
         return model_sd, {}
     index = {name: i for i, name in enumerate(param_names(model, optimizer))}
@@ -159,4 +165,5 @@ def load_optimizer_state(model, optimizer, optim_sd):
     names = param_names(model, optimizer)
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in optim_sd["param_groups"]]
     state = {names[int(i)]: s for i, s in optim_sd["state"].items()}
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=state_dict_options())
+    by_name = {"state": state, "param_groups": groups}
+    set_optimizer_state_dict(model, torch_optimizers(optimizer), by_name, options=state_dict_options())

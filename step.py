@@ -37,7 +37,7 @@ class TrainStep:
 
     def __call__(self, it, lr):
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # (Muon's groups: its own peak, on the same schedule)
         for k in range(self.micro_steps):
             parallel.sync_gradients(self.model, k == self.micro_steps - 1)  # DDP/FSDP: on the last one only
             X, Y = self.ahead[1:] if self.ahead and self.ahead[0] == (it, k) else self.get_batch(it, k)

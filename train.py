@@ -29,6 +29,7 @@ from dataloader import Batches, find_data_file, load_meta
 from errors import UserError, report_user_errors
 from huggingface import PRETRAINED, is_model_name, load_pretrained
 from model import ARCH_KEYS, GPT, GPTConfig
+from muon import require_muon
 from plan import check_device, default_device, default_dtype, make_plan, peak_flops, prepare_torch
 from progress import Progress
 from step import TrainStep
@@ -68,6 +69,11 @@ weight_decay = 1e-1  # AdamW's weight decay, on matrices and embeddings only
 beta1 = 0.9  # AdamW's beta1
 beta2 = 0.95  # AdamW's beta2
 grad_clip = 1.0  # clip gradients at this norm, or disable if == 0.0
+# muon optimizer (--optimizer=muon): defaults from the example in Keller Jordan's Muon repository
+optimizer = "adamw"  # 'adamw', or 'muon': torch.optim.Muon (PyTorch 2.9+) for the blocks' matrices, AdamW the rest
+muon_lr = 0.02  # Muon's peak learning rate; it follows learning_rate's warmup and decay, scaled by the ratio
+muon_momentum = 0.95  # Muon's (Nesterov) momentum
+muon_weight_decay = 0.01  # Muon's decoupled weight decay (times its learning rate at each step)
 # learning rate decay settings
 decay_lr = True  # warm up, then decay along a cosine; False keeps learning_rate throughout
 warmup_iters = 2000  # how many steps to warm up for
@@ -93,12 +99,18 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
 for key in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"):
     if config[key] < 1:
         raise UserError(f"{key}={config[key]} must be at least 1")
-for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "grad_clip", "weight_decay"):
+for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "grad_clip", "weight_decay",
+            "muon_lr", "muon_weight_decay"):  # fmt: skip
     if config[key] < 0:
         raise UserError(f"{key}={config[key]} must not be negative")
-for key in ("dropout", "beta1", "beta2"):
+for key in ("dropout", "beta1", "beta2", "muon_momentum"):
     if not 0 <= config[key] < 1:
         raise UserError(f"{key}={config[key]} must be in [0, 1)")
+if optimizer not in ("adamw", "muon"):
+    raise UserError(f"unknown optimizer={optimizer!r}: use adamw (nanoGPT's) or muon")
+use_muon = optimizer == "muon"  # (from the optimizer's setup on, `optimizer` is the torch optimizer itself)
+if use_muon:
+    require_muon()
 if init_from not in ("scratch", "resume") and not is_model_name(init_from):
     raise UserError(f"unknown init_from={init_from!r}: use scratch, resume or one of {', '.join(PRETRAINED)}")
 check_device(device, dtype)
@@ -178,6 +190,12 @@ elif init_from == "resume":
     ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
     model = checkpoint.model_from(ckpt, dropout=dropout)
     iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
+    trained_with = (ckpt.get("config") or {}).get("optimizer", "adamw")  # nanoGPT's checkpoints: AdamW
+    if trained_with != optimizer:
+        raise UserError(
+            f"the checkpoint in {out_dir} was trained with optimizer={trained_with!r}, whose state does not carry "
+            f"over to {optimizer!r}: resume with --optimizer={trained_with}, or start anew with --out_dir=NEW_DIR"
+        )
 else:
     say(f"Initializing from OpenAI GPT-2 weights: {init_from}")
     model = load_pretrained(init_from, dropout=dropout)
@@ -206,7 +224,8 @@ def micro_batch(it, k):
 raw_model = model  # the plain module, whatever wraps it below: what is saved
 if plan.fsdp:  # before the optimizer exists: it must hold the sharded parameters
     parallel.shard(model, plan.device_type)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), plan.device_type)
+muon_args = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if use_muon else None
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), plan.device_type, muon=muon_args)
 plan.apply(model)  # compiled in place: the first step and the first eval take longer
 if procs.enabled and not plan.fsdp:
     device_ids = [procs.local_rank] if plan.device_type == "cuda" else None

@@ -208,6 +208,7 @@ CASES = [
     ("negative-max_iters", "train", ["--max_iters=-1"], None, "max_iters=-1 must not be negative", None),
     ("negative-weight_decay", "train", ["--weight_decay=-0.1"], None, "weight_decay=-0.1 must not be negative", None),
     ("beta2-out-of-range", "train", ["--beta2=1.0"], None, "beta2=1.0 must be in [0, 1)", None),
+    ("unknown-optimizer", "train", ["--optimizer=sgd"], None, "unknown optimizer='sgd': use adamw", None),
     ("dropout-out-of-range", "train", [*RESUME, "--dropout=1.5"], None, "dropout=1.5 must be in [0, 1)", None),
     ("unknown-compile_mode", "train", ["--compile=True", "--compile_mode=fast"], None, "compile_mode='fast'", None),
     pytest.param(
