@@ -21,6 +21,7 @@ import torch
 import checkpoint
 import dataloader
 from model import GPT, GPTConfig
+from plan import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"
@@ -466,17 +467,15 @@ def test_data_dir_falls_back_to_the_script_folder(tmp_path, monkeypatch):
 
 
 def test_regional_compile_keeps_the_module_and_its_checkpoint_names():
-    """compile_mode='regional' compiles each block in place, as train.py does: the model stays the same
-    module with the same parameters, and its state dict has the classic names (no `_orig_mod.`)."""
+    """compile_mode='regional' compiles each block in place, as train.py's plan does: the model stays
+    the same module with the same parameters, and its state dict has the classic names (no `_orig_mod.`)."""
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=32))
     names, params = list(model.state_dict()), list(model.parameters())
-    source = TRAIN.read_text()
-    assert "for block in model.transformer.h:\n            block.compile(dynamic=False)" in source
-    for block in model.transformer.h:
-        block.compile(dynamic=False)
+    make_plan("cpu", "float32", compile=True, compile_mode="regional").apply(model)  # (compiles at the first call)
     assert list(model.state_dict()) == names
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
     assert all(block._compiled_call_impl is not None for block in model.transformer.h)
+    assert model._compiled_call_impl is None  # the blocks alone
 
 
 def test_loss_png_draws_the_logged_values(trained):
