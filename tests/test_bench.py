@@ -22,7 +22,8 @@ def test_bench_reports_time_tokens_and_a_sane_loss(tmp_path, real):
     assert proc.returncode == 0, proc.stderr
     ms, tokens_per_s = re.search(r"time per iteration: ([0-9.]+) ms .*?, ([0-9,]+) tokens/s", proc.stdout).groups()
     # tokens/s is batch_size * block_size over the median step time
-    assert float(tokens_per_s.replace(",", "")) == pytest.approx(4 * 16 / (float(ms) / 1000), rel=0.01)
+    # (printed rounded to a whole token: a slow machine's few tokens/s lose up to 0.5 to it)
+    assert float(tokens_per_s.replace(",", "")) == pytest.approx(4 * 16 / (float(ms) / 1000), rel=0.01, abs=0.5)
     losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", proc.stdout)]
     vocab = 32 if real else 97
     assert len(losses) == 2 and all(abs(x - math.log(vocab)) < 0.5 for x in losses)  # near uniform at init

@@ -239,8 +239,8 @@ def test_ddp_gloo_equals_single_process_accumulation(tmp_path, nproc, micro_step
     d, s = load(tmp_path / "ddp" / "ckpt.pt"), load(tmp_path / "single" / "ckpt.pt")
     assert d["model"].keys() == s["model"].keys()
     # the gradients are the same sums in another order; their rounding grows with the processes
-    # (largest differences measured: 1.8e-7 on 2, 4.3e-6 on 8)
-    atol = {2: 1e-6, 4: 4e-6, 8: 1e-5}[nproc]
+    # (largest differences measured: 1.8e-7 on 2, 4.3e-6 on 8; 1.3e-5 on 8 on another CPU, the code unchanged)
+    atol = {2: 1e-6, 4: 4e-6, 8: 3e-5}[nproc]
     for k in s["model"]:
         torch.testing.assert_close(d["model"][k], s["model"][k], rtol=1e-4, atol=atol, msg=k)
     _, d_eval = read_log(tmp_path / "ddp")
