@@ -3,9 +3,10 @@
     python plot.py out-shakespeare-char                  # one run's curves, into loss.png
     python plot.py out-a out-b --out compare.png         # several runs side by side
 
-train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu) and a
-row per eval (iter, train loss in `loss`, val_loss) and, when matplotlib is installed
-(pip install matplotlib), redraws loss.png at each eval.
+train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu), a
+row per eval (iter, train loss in `loss`, val_loss) and, with --hellaswag_interval, a row per
+HellaSwag eval (iter, hellaswag: its acc_norm); when matplotlib is installed (pip install
+matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag column read alike.
 """
 
 import argparse
@@ -17,24 +18,28 @@ import time
 
 from atomic import atomic_write
 
-HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
+HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
 
 
 def read_log(path):
-    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the evals)."""
-    steps, evals = [], []
+    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the
+    evals, [(iter, acc_norm)] of the HellaSwag evals)."""
+    steps, evals, hellaswag = [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row["val_loss"]:
+            if row.get("hellaswag"):
+                hellaswag.append((int(row["iter"]), float(row["hellaswag"])))
+            elif row["val_loss"]:
                 evals.append((int(row["iter"]), float(row["loss"]), float(row["val_loss"])))
             else:
                 steps.append((int(row["iter"]), float(row["loss"])))
-    return steps, evals
+    return steps, evals, hellaswag
 
 
 def draw(out_dirs, png_path):
-    """Train and val loss against iteration, one panel per run, side by side, into png_path; returns
-    the matplotlib Figure (None without matplotlib)."""
+    """Train and val loss against iteration, one panel per run, side by side, into png_path (with
+    HellaSwag's acc_norm on a right-hand axis where a run has it); returns the matplotlib Figure
+    (None without matplotlib)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -44,7 +49,7 @@ def draw(out_dirs, png_path):
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(out_dirs), sharey=True, squeeze=False)[0]
     for ax, out_dir in zip(axes, out_dirs, strict=True):
-        steps, evals = read_log(os.path.join(out_dir, "train_log.csv"))
+        steps, evals, hellaswag = read_log(os.path.join(out_dir, "train_log.csv"))
         if steps:
             ax.plot(*zip(*steps), color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each log line)")
         if evals:
@@ -53,7 +58,13 @@ def draw(out_dirs, png_path):
             ax.plot(its, val, "o-", color="tab:orange", label="val (eval)")
         ax.set(title=out_dir, xlabel="iteration", ylabel="loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        lines, legend_ax = ax.get_lines(), ax
+        if hellaswag:
+            legend_ax = ax.twinx()  # (after every panel in fig.axes)
+            legend_ax.plot(*zip(*hellaswag), "s-", color="tab:green", label="HellaSwag acc_norm")
+            legend_ax.set(ylabel="HellaSwag acc_norm")
+            lines += legend_ax.get_lines()
+        legend_ax.legend(handles=lines)  # on the axes drawn last, so that no line covers it
     fig.tight_layout()
     with atomic_write(png_path) as f:  # a reader (or a kill) never meets half a picture
         fig.savefig(f, dpi=100, format="png")
@@ -73,8 +84,22 @@ class TrainingLog:
         if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             with open(self.path, "w") as f:
                 f.write(",".join(HEADER) + "\n")
-        elif resumed_at is not None:
+            return
+        self.add_new_columns()
+        if resumed_at is not None:
             self.forget_after(resumed_at)
+
+    def add_new_columns(self):
+        """A log of an earlier version, whose header lacks the last columns of HEADER, gets them
+        (empty in its rows), atomically: the rows appended next have every column."""
+        with open(self.path, newline="") as f:
+            old = tuple(next(csv.reader(f), ()))
+        if len(old) < len(HEADER) and old == HEADER[: len(old)]:
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            pad = [""] * (len(HEADER) - len(old))
+            with atomic_write(self.path, "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerows([HEADER, *(row + pad for row in rows)])
 
     def forget_after(self, it):
         """Drop the rows past the eval at iteration it, atomically."""
@@ -85,15 +110,23 @@ class TrainingLog:
             with atomic_write(self.path, "w", newline="") as f:
                 csv.writer(f, lineterminator="\n").writerows(keep)
 
-    def row(self, *cells):
+    def row(self, **cells):
         with open(self.path, "a") as f:
-            f.write(",".join("" if c is None else str(c) for c in cells) + "\n")
+            f.write(",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n")
 
     def step_row(self, it, loss, lr, dt, mfu):
-        self.row(it, loss, None, lr, f"{dt * 1000:.2f}", f"{mfu * 100:.2f}" if mfu >= 0 else None)
+        self.row(iter=it, loss=loss, lr=lr, time_ms=f"{dt * 1000:.2f}", mfu=f"{mfu * 100:.2f}" if mfu >= 0 else None)
 
     def eval_row(self, it, losses, lr, mfu, last=False):
-        self.row(it, losses["train"], losses["val"], lr, None, f"{mfu * 100:.2f}" if mfu >= 0 else None)
+        mfu = f"{mfu * 100:.2f}" if mfu >= 0 else None
+        self.row(iter=it, loss=losses["train"], val_loss=losses["val"], lr=lr, mfu=mfu)
+        self.redraw(last)
+
+    def hellaswag_row(self, it, acc_norm, last=False):
+        self.row(iter=it, hellaswag=f"{acc_norm:.6f}")
+        self.redraw(last)
+
+    def redraw(self, last):
         if last or time.time() - self.drawn_at > 10:
             first = self.drawing is None
             self.wait()

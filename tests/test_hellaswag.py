@@ -1,8 +1,9 @@
-"""HellaSwag zero-shot (hellaswag.py, eval_hellaswag.py) on small synthetic files in rowanz/hellaswag's
-format: the scores against a plain per-ending float64 computation, cropping, DDP, the download
-through a local HTTP server, bad files."""
+"""HellaSwag zero-shot (hellaswag.py, eval_hellaswag.py, train.py --hellaswag_interval) on small
+synthetic files in rowanz/hellaswag's format: the scores against a plain per-ending float64
+computation, cropping, DDP, the download through a local HTTP server, bad files, the training log."""
 
 import contextlib
+import csv
 import functools
 import http.server
 import json
@@ -18,9 +19,12 @@ import pytest
 import tiktoken
 import torch
 import torch.nn.functional as F
+from test_train import TINY, make_dataset, run_train
 
+import checkpoint
 import hellaswag
 import parallel
+import plot
 from errors import UserError
 from model import GPT, GPTConfig
 
@@ -329,6 +333,40 @@ def test_an_empty_or_missing_file_is_one_line(tmp_path):
         hellaswag.prepare(str(tmp_path / "nope.jsonl"), parallel.Processes())
 
 
+# ---------------------------------------------------------------------------- during training, and the log
+
+
+def test_train_logs_hellaswag_and_the_plot_draws_it(tmp_path, enc):
+    """--hellaswag_interval=2 over 3 iterations: rows at 0, 2 and 3 (the end), the last one the
+    acc_norm of the final checkpoint as scored here; loss.png gets them on a right-hand axis."""
+    make_dataset(tmp_path, meta=False)  # GPT-2's vocabulary: a model of 50304 tokens
+    examples = synthetic(6, seed=4)
+    path = write_jsonl(tmp_path / "items.jsonl", examples)
+    args = [*TINY, "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--gradient_accumulation_steps=1"]
+    args += [f"--hellaswag_file={path}", "--hellaswag_interval=2", "--n_embd=16"]
+    proc = run_train(tmp_path, *args, "--out_dir=out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "train_log.csv", newline="")))
+    assert list(rows[0]) == list(plot.HEADER) and plot.HEADER[-1] == "hellaswag"
+    logged = [(int(r["iter"]), float(r["hellaswag"])) for r in rows if r["hellaswag"]]
+    assert [it for it, _ in logged] == [0, 2, 3]
+    assert all(r["loss"] == r["val_loss"] == "" for r in rows if r["hellaswag"])
+    final = checkpoint.model_from(checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))).eval()
+    want = hellaswag.evaluate(final, hellaswag.tokenize(examples, enc), "cpu", nullcontext())
+    assert logged[-1][1] == pytest.approx(want["acc_norm"], abs=1e-6)
+    assert f"step 3: hellaswag acc_norm {want['acc_norm']:.4f}, acc {want['acc']:.4f}" in proc.stdout
+    steps, evals, hellaswag_rows = plot.read_log(tmp_path / "out" / "train_log.csv")
+    assert hellaswag_rows == logged and [it for it, *_ in evals] == [0, 3] and len(steps) == 3
+    fig = plot.draw([str(tmp_path / "out")], str(tmp_path / "again.png"))
+    if fig is not None:  # (with matplotlib) HellaSwag on the right-hand axis of the run's panel
+        assert (tmp_path / "out" / "loss.png").read_bytes().startswith(b"\x89PNG")  # drawn by train.py
+        assert [list(map(tuple, ln.get_xydata().tolist())) for ln in fig.axes[1].lines] == [logged]
+    # a character-level dataset: refused before anything is set up
+    make_dataset(tmp_path, name="chars")
+    proc = run_train(tmp_path, *args, "--dataset=chars", "--out_dir=c", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
+    assert proc.stderr.startswith("error: hellaswag_interval needs a model on GPT-2's tokens, but dataset 'chars'")
+
+
 @pytest.mark.gpu
 def test_on_the_gpu_float32_and_bf16_score_as_the_float64_reference(examples, expected, enc):
     """The CUDA path (SDPA attention, bf16 autocast as eval_hellaswag.py runs it) against the CPU
@@ -349,3 +387,47 @@ def test_on_the_gpu_float32_and_bf16_score_as_the_float64_reference(examples, ex
     assert sums.dtype == torch.float32
     torch.testing.assert_close(sums.double().cpu(), expected[0], rtol=3e-2, atol=0.5)
     torch.testing.assert_close(means.double().cpu(), expected[1], rtol=3e-2, atol=0.1)
+
+
+@pytest.mark.gpu
+def test_train_py_compiled_on_the_gpu_scores_hellaswag_without_recompiling(tmp_path, enc):
+    """compile_mode=auto on one GPU: compiled blocks and a recorded CUDA graph of the step; the
+    HellaSwag evals in between run the same blocks eagerly (no recompiles, the graph intact) and
+    log the final checkpoint's acc_norm."""
+    make_dataset(tmp_path, meta=False)
+    examples = synthetic(40, seed=5)
+    path = write_jsonl(tmp_path / "items.jsonl", examples)
+    args = [a for a in TINY if a not in ("--device=cpu", "--compile=False")]
+    args += ["--device=cuda", "--compile=True", "--dtype=float32", "--max_iters=6", "--eval_interval=3"]
+    args += ["--gradient_accumulation_steps=1", f"--hellaswag_file={path}", "--hellaswag_interval=2", "--out_dir=out"]
+    proc = run_train(tmp_path, *args)
+    assert "mode regional" in proc.stdout and "recompil" not in proc.stdout + proc.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "train_log.csv", newline="")))
+    logged = [(int(r["iter"]), float(r["hellaswag"])) for r in rows if r["hellaswag"]]
+    assert [it for it, _ in logged] == [0, 2, 4, 6]
+    final = checkpoint.model_from(checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))).cuda().eval()
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # as train.py sets it: the same kernels, the same sums
+    try:
+        want = hellaswag.evaluate(final, hellaswag.tokenize(examples, enc), "cuda", nullcontext())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert logged[-1][1] == pytest.approx(want["acc_norm"], abs=1e-6)
+
+
+OLD_LOG = "iter,loss,val_loss,lr,time_ms,mfu\n0,3.5,3.6,0.001,,\n0,3.4,,0.001,12.50,\n1,3.2,,0.002,11.00,\n"
+
+
+def test_old_logs_still_read_and_a_resumed_run_extends_their_header(tmp_path):
+    (tmp_path / "train_log.csv").write_text(OLD_LOG)
+    assert plot.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.2)], [(0, 3.5, 3.6)], [])
+    log = plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=1)
+    log.step_row(1, 3.1, 0.002, 0.01, -1.0)
+    log.hellaswag_row(1, 0.25)
+    log.wait()
+    lines = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert lines == ["iter,loss,val_loss,lr,time_ms,mfu,hellaswag", "0,3.5,3.6,0.001,,,", "0,3.4,,0.001,12.50,,",
+                     "1,3.1,,0.002,10.00,,", "1,,,,,,0.250000"]  # fmt: skip
+    assert plot.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.1)], [(0, 3.5, 3.6)], [(1, 0.25)])
+    plot.TrainingLog(str(tmp_path), truncate=False, say=print)  # a log of this version is left as it is
+    assert (tmp_path / "train_log.csv").read_text().splitlines() == lines
