@@ -138,12 +138,13 @@ def tokenize(examples, enc):
 
 def prepare(hellaswag_file, procs, say=print, limit=0):
     """The tokenized items of hellaswag_file, or of the cached download, downloaded first if it is
-    not there yet (by rank 0 alone while the others wait); the first `limit` of them if limit > 0."""
+    not there yet (by the first process of each machine while the others wait); the first `limit`
+    of them if limit > 0."""
     path = hellaswag_file
     if not path:
         path = cache_path()
         url = os.environ.get("NANOGPT_HELLASWAG_URL") or URL
-        if procs.master and not os.path.isfile(path):
+        if procs.local_rank == 0 and not os.path.isfile(path):
             download(url, path, say)
         if procs.enabled:
             torch.distributed.barrier()
@@ -203,21 +204,25 @@ def to_device(t, device):
 def scores(model, items, device, autocast_ctx):
     """The summed and the mean loss of each ending of each item, both (len(items), 4).
 
-    The model runs its own forward; the output of its final LayerNorm at every position is caught
-    on the way by a hook (forward without targets applies the head to the last position only), and
-    the head is applied to the positions that predict an ending token alone: far fewer logits.
-    Where those are is worked out on the CPU, so that the GPU is never waited for."""
+    The model runs its own forward; a hook on its final LayerNorm applies the head to the
+    positions that predict an ending token (forward without targets would apply it to the last
+    position only): far fewer logits than all of them. Where those positions are is worked out on
+    the CPU, so that the GPU is never waited for."""
     x, y = make_batch(items, model.config.block_size)
     where = (y.view(-1) != -1).nonzero().squeeze(1)  # the scored positions of x.view(-1)
     x, where, targets, counts = (to_device(t, device) for t in (x, where, y.view(-1)[where], (y != -1).sum(1)))
     caught = []
-    hook = model.transformer.ln_f.register_forward_hook(lambda module, args, out: caught.append(out))
+
+    def head(module, args, out):  # within the forward: under FSDP, while the weights are gathered
+        caught.append(model.lm_head(out.flatten(0, 1).index_select(0, where)))  # (scored tokens, V)
+
+    hook = model.transformer.ln_f.register_forward_hook(head)
     try:
         with autocast_ctx:
             model(x)
-            logits = model.lm_head(caught[0].flatten(0, 1).index_select(0, where))  # (scored tokens, V)
     finally:
         hook.remove()
+    logits = caught[0]
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     losses = F.cross_entropy(logits, targets, reduction="none")
