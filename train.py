@@ -397,8 +397,8 @@ while True:
                 save_checkpoint()
         t0, steps_since_log = time.time(), 0
     skip_eval = False
-    # HellaSwag: every hellaswag_interval iterations and at the end (a resumed run redoes the one at
-    # its first iteration: the log kept no row of it)
+    # HellaSwag: every hellaswag_interval iterations and at the end (a run resumed where one was due
+    # redoes it: its checkpoint was saved before it, and the log dropped its row)
     if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num >= max_iters or eval_only):
         t_eval = time.time()
         result = hellaswag_eval()

@@ -431,3 +431,5 @@ def test_old_logs_still_read_and_a_resumed_run_extends_their_header(tmp_path):
     assert plot.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.1)], [(0, 3.5, 3.6)], [(1, 0.25)])
     plot.TrainingLog(str(tmp_path), truncate=False, say=print)  # a log of this version is left as it is
     assert (tmp_path / "train_log.csv").read_text().splitlines() == lines
+    plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=1)  # iteration 1 is redone, HellaSwag too
+    assert (tmp_path / "train_log.csv").read_text().splitlines() == lines[:3]
