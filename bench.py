@@ -71,7 +71,7 @@ except ValueError as e:  # a shape no GPT can have
     raise UserError(str(e)) from None
 plan = make_plan(
     device, dtype, compile=compile, compile_mode=compile_mode, head_loss=head_loss, attention=attention,
-    vocab_size=vocab_size, training=not sample,
+    vocab_size=vocab_size, task="sample" if sample else "train",
 )  # fmt: skip
 print(f"plan: {plan.describe()}")
 device_type = plan.device_type

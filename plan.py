@@ -118,7 +118,11 @@ class Plan:
     attention: str  # 'sdpa' (flash attention and its kin) or 'manual' (the masked softmax)
     processes: int = 1  # processes of a torchrun job
     fsdp: bool = False  # shard over them instead of DDP
-    training: bool = True
+    task: str = "train"  # 'train', 'sample' or 'eval' (forward passes only)
+
+    @property
+    def training(self):
+        return self.task == "train"
 
     @property
     def device_type(self):
@@ -146,8 +150,8 @@ class Plan:
 
     @property
     def cast_blocks(self):
-        """Sampling under autocast: the blocks' Linear weights are cast to the autocast dtype once,
-        not at every step (the same values: autocast rounds them alike)."""
+        """Sampling or evaluating under autocast: the blocks' Linear weights are cast to the autocast
+        dtype once, not at every forward pass (the same values: autocast rounds them alike)."""
         return not self.training and self.dtype != "float32"
 
     def apply(self, model):
@@ -168,7 +172,7 @@ class Plan:
 
 def make_plan(
     device, dtype, compile=False, compile_mode="auto", head_loss="auto", attention="auto", vocab_size=50304,
-    micro_steps=1, processes=1, fsdp=False, training=True,
+    micro_steps=1, processes=1, fsdp=False, task="train",
 ):  # fmt: skip
     """The Plan for these settings, with every 'auto' decided; a one-line error for what cannot work.
 
@@ -177,7 +181,7 @@ def make_plan(
     (float16's gradient scaler is not recorded); elsewhere torch.compile's default mode.
     head_loss 'auto': chunked on CUDA for a vocabulary of 8,192 or more (measured slower on the
     CPU). attention 'auto': SDPA on CUDA, the masked softmax elsewhere."""
-    device_type = check_device(device, dtype)
+    device_type, training = check_device(device, dtype), task == "train"
     for key, value, choices in (
         ("head_loss", head_loss, ("chunked", "full")),
         ("attention", attention, ("sdpa", "manual")),
@@ -201,13 +205,13 @@ def make_plan(
         raise UserError("fsdp=True trains with --dtype=bfloat16 or float32, not float16 (no sharded gradient scaler)")
     if training:
         cuda_graph = compile and compile_mode == "auto" and one_gpu and dtype != "float16"
-    else:
-        cuda_graph = device_type == "cuda"
+    else:  # sampling's decode steps on CUDA
+        cuda_graph = task == "sample" and device_type == "cuda"
     if head_loss == "auto":
         head_loss = "chunked" if device_type == "cuda" and vocab_size >= 8192 else "full"
     if attention == "auto":
         attention = "sdpa" if device_type == "cuda" else "manual"
-    return Plan(device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, training)
+    return Plan(device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, task)
 
 
 def prepare_torch(seed):

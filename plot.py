@@ -3,9 +3,10 @@
     python plot.py out-shakespeare-char                  # one run's curves, into loss.png
     python plot.py out-a out-b --out compare.png         # several runs side by side
 
-train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu) and a
-row per eval (iter, train loss in `loss`, val_loss) and, when matplotlib is installed
-(pip install matplotlib), redraws loss.png at each eval.
+train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu), a
+row per eval (iter, train loss in `loss`, val_loss) and, with --hellaswag_interval, a row per
+HellaSwag eval (iter, hellaswag: its acc_norm); when matplotlib is installed (pip install
+matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag column read alike.
 """
 
 import argparse
@@ -19,7 +20,7 @@ import time
 from atomic import atomic_write
 from errors import cannot_write, reason
 
-HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
+HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
 
 
 def log_rows(path):
@@ -36,30 +37,35 @@ def log_rows(path):
 
 
 def read_log(path):
-    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the evals).
-    A row that is not one of HEADER's is a ValueError that names its line."""
+    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the
+    evals, [(iter, acc_norm)] of the HellaSwag evals). A log of an earlier version, without the last
+    columns of HEADER, reads alike; a row that fits no header is a ValueError that names its line."""
     rows = log_rows(path)
-    if rows and rows[0][1][:3] != list(HEADER[:3]):
+    header = rows[0][1] if rows else list(HEADER)
+    if header != list(HEADER[: len(header)]) or len(header) < 3:
         raise ValueError(f"{path} is not a training log: its first line is not {','.join(HEADER)}")
-    steps, evals = [], []
-    for n, row in rows[1:]:
+    steps, evals, hellaswag = [], [], []
+    for n, cells in rows[1:]:
         try:
-            if len(row) != len(HEADER):
+            if len(cells) != len(header):
                 raise ValueError
-            it, loss = int(row[0]), float(row[1])
-            if row[2]:
-                evals.append((it, loss, float(row[2])))
+            row = dict(zip(header, cells))
+            if row.get("hellaswag"):
+                hellaswag.append((int(row["iter"]), float(row["hellaswag"])))
+            elif row["val_loss"]:
+                evals.append((int(row["iter"]), float(row["loss"]), float(row["val_loss"])))
             else:
-                steps.append((it, loss))
+                steps.append((int(row["iter"]), float(row["loss"])))
         except ValueError:
-            shown = ",".join(row)[:40]
-            raise ValueError(f"line {n} of {path} ({shown!r}) is no row of {','.join(HEADER)}: delete it") from None
-    return steps, evals
+            shown = ",".join(cells)[:40]
+            raise ValueError(f"line {n} of {path} ({shown!r}) is no row of {','.join(header)}: delete it") from None
+    return steps, evals, hellaswag
 
 
 def draw(out_dirs, png_path):
-    """Train and val loss against iteration, one panel per run, side by side, into png_path; returns
-    the matplotlib Figure (None without matplotlib)."""
+    """Train and val loss against iteration, one panel per run, side by side, into png_path (with
+    HellaSwag's acc_norm on a right-hand axis where a run has it); returns the matplotlib Figure
+    (None without matplotlib)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -69,7 +75,7 @@ def draw(out_dirs, png_path):
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(out_dirs), sharey=True, squeeze=False)[0]
     for ax, out_dir in zip(axes, out_dirs, strict=True):
-        steps, evals = read_log(os.path.join(out_dir, "train_log.csv"))
+        steps, evals, hellaswag = read_log(os.path.join(out_dir, "train_log.csv"))
         if steps:
             ax.plot(*zip(*steps), color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each log line)")
         if evals:
@@ -78,7 +84,13 @@ def draw(out_dirs, png_path):
             ax.plot(its, val, "o-", color="tab:orange", label="val (eval)")
         ax.set(title=out_dir, xlabel="iteration", ylabel="loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        lines, legend_ax = ax.get_lines(), ax
+        if hellaswag:
+            legend_ax = ax.twinx()  # (after every panel in fig.axes)
+            legend_ax.plot(*zip(*hellaswag), "s-", color="tab:green", label="HellaSwag acc_norm")
+            legend_ax.set(ylabel="HellaSwag acc_norm")
+            lines += legend_ax.get_lines()
+        legend_ax.legend(handles=lines)  # on the axes drawn last, so that no line covers it
     fig.tight_layout()
     with atomic_write(png_path) as f:  # a reader (or a kill) never meets half a picture
         fig.savefig(f, dpi=100, format="png")
@@ -98,8 +110,22 @@ class TrainingLog:
         if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             with open(self.path, "w") as f:
                 f.write(",".join(HEADER) + "\n")
-        elif resumed_at is not None:
+            return
+        self.add_new_columns()
+        if resumed_at is not None:
             self.forget_after(resumed_at)
+
+    def add_new_columns(self):
+        """A log of an earlier version, whose header lacks the last columns of HEADER, gets them
+        (empty in its rows), atomically: the rows appended next have every column."""
+        with open(self.path, newline="") as f:
+            old = tuple(next(csv.reader(f), ()))
+        if len(old) < len(HEADER) and old == HEADER[: len(old)]:
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            pad = [""] * (len(HEADER) - len(old))
+            with atomic_write(self.path, "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerows([HEADER, *(row + pad for row in rows)])
 
     def forget_after(self, it):
         """Drop the rows past the eval at iteration it, atomically."""
@@ -110,15 +136,23 @@ class TrainingLog:
             with atomic_write(self.path, "w", newline="") as f:
                 csv.writer(f, lineterminator="\n").writerows(keep)
 
-    def row(self, *cells):
+    def row(self, **cells):
         with open(self.path, "a") as f:
-            f.write(",".join("" if c is None else str(c) for c in cells) + "\n")
+            f.write(",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n")
 
     def step_row(self, it, loss, lr, dt, mfu):
-        self.row(it, loss, None, lr, f"{dt * 1000:.2f}", f"{mfu * 100:.2f}" if mfu >= 0 else None)
+        self.row(iter=it, loss=loss, lr=lr, time_ms=f"{dt * 1000:.2f}", mfu=f"{mfu * 100:.2f}" if mfu >= 0 else None)
 
     def eval_row(self, it, losses, lr, mfu, last=False):
-        self.row(it, losses["train"], losses["val"], lr, None, f"{mfu * 100:.2f}" if mfu >= 0 else None)
+        mfu = f"{mfu * 100:.2f}" if mfu >= 0 else None
+        self.row(iter=it, loss=losses["train"], val_loss=losses["val"], lr=lr, mfu=mfu)
+        self.redraw(last)
+
+    def hellaswag_row(self, it, acc_norm, last=False):
+        self.row(iter=it, hellaswag=f"{acc_norm:.6f}")
+        self.redraw(last)
+
+    def redraw(self, last):
         if last or time.time() - self.drawn_at > 10:
             first = self.drawing is None
             self.wait()

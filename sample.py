@@ -49,7 +49,7 @@ if "dtype" not in changed:  # the default dtype follows the device finally chose
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before the model is loaded
-plan = make_plan(device, dtype, compile=compile, attention=attention, training=False)
+plan = make_plan(device, dtype, compile=compile, attention=attention, task="sample")
 if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"

@@ -6,10 +6,10 @@
 
 Every value of the config block below can be set by a config file or a --key=value flag. Rank 0
 alone prints, logs and saves, into out_dir: ckpt.pt (nanoGPT's checkpoint, plus what an exact
-resume needs), train_log.csv (iter,loss,val_loss,lr,time_ms,mfu at each log line and eval) and,
-with matplotlib, loss.png. A run trains iterations 0..max_iters-1, evaluates at every multiple of
-eval_interval and at max_iters, and stops there; stopped and resumed (--init_from=resume), it goes
-on exactly as if it had never stopped.
+resume needs), train_log.csv (iter,loss,val_loss,lr,time_ms,mfu at each log line and eval,
+hellaswag at each HellaSwag eval) and, with matplotlib, loss.png. A run trains iterations
+0..max_iters-1, evaluates at every multiple of eval_interval and at max_iters, and stops there;
+stopped and resumed (--init_from=resume), it goes on exactly as if it had never stopped.
 """
 
 import importlib.util
@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
+import hellaswag
 import parallel
 import plot
 from configurator import configure
@@ -51,6 +52,9 @@ overwrite = False  # let a run that does not resume replace the checkpoint alrea
 wandb_log = False  # log to Weights & Biases (pip install wandb)
 wandb_project = "owt"  # the wandb project
 wandb_run_name = "gpt2"  # the wandb run's name
+# HellaSwag zero-shot (a model on GPT-2's tokens): acc_norm into train_log.csv, wandb and loss.png
+hellaswag_interval = 0  # score HellaSwag every this many iterations and at the end; 0 = never
+hellaswag_file = ""  # a local hellaswag_val.jsonl; "" = data/hellaswag/hellaswag_val.jsonl, fetched once
 # data
 dataset = "openwebtext"  # data/<dataset>/train.bin and val.bin, from data/<dataset>/prepare.py
 gradient_accumulation_steps = 5 * 8  # micro-batches per iteration, over all processes together
@@ -119,6 +123,13 @@ if wandb_log and importlib.util.find_spec("wandb") is None:
     raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)")
 if find_data_file(dataset, "train.bin") is None:
     raise UserError(f"no training data for dataset {dataset!r}: run python data/{dataset}/prepare.py first")
+if hellaswag_interval < 0:
+    raise UserError(f"hellaswag_interval={hellaswag_interval} must not be negative (0 turns HellaSwag off)")
+if hellaswag_interval and find_data_file(dataset, "meta.pkl"):
+    raise UserError(
+        f"hellaswag_interval needs a model on GPT-2's tokens, but dataset {dataset!r} is character-level "
+        f"({find_data_file(dataset, 'meta.pkl')}): set --hellaswag_interval=0"
+    )
 
 # a character-level dataset's vocabulary size is in its meta.pkl
 meta_path = find_data_file(dataset, "meta.pkl")
@@ -211,6 +222,10 @@ if needed > model_args["vocab_size"]:
         f"--dataset={dataset} needs a vocabulary of {needed} tokens but the model has vocab_size="
         f"{model_args['vocab_size']}: train it from scratch or use a model with a large enough vocabulary"
     )
+hellaswag_items = None  # loaded once (and downloaded, the first time) for every HellaSwag eval
+if hellaswag_interval:
+    hellaswag_items = hellaswag.prepare(hellaswag_file, procs, say)
+    hellaswag.check_model(hellaswag_items, model_args["vocab_size"], block_size, say)
 
 
 def micro_batch(it, k):
@@ -271,6 +286,15 @@ def estimate_loss():
     return out
 
 
+def hellaswag_eval():
+    """HellaSwag's figures (hellaswag.evaluate) of the model as it is. The ranks of a DDP run share
+    the items out (under FSDP every forward needs every rank)."""
+    shared = procs.enabled and not plan.fsdp
+    rank, world = (procs.rank, procs.world_size) if shared else (0, 1)
+    bar = Progress("  hellaswag", len(hellaswag_items), unit="items") if master_process else None
+    return hellaswag.evaluate(raw_model, hellaswag_items, device, ctx, rank=rank, world_size=world, progress=bar)
+
+
 # learning rate decay scheduler (cosine with warmup)
 def get_lr(it):
     # 1) linear warmup for warmup_iters steps
@@ -307,12 +331,19 @@ def diverged(what, it):
     )
 
 
+def evals_left(interval):
+    """The evaluations every `interval` iterations still to come, the one at max_iters included."""
+    return max_iters // interval - iter_num // interval + (max_iters % interval != 0)
+
+
 def time_left(dt):
-    """', eta ...' for a log line: the steps left at dt each, and the evals left at the last one's
-    duration. On a CPU, a run of more than an hour also gets a note on the quick recipe, once."""
+    """', eta ...' for a log line: the steps left at dt each, and the evals (HellaSwag's too) left
+    at the last one's duration. On a CPU, a run of more than an hour also gets a note on the quick
+    recipe, once."""
     global long_run_noted
-    evals = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
-    seconds = (max_iters - iter_num - 1) * dt + evals * eval_seconds
+    seconds = (max_iters - iter_num - 1) * dt + evals_left(eval_interval) * eval_seconds
+    if hellaswag_interval:
+        seconds += evals_left(hellaswag_interval) * hellaswag_seconds
     if plan.device_type == "cpu" and seconds > 3600 and not long_run_noted:
         say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
             "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
@@ -335,7 +366,7 @@ peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
-t0, steps_since_log, eval_seconds = time.time(), 0, 0.0
+t0, steps_since_log, eval_seconds, hellaswag_seconds = time.time(), 0, 0.0, 0.0
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
 long_run_noted = False
@@ -361,6 +392,18 @@ while True:
                 save_checkpoint()
         t0, steps_since_log = time.time(), 0
     skip_eval = False
+    # HellaSwag: every hellaswag_interval iterations and at the end (a run resumed where one was due
+    # redoes it: its checkpoint was saved before it, and the log dropped its row)
+    if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num >= max_iters or eval_only):
+        t_eval = time.time()
+        result = hellaswag_eval()
+        hellaswag_seconds = time.time() - t_eval
+        say(f"step {iter_num}: hellaswag acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}")
+        if log:
+            log.hellaswag_row(iter_num, result["acc_norm"], last=eval_only or iter_num >= max_iters)
+        if wandb_log and master_process:
+            wandb.log({"iter": iter_num, "hellaswag": result["acc_norm"]})
+        t0, steps_since_log = time.time(), 0
     if eval_only or iter_num >= max_iters:
         break
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's single-GPU figures, in one call on a GPU machine:
 #   bash benchmarks/gpu_suite.sh [stage ...]
-# stages: env pyc tests train_char train_char_regional train_char_default sample bench (default: all but tests)
+# stages: env pyc tests train_char train_char_regional train_char_default sample bench hellaswag
+# (default: all but tests and hellaswag)
 # Needs the Tiny Shakespeare text at .dev/input.txt and tiktoken's GPT-2 files in .dev/tiktoken_cache.
 # Logs go to $OUT (or /tmp/gpu_suite); a table of the results is printed last.
 set -u
@@ -76,6 +77,14 @@ stage_bench() {  # GPT-2 124M training step; BENCH_ARGS adds flags
     python3 bench.py --real_data=False --batch_size="$b" ${BENCH_ARGS:-} > "$OUT/bench_b$b.txt" 2>&1
     row "bench 124M b$b ${BENCH_ARGS:-}" "$(grep 'time per iteration' "$OUT/bench_b$b.txt" | sed 's/time per iteration: //')"
   done
+}
+
+stage_hellaswag() {  # eval_hellaswag.py over 10,042 synthetic items with a random GPT-2 124M, bf16
+  local dir=/tmp/hellaswag_synthetic  # (a 500 MB checkpoint: not in $OUT)
+  python3 benchmarks/hellaswag_synthetic.py "$dir" > /dev/null
+  local t0; t0=$(now)
+  python3 eval_hellaswag.py --out_dir="$dir" --hellaswag_file="$dir/hellaswag_val.jsonl" 2>&1 | stamp > "$OUT/hellaswag.txt"
+  row "eval_hellaswag 124M 10,042 items" "rc=${PIPESTATUS[0]} $(secs "$t0" "$(now)")s whole, $(grep -o 'in [0-9.]*s ([0-9,.]* items/s)' "$OUT/hellaswag.txt")"
 }
 
 for s in ${*:-env pyc train_char sample bench train_char_default}; do echo "=== $s"; "stage_$s"; done

@@ -33,7 +33,7 @@ def no_tf32():
 
 
 def test_auto_attention_uses_sdpa_on_cuda(monkeypatch):
-    model = make_plan("cuda", "float32", training=False).apply(GPT(tiny(attention="manual")).cuda())
+    model = make_plan("cuda", "float32", task="sample").apply(GPT(tiny(attention="manual")).cuda())
     idx = torch.randint(0, 128, (2, 64), device="cuda")
     model(idx, idx)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call now fails

@@ -52,7 +52,7 @@ def test_the_one_line_says_what_runs(on_cuda):
     )
     p = make_plan("cuda:1", "bfloat16", compile=True, processes=8, fsdp=True)
     assert p.describe().startswith("cuda:1 bfloat16, FSDP over 8 processes, model compiled (mode default), ")
-    sampling = make_plan("cuda", "bfloat16", training=False)
+    sampling = make_plan("cuda", "bfloat16", task="sample")
     assert sampling.describe() == (
         "cuda bfloat16, not compiled, decode replayed as CUDA graphs, block weights held in bfloat16, SDPA attention"
     )
@@ -110,7 +110,7 @@ def test_sampling_holds_the_block_weights_in_the_autocast_dtype_with_the_same_lo
     model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=4, n_embd=32, attention="manual"))
     reference = GPT(model.config).eval()
     reference.load_state_dict(model.state_dict())
-    make_plan("cpu", "bfloat16", attention="manual", training=False).apply(model.eval())
+    make_plan("cpu", "bfloat16", attention="manual", task="sample").apply(model.eval())
     assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
     assert model.transformer.h[0].ln_1.weight.dtype == model.lm_head.weight.dtype == torch.float32
     idx = torch.randint(0, 97, (2, 16))

@@ -658,7 +658,7 @@ def test_read_log_leaves_out_a_cut_short_last_row_and_blank_rows(tmp_path):
     """A run killed while writing a row leaves it without its newline: the rows before it are the log."""
     log = tmp_path / "train_log.csv"
     log.write_text(LOG_HEADER + "0,4.5,4.6,0.001,,\n\n1,4.25,,0.001,12.5,\n,,,,,\n2,4.0,,0.0")
-    assert plot.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)])
+    assert plot.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)], [])
     log.write_text(LOG_HEADER + "2")  # the first row, cut short
     assert plot.read_log(str(log)) == ([], [])
 

@@ -1,0 +1,111 @@
+"""HellaSwag zero-shot, as the GPT-2 reproductions report it: which of four endings the model finds likeliest.
+
+    python eval_hellaswag.py --out_dir=out-gpt2                        # the checkpoint in out_dir
+    python eval_hellaswag.py --init_from=gpt2                          # OpenAI's GPT-2, or a Hugging Face folder
+    torchrun --standalone --nproc_per_node=8 eval_hellaswag.py --init_from=gpt2-xl
+    python eval_hellaswag.py --hellaswag_file=hellaswag_val.jsonl --limit=500   # a local copy; a quick look
+
+Each ending is scored by the model's loss on its tokens given the context (see hellaswag.py): acc
+is the share of items whose right ending has the lowest summed loss, acc_norm the lowest mean loss
+per token. The validation set (10,042 items) is downloaded once into data/hellaswag/. Rank 0
+prints the figures and writes them as JSON into out_dir: hellaswag.json for a checkpoint,
+hellaswag_<name>.json for a gpt2 variant or a Hugging Face folder.
+"""
+
+import json
+import os
+import time
+
+import checkpoint
+import hellaswag
+import parallel
+from atomic import atomic_write
+from configurator import configure
+from dataloader import dataset_meta
+from errors import UserError, first_line, report_user_errors
+from huggingface import PRETRAINED, is_model_name, load_pretrained
+from plan import check_device, default_device, default_dtype, make_plan, prepare_torch
+from progress import Progress
+
+report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
+
+# -----------------------------------------------------------------------------
+init_from = "resume"  # 'resume' (the checkpoint in out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a Hugging Face folder
+out_dir = "out"  # the checkpoint's folder; the figures go there: hellaswag.json (hellaswag_<name>.json for gpt2*)
+hellaswag_file = ""  # a local copy of hellaswag_val.jsonl; "" = data/hellaswag/hellaswag_val.jsonl, fetched once
+limit = 0  # score only the first N items, for a quick look; 0 scores all of them
+batch_size = 32  # items per forward pass, four rows each: lower it if the GPU runs out of memory
+device = default_device()  # 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
+dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
+backend = "nccl"  # torchrun's process group on GPUs: 'nccl', 'gloo', etc. (gloo on CPUs anyway)
+attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
+# -----------------------------------------------------------------------------
+config, changed = configure(globals())
+if "dtype" not in changed:  # the default dtype follows the device finally chosen
+    dtype = default_dtype(device)
+# -----------------------------------------------------------------------------
+
+# what cannot work is an error now, before anything is loaded
+check_device(device, dtype)
+if init_from != "resume" and not is_model_name(init_from):
+    raise UserError(
+        f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir), {', '.join(PRETRAINED)} "
+        "or a Hugging Face model folder"
+    )
+if limit < 0 or batch_size < 1:
+    raise UserError(f"limit={limit} must be 0 or more and batch_size={batch_size} at least 1")
+
+procs, device = parallel.init(backend, device)
+say = print if procs.master else lambda *args, **kwargs: None
+plan = make_plan(device, dtype, attention=attention, task="eval")
+say(f"plan: {plan.describe()}")
+prepare_torch(seed=1337)
+
+# the items, then the model (a checkpoint is read first only to check that it is on GPT-2's tokens)
+if init_from == "resume":
+    name = os.path.join(out_dir, checkpoint.CKPT_NAME)
+    ckpt = checkpoint.load(name)
+    meta_path = dataset_meta(ckpt)[1]
+    if meta_path:
+        raise UserError(
+            f"{name} is a character-level model (its dataset has {meta_path}): HellaSwag needs a model on "
+            "GPT-2's tokens, such as one trained on data/openwebtext, or --init_from=gpt2"
+        )
+    json_path = os.path.join(out_dir, "hellaswag.json")
+else:
+    name = init_from
+    json_path = os.path.join(out_dir, f"hellaswag_{os.path.basename(os.path.normpath(init_from))}.json")
+items = hellaswag.prepare(hellaswag_file, procs, say, limit)
+model = checkpoint.model_from(ckpt, dropout=0.0) if init_from == "resume" else load_pretrained(init_from)
+ckpt = None  # free up memory
+hellaswag.check_model(items, model.config.vocab_size, model.config.block_size, say)
+model.eval()
+model.to(device)
+plan.apply(model)
+
+# score, then report
+say(f"scoring {len(items):,} HellaSwag items with {name} on {procs.world_size} process(es), {dtype}")
+start = time.time()
+bar = Progress("hellaswag", len(items), unit="items") if procs.master else None
+result = hellaswag.evaluate(model, items, device, plan.autocast(), batch_size, procs.rank, procs.world_size, bar)
+seconds = time.time() - start
+say(
+    f"hellaswag: {result['items']:,} items, acc {result['acc']:.4f} ({result['correct']:,} right), "
+    f"acc_norm {result['acc_norm']:.4f} ({result['correct_norm']:,} right), in {seconds:.1f}s "
+    f"({result['items'] / seconds:,.1f} items/s)"
+)
+if procs.master:
+    record = dict(model=name, **result, block_size=model.config.block_size, dtype=dtype, seconds=round(seconds, 2))
+    record["hellaswag_file"] = hellaswag_file or hellaswag.cache_path()
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with atomic_write(json_path, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise UserError(
+            f"cannot write {json_path} ({first_line(e)}): the figures are above; choose another --out_dir"
+        ) from None
+    say(f"wrote {json_path}")
+model = None
+parallel.close()

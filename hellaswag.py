@@ -1,0 +1,271 @@
+"""HellaSwag zero-shot, scored as the GPT-2 reproductions score it (eval_hellaswag.py, train.py).
+
+Each item is a context and four endings, one of them right. Every ending is scored by the model's
+cross-entropy on its tokens (GPT-2's tokens of " " + ending) given the context before it: acc
+counts the items whose right ending has the lowest summed loss, acc_norm the lowest mean loss per
+token. The four endings of an item are four rows of one forward pass, many items to a pass, padded
+on the right (causal attention never looks right, and the padding's targets are left out). A row
+longer than block_size + 1 tokens (the last is only a target) is cropped from the left: it loses
+context first, and the ending's first tokens only if the ending alone is that long.
+"""
+
+import json
+import os
+import sys
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+from atomic import atomic_write
+from dataloader import HERE, find_data_file
+from errors import UserError, first_line
+
+FILE_NAME = "hellaswag_val.jsonl"  # the validation split, 10,042 items: the one the GPT-2 reproductions report
+# rowanz/hellaswag's copy; NANOGPT_HELLASWAG_URL points elsewhere (a mirror, or a test's local server)
+URL = f"https://raw.githubusercontent.com/rowanz/hellaswag/master/data/{FILE_NAME}"
+GPT2_VOCAB = 50257  # the token ids tiktoken's gpt2 encoding gives
+BATCH_ITEMS = 32  # items per forward pass (4 rows each): small enough for gpt2-xl on any recent GPU
+FORMAT_HINT = "give a file in rowanz/hellaswag's format (hellaswag_val.jsonl: one JSON object per line)"
+
+
+class Item(NamedTuple):
+    ctx: list  # the context's token ids
+    endings: tuple  # the token ids of each of the four endings, " " + ending
+    label: int  # which ending is right
+
+    def longest(self):
+        return len(self.ctx) + max(len(e) for e in self.endings)
+
+
+# ---------------------------------------------------------------------------- the file
+
+
+def cache_path():
+    """Where the downloaded file is kept: data/hellaswag/ beside the datasets, as find_data_file
+    looks for them (under the working directory when it has a data/ folder, else beside these
+    scripts)."""
+    found = find_data_file("hellaswag", FILE_NAME)
+    root = "" if os.path.isdir("data") else HERE
+    return found or os.path.join(root, "data", "hellaswag", FILE_NAME)
+
+
+def parse(data, name):
+    """The items of a HellaSwag jsonl (bytes) as dicts with ctx, endings and label; a line that
+    is not one is an error naming the file and the line."""
+    items = []
+    for n, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:  # (a UnicodeDecodeError too)
+            item = None
+        problem = item_problem(item)
+        if problem:
+            raise UserError(f"{name}, line {n}: {problem}; {FORMAT_HINT}")
+        items.append({k: item[k] for k in ("ctx", "endings", "label")})
+    if not items:
+        raise UserError(f"{name} holds no HellaSwag items; {FORMAT_HINT}")
+    return items
+
+
+def item_problem(item):
+    """What is wrong with one parsed line, or None."""
+    if not isinstance(item, dict):
+        return "not a JSON object"
+    if not isinstance(item.get("ctx"), str) or not item["ctx"]:
+        return "no context text 'ctx'"
+    endings = item.get("endings")
+    if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
+        return "'endings' is not a list of four texts"
+    if type(item.get("label")) is not int or not 0 <= item["label"] < 4:
+        return f"'label' is {item.get('label')!r}, not 0, 1, 2 or 3"
+    return None
+
+
+def download(url, path, say=print):
+    """Fetch the file, check it holds items, and only then keep it at path (atomically)."""
+    import requests  # here, not at the top: only a first run downloads
+
+    say(f"downloading HellaSwag from {url} into {path}")
+    try:
+        response = requests.get(url, timeout=30)
+        response.raise_for_status()
+    except requests.RequestException as e:
+        status = getattr(e.response, "status_code", None)
+        why = f"HTTP {status}" if status else type(e).__name__
+        raise UserError(f"cannot download {url} ({why}): pass --hellaswag_file=PATH, a local copy of it") from None
+    parse(response.content, url)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(response.content)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({first_line(e)}): pass --hellaswag_file=PATH, a local copy") from None
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return parse(f.read(), path)
+    except FileNotFoundError:
+        raise UserError(f"hellaswag_file {path} not found: check the path, or leave it empty to download") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({first_line(e)})") from None
+
+
+def encoder():
+    """tiktoken's GPT-2 encoding (downloaded once, or found in TIKTOKEN_CACHE_DIR)."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise UserError(
+            f"cannot load tiktoken's gpt2 encoding ({first_line(e)}): it is downloaded once, so connect to "
+            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
+        ) from None
+
+
+def tokenize(examples, enc):
+    """Items of token ids: the context's, and each ending's with the space that joins it on."""
+    ctxs = enc.encode_ordinary_batch([ex["ctx"] for ex in examples])
+    ends = enc.encode_ordinary_batch([" " + e for ex in examples for e in ex["endings"]])
+    return [Item(c, tuple(ends[4 * i : 4 * i + 4]), ex["label"]) for i, (c, ex) in enumerate(zip(ctxs, examples))]
+
+
+def prepare(hellaswag_file, procs, say=print, limit=0):
+    """The tokenized items of hellaswag_file, or of the cached download, downloaded first if it is
+    not there yet (by the first process of each machine while the others wait); the first `limit`
+    of them if limit > 0."""
+    path = hellaswag_file
+    if not path:
+        path = cache_path()
+        url = os.environ.get("NANOGPT_HELLASWAG_URL") or URL
+        if procs.local_rank == 0 and not os.path.isfile(path):
+            download(url, path, say)
+        if procs.enabled:
+            torch.distributed.barrier()
+    examples = read(path)
+    return tokenize(examples[:limit] if limit > 0 else examples, encoder())
+
+
+def check_model(items, vocab_size, block_size, say=print):
+    """A model on GPT-2's tokens, or an error; a note on the items it will see cropped."""
+    if vocab_size < GPT2_VOCAB:
+        raise UserError(
+            f"HellaSwag needs a model on GPT-2's {GPT2_VOCAB} tokens, and this one has vocab_size={vocab_size}: "
+            "use a model trained on GPT-2 BPE data, or a gpt2 variant"
+        )
+    cropped = count_cropped(items, block_size)
+    if cropped:
+        say(f"note: {cropped:,} of {len(items):,} HellaSwag items are longer than block_size={block_size} tokens: "
+            "cropped from the left")  # fmt: skip
+
+
+def count_cropped(items, block_size):
+    """The items with an ending that does not fit: its context and tokens less the last, which is
+    only a target, are more than block_size."""
+    return sum(item.longest() - 1 > block_size for item in items)
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def make_batch(items, block_size):
+    """Inputs and targets (4 * len(items), T) for the four endings of each item, in order: the
+    targets are the ending's tokens where the ending is predicted and -1 everywhere else (the
+    context, the padding). T is the longest row's length, at most block_size."""
+    rows = []
+    for item in items:
+        for ending in item.endings:
+            tokens = (item.ctx + ending)[-(block_size + 1) :]  # cropped from the left
+            rows.append((tokens, min(len(ending), len(tokens) - 1)))
+    T = max(len(tokens) for tokens, _ in rows) - 1
+    x = torch.zeros((len(rows), T), dtype=torch.long)
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    for r, (tokens, scored) in enumerate(rows):
+        n = len(tokens) - 1
+        x[r, :n] = torch.tensor(tokens[:-1])
+        y[r, n - scored : n] = torch.tensor(tokens[-scored:])
+    return x, y
+
+
+def to_device(t, device):
+    """A CPU tensor on the device: on CUDA through pinned memory, without waiting for the GPU."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@torch.no_grad()
+def scores(model, items, device, autocast_ctx):
+    """The summed and the mean loss of each ending of each item, both (len(items), 4).
+
+    The model runs its own forward; a hook on its final LayerNorm applies the head to the
+    positions that predict an ending token (forward without targets would apply it to the last
+    position only): far fewer logits than all of them. Where those positions are is worked out on
+    the CPU, so that the GPU is never waited for."""
+    x, y = make_batch(items, model.config.block_size)
+    where = (y.view(-1) != -1).nonzero().squeeze(1)  # the scored positions of x.view(-1)
+    x, where, targets, counts = (to_device(t, device) for t in (x, where, y.view(-1)[where], (y != -1).sum(1)))
+    caught = []
+
+    def head(module, args, out):  # within the forward: under FSDP, while the weights are gathered
+        caught.append(model.lm_head(out.flatten(0, 1).index_select(0, where)))  # (scored tokens, V)
+
+    hook = model.transformer.ln_f.register_forward_hook(head)
+    try:
+        with autocast_ctx:
+            model(x)
+    finally:
+        hook.remove()
+    logits = caught[0]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    sums = torch.zeros(y.numel(), dtype=losses.dtype, device=losses.device).index_copy_(0, where, losses)
+    sums = sums.view(y.shape).sum(1)  # (a fixed order of addition: the same sums every time)
+    return sums.view(-1, 4), (sums / counts).view(-1, 4)
+
+
+def eagerly():
+    """A context in which compiled modules run their plain Python (from torch 2.6 on). Nothing can
+    be compiled before torch's compiler is imported, and importing it takes seconds: only then."""
+    if "torch._dynamo" in sys.modules and hasattr(torch.compiler, "set_stance"):
+        return torch.compiler.set_stance("force_eager")
+    return nullcontext()
+
+
+def evaluate(model, items, device, autocast_ctx, batch_items=BATCH_ITEMS, rank=0, world_size=1, progress=None):
+    """acc and acc_norm over the items, with their counts: items, correct (acc), correct_norm
+    (acc_norm), cropped. Rank r of world_size scores items r, r + world_size, ... and the counts are
+    summed over the ranks (a collective when world_size > 1). The model is put in eval mode for it
+    and runs eagerly: compiled parts would recompile for every new length. `progress`, a
+    progress.Progress over len(items), is updated as batches finish."""
+    mine = sorted(items[rank::world_size], key=Item.longest, reverse=True)  # similar lengths together: less padding
+    block_size = model.config.block_size
+    counts = torch.zeros(4, dtype=torch.long, device=device)  # items, correct, correct_norm, cropped
+    was_training = model.training
+    model.eval()
+    with eagerly():
+        for i in range(0, len(mine), batch_items):
+            batch = mine[i : i + batch_items]
+            sums, means = scores(model, batch, device, autocast_ctx)
+            labels = to_device(torch.tensor([item.label for item in batch]), device)
+            counts[0] += len(batch)
+            counts[1] += (sums.argmin(1) == labels).sum()
+            counts[2] += (means.argmin(1) == labels).sum()
+            counts[3] += count_cropped(batch, block_size)
+            if progress is not None:
+                progress.update(min(len(items), (i + len(batch)) * world_size))
+    model.train(was_training)
+    if world_size > 1:
+        torch.distributed.all_reduce(counts)
+    n, correct, correct_norm, cropped = counts.tolist()
+    if progress is not None:
+        progress.close(n)
+    return dict(items=n, acc=correct / n, acc_norm=correct_norm / n, correct=correct, correct_norm=correct_norm,
+                cropped=cropped)  # fmt: skip
