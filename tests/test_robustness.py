@@ -629,7 +629,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_dirs, monke
     from test_prepare_text import pt
 
     monkeypatch.chdir(run_dirs)
-    plot.TrainingLog("runs/a", truncate=True, say=print).row(0, 3.5, None, 1e-3, 12.0, None)
+    plot.TrainingLog("runs/a", truncate=True, say=print).row(iter=0, loss=3.5, lr=1e-3, time_ms=12.0)
     assert plot.main(["runs/a", "--out", "old.png"]) is None  # (matplotlib's caches are warm now)
     small_text(run_dirs / "in.txt")
     before = snapshot(run_dirs)
