@@ -85,8 +85,9 @@ class BackgroundWriter:
             self.thread = None
         if self.error is not None:
             (path, e), self.error = self.error, None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "torch.save failed"  # (not its puzzles)
             raise UserError(
-                f"could not write the checkpoint {path} ({first_line(e)}); the file there, if any, is a complete "
+                f"could not write the checkpoint {path} ({why}); the file there, if any, is a complete "
                 "earlier checkpoint: free some disk space or choose another --out_dir"
             )
 

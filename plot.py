@@ -9,13 +9,16 @@ row per eval (iter, train loss in `loss`, val_loss) and, when matplotlib is inst
 """
 
 import argparse
+import contextlib
 import csv
+import errno
 import os
 import sys
 import threading
 import time
 
 from atomic import atomic_write
+from errors import UserError, first_line
 
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu")
 
@@ -65,29 +68,62 @@ class TrainingLog:
     a run), and loss.png redrawn after an eval, in a thread so that training need not wait for it:
     at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end.
     A run resumed at iteration `resumed_at` redoes what the stopped one did after its checkpoint
-    (saved right after the eval at resumed_at): those rows go, so that none appears twice."""
+    (saved right after the eval at resumed_at): those rows go, so that none appears twice. So do the
+    blank and cut-short rows a killed run may leave. A file that cannot be written (a full disk) is
+    one line: an error for the log, a note for the picture, which training can go on without."""
 
     def __init__(self, out_dir, truncate, say, resumed_at=None):
-        self.out_dir, self.say, self.drawing, self.drawn_at = out_dir, say, None, 0.0
+        self.out_dir, self.say, self.drawing, self.drawn_at, self.draw_failed = out_dir, say, None, 0.0, False
         self.path = os.path.join(out_dir, "train_log.csv")
-        if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
-            with open(self.path, "w") as f:
-                f.write(",".join(HEADER) + "\n")
-        elif resumed_at is not None:
-            self.forget_after(resumed_at)
+        try:
+            if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+                with atomic_write(self.path, "w") as f:
+                    f.write(",".join(HEADER) + "\n")
+            else:
+                self.forget_after(resumed_at)
+        except OSError as e:
+            raise UserError(self.cannot_write(e)) from None
 
-    def forget_after(self, it):
-        """Drop the rows past the eval at iteration it, atomically."""
+    def cannot_write(self, e):
+        hint = "free some disk space or " if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+        return f"could not write {self.path} ({e.strerror}): {hint}choose another --out_dir"
+
+    def forget_after(self, it=None):
+        """Drop the rows past the eval at iteration it (if given), and the blank and cut-short ones, atomically."""
         with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) < it or int(r[0]) == it and r[2] != ""]
-        if len(keep) < len(rows):
+            *lines, cut = f.read().split("\n")  # cut: what follows the last newline, a line cut short if anything
+        rows = list(csv.reader(lines))
+        if not rows or tuple(rows[0]) != HEADER:
+            raise UserError(
+                f"{self.path} is not a train.py log (its first line is {(lines or [cut])[0][:40]!r}): "
+                "move it away, or choose another --out_dir"
+            )
+        good = [r for r in rows[1:] if well_formed(r)]
+        keep = [r for r in good if it is None or int(r[0]) < it or int(r[0]) == it and r[2] != ""]
+        if len(good) < len(rows) - 1 or cut:
+            dropped = len(rows) - 1 - len(good) + bool(cut)
+            self.say(f"note: dropped {dropped} blank or cut-short line(s) of {self.path}")
+        if len(keep) < len(rows) - 1 or cut:
             with atomic_write(self.path, "w", newline="") as f:
-                csv.writer(f, lineterminator="\n").writerows(keep)
+                csv.writer(f, lineterminator="\n").writerows([HEADER, *keep])
 
     def row(self, *cells):
-        with open(self.path, "a") as f:
-            f.write(",".join("" if c is None else str(c) for c in cells) + "\n")
+        """Append a row; if the disk is full, the file is cut back to the rows before it."""
+        data = (",".join("" if c is None else str(c) for c in cells) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise UserError(self.cannot_write(e)) from None
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise UserError(self.cannot_write(e)) from None
+        finally:
+            os.close(fd)
 
     def step_row(self, it, loss, lr, dt, mfu):
         self.row(it, loss, None, lr, f"{dt * 1000:.2f}", f"{mfu * 100:.2f}" if mfu >= 0 else None)
@@ -102,13 +138,31 @@ class TrainingLog:
             self.drawn_at = time.time()
 
     def draw(self, first):
-        if draw([self.out_dir], os.path.join(self.out_dir, "loss.png")) is None and first:
+        png = os.path.join(self.out_dir, "loss.png")
+        try:
+            drawn = draw([self.out_dir], png)
+        except Exception as e:  # a full disk, say: the run goes on, the picture is drawn again at the next eval
+            if not self.draw_failed:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+                self.say(f"note: could not draw {png} ({why}); training goes on without it")
+            self.draw_failed = True
+            return
+        if drawn is None and first:
             self.say(f"note: pip install matplotlib to get {self.out_dir}/loss.png, or run plot.py on it later")
 
     def wait(self):
         """Let the last drawing finish."""
         if self.drawing is not None:
             self.drawing.join()
+
+
+def well_formed(row):
+    """Whether a row of train_log.csv has its six cells: an iteration, a loss, and numbers or nothing in the rest."""
+    try:
+        int(row[0]), float(row[1]), [float(c) for c in row[2:] if c]
+    except (ValueError, IndexError):
+        return False
+    return len(row) == len(HEADER)
 
 
 def main(argv=None):

@@ -366,27 +366,85 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     assert not [n for n in os.listdir(out) if TEMP_NAME.match(n)]  # the leftovers were cleaned up
 
 
-def test_failed_checkpoint_write_is_one_line_and_keeps_the_old_checkpoint(work):
-    """A checkpoint that cannot be written (here: a file-size limit, as a full disk would) ends the
-    run with one line; the previous ckpt.pt is untouched and no temp file is left behind."""
+def small_files(limit):
+    """A preexec_fn: no file may grow past limit bytes in the child, as on a full disk (a write fails)."""
     import resource
 
-    before = snapshot(work)
-    limit = (work / "out" / "ckpt.pt").stat().st_size // 2
-
-    def small_files():
+    def limit_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, "--out_dir=out", "--overwrite=True", "--max_iters=2"]
-    cmd += ["--eval_interval=2"]
+    return limit_files
+
+
+def test_full_disk_on_resume_is_one_line_and_keeps_the_old_checkpoint(work):
+    """Resumed onto a full disk (here: a file-size limit, which fails writes as a full disk does) the run
+    ends with one line: the checkpoint could not be written, the previous ckpt.pt is untouched; the plot,
+    which could not be drawn either, is a note (not a thread's traceback); no temp file is left behind."""
+    pytest.importorskip("matplotlib")
+    before = snapshot(work)
+    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, *RESUME, "--max_iters=4", "--eval_interval=2"]
     proc = subprocess.run(
-        cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean_env(), preexec_fn=small_files
+        cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean_env(), preexec_fn=small_files(20000)
     )
-    assert_one_line_error(proc, "could not write the checkpoint")
+    assert_one_line_error(proc, "could not write the checkpoint out/ckpt.pt (File too large); the file there")
+    assert "note: could not draw out/loss.png (File too large); training goes on without it" in proc.stdout
     after = snapshot(work)
     assert after["out/ckpt.pt"] == before["out/ckpt.pt"]
     assert not [name for name in os.listdir(work / "out") if TEMP_NAME.match(name)]
+
+
+LOG_ROWS = ["0,3.4,3.5,0.001,,", "0,3.45,,0.001,5.00,", "", "1,3.3,,0.002,5.10,", "2,3.2,3.3,0.003,,",
+            "2,3.1,,0.003,5.00,", "3,3"]  # fmt: skip
+
+
+@pytest.mark.parametrize("resumed_at, kept", [(None, [0, 1, 3, 4, 5]), (2, [0, 1, 3, 4])])
+def test_a_log_with_blank_and_cut_short_lines_is_read_as_its_rows_with_a_note(tmp_path, resumed_at, kept):
+    """A killed run may leave half a line (here at the end, no newline) and an edited log a blank one:
+    a run that appends to it or resumes (and drops the rows after its checkpoint) keeps the whole rows."""
+    import plot
+
+    path = tmp_path / "train_log.csv"
+    path.write_text("\n".join(["iter,loss,val_loss,lr,time_ms,mfu", *LOG_ROWS]))
+    said = []
+    plot.TrainingLog(str(tmp_path), truncate=False, say=said.append, resumed_at=resumed_at)
+    assert path.read_text().splitlines() == ["iter,loss,val_loss,lr,time_ms,mfu"] + [LOG_ROWS[i] for i in kept]
+    assert said == [f"note: dropped 2 blank or cut-short line(s) of {path}"]
+    assert plot.read_log(str(path))[1] == [(0, 3.4, 3.5)] + [(2, 3.2, 3.3)]
+
+
+def test_a_log_that_is_not_ours_is_refused_and_kept(tmp_path):
+    import plot
+
+    path = tmp_path / "train_log.csv"
+    path.write_text("step,trainloss\n0,3.4\n")
+    with pytest.raises(UserError) as e:
+        plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=0)
+    assert str(e.value) == (
+        f"{path} is not a train.py log (its first line is 'step,trainloss'): move it away, or choose another --out_dir"
+    )
+    assert path.read_text() == "step,trainloss\n0,3.4\n"
+
+
+def test_full_disk_while_logging_is_one_line_and_leaves_whole_rows(tmp_path):
+    """train_log.csv on a full disk: the row that does not fit is one `error:` line, and the file is cut
+    back to the rows before it, each whole (a resumed run then reads every row)."""
+    code = (
+        "import sys, errors, plot\n"
+        "errors.report_user_errors()\n"
+        "log = plot.TrainingLog(sys.argv[1], truncate=False, say=print)\n"
+        "for i in range(100):\n"
+        "    log.step_row(i, 1.5 + i / 1000, 1e-3, 0.0123, -1)\n"
+    )
+    limit = 1000
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=clean_env(), preexec_fn=small_files(limit))  # fmt: skip
+    assert_one_line_error(proc, f"could not write {tmp_path}/train_log.csv (File too large): free some disk space")
+    text = (tmp_path / "train_log.csv").read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and len(text) > limit - 60
+    assert lines[0] == "iter,loss,val_loss,lr,time_ms,mfu"
+    assert lines[1:] == [f"{i},{1.5 + i / 1000},,0.001,12.30," for i in range(len(lines) - 1)]
 
 
 def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
