@@ -92,8 +92,9 @@ class BackgroundWriter:
             )
 
 
-def load(path):
-    """A checkpoint dict, loaded with weights_only=True so that a crafted file cannot run code."""
+def load(path, resume=False):
+    """A checkpoint dict, loaded with weights_only=True so that a crafted file cannot run code, and
+    checked to hold what a model needs (and, to resume, what training needs) in the types it needs."""
     if not os.path.isfile(path):
         raise UserError(
             f"no checkpoint at {path}: train one first (python train.py config/train_shakespeare_char.py) "
@@ -113,7 +114,43 @@ def load(path):
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first_line(e)}): restore it or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise UserError(f"{path} is not a nanoGPT checkpoint: it lacks the 'model' and 'model_args' entries")
+    problem = structure_problem(ckpt, resume)
+    if problem:
+        raise UserError(f"{path} cannot be {'resumed' if resume else 'loaded'}: {problem}")
     return ckpt
+
+
+def structure_problem(ckpt, resume):
+    """What is wrong with the entries of a loaded checkpoint dict, in a few words; None if nothing."""
+    model, args = ckpt["model"], ckpt["model_args"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return f"its 'model' is a {type(model).__name__}, not a state dict of tensors"
+    if not isinstance(args, dict):
+        return f"its 'model_args' is a {type(args).__name__}, not a dict"
+    for key in (*ARCH_KEYS, "dropout"):
+        want = {"bias": (bool,), "dropout": (float, int)}.get(key, (int,))
+        if key in args and type(args[key]) not in want:
+            return f"its model_args[{key!r}] is {args[key]!r}, not {' or '.join(t.__name__ for t in want)}"
+    if not isinstance(ckpt.get("config", {}), dict):
+        return f"its 'config' is a {type(ckpt['config']).__name__}, not a dict"
+    if not resume:
+        return None
+    missing = [k for k in ("optimizer", "iter_num", "best_val_loss") if k not in ckpt]
+    if missing:
+        return f"it holds a model but no training state (no {', '.join(missing)}); sample.py can use it"
+    if type(ckpt["iter_num"]) is not int or ckpt["iter_num"] < 0:
+        return f"its iter_num is {ckpt['iter_num']!r}, not a count of iterations"
+    best = ckpt["best_val_loss"]
+    if not (type(best) in (int, float) or isinstance(best, torch.Tensor) and best.numel() == 1):
+        return f"its best_val_loss is a {type(best).__name__}, not a number"
+    optimizer = ckpt["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)):
+        return f"its 'optimizer' is not an optimizer state dict (a {type(optimizer).__name__})"
+    if not isinstance(optimizer.get("param_groups"), list):
+        return "its optimizer state has no list of param_groups"
+    if not isinstance(ckpt.get("scaler", {}), dict):
+        return f"its 'scaler' is a {type(ckpt['scaler']).__name__}, not a gradient scaler's state dict"
+    return None
 
 
 def clean_state_dict(state_dict):
@@ -206,14 +243,17 @@ def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_mode
             parallel.load_optimizer_state(fsdp_model, optimizer, ckpt["optimizer"])
         else:
             optimizer.load_state_dict(ckpt["optimizer"])
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"the checkpoint's optimizer state does not fit the model: {first_line(e)}") from None
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+    try:
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+        raise UserError("the checkpoint's gradient scaler state is malformed: restore it or retrain") from None
     states = ckpt.get("rng_state")
-    if isinstance(states, list) and rank < len(states):
+    try:
         set_rng_state(states[rank], device)
-    else:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError):
         say("note: the checkpoint holds no RNG state for this rank: dropout will not repeat the original run")
 
 

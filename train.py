@@ -174,7 +174,7 @@ if init_from == "scratch":
         raise UserError(str(e)) from None
 elif init_from == "resume":
     say(f"Resuming training from {out_dir}")
-    ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
+    ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME), resume=True)
     model = checkpoint.model_from(ckpt, dropout=dropout)
     iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
 else:

@@ -121,6 +121,16 @@ def _truncate(rel):
     return setup
 
 
+def _model_only(rel):
+    """The checkpoint as a model-only file: its weights and model_args, no training state."""
+
+    def setup(root: Path):
+        ckpt = torch.load(root / rel, weights_only=True)
+        torch.save({"model": ckpt["model"], "model_args": ckpt["model_args"]}, root / rel)
+
+    return setup
+
+
 _GARBAGE = bytes(random.Random(0).randrange(256) for _ in range(4096))
 
 # (id, script, args, setup, phrase in the message, extra env)
@@ -169,6 +179,14 @@ CASES = [
     ("resume-no-ckpt", "train", ["--init_from=resume", "--out_dir=empty"], None, "no checkpoint at empty", None),
     ("ckpt-truncated", "train", RESUME, _truncate("out/ckpt.pt"), "is truncated or corrupt", None),
     ("ckpt-garbage", "train", RESUME, _write("out/ckpt.pt", _GARBAGE), "corrupt", None),
+    (
+        "ckpt-model-only",
+        "train",
+        RESUME,
+        _model_only("out/ckpt.pt"),
+        "out/ckpt.pt cannot be resumed: it holds a model but no training state (no optimizer, iter_num, best_val_loss)",
+        None,
+    ),
     (
         "arch-contradicts-ckpt",
         "train",
@@ -445,6 +463,41 @@ def test_full_disk_while_logging_is_one_line_and_leaves_whole_rows(tmp_path):
     assert text.endswith("\n") and len(text) > limit - 60
     assert lines[0] == "iter,loss,val_loss,lr,time_ms,mfu"
     assert lines[1:] == [f"{i},{1.5 + i / 1000},,0.001,12.30," for i in range(len(lines) - 1)]
+
+
+def _bad(key, value, sub=None):
+    def mutate(ckpt):
+        (ckpt[sub] if sub else ckpt)[key] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate, resume, problem",
+    [
+        (_bad("model", torch.zeros(3)), False, "its 'model' is a Tensor, not a state dict of tensors"),
+        (_bad("n_layer", "2", "model_args"), False, "its model_args['n_layer'] is '2', not int"),
+        (_bad("bias", 0, "model_args"), False, "its model_args['bias'] is 0, not bool"),
+        (_bad("dropout", "0.1", "model_args"), False, "its model_args['dropout'] is '0.1', not float or int"),
+        (_bad("model_args", [2, 2]), False, "its 'model_args' is a list, not a dict"),
+        (_bad("config", "tiny"), False, "its 'config' is a str, not a dict"),
+        (_bad("iter_num", "2"), True, "its iter_num is '2', not a count of iterations"),
+        (_bad("best_val_loss", "low"), True, "its best_val_loss is a str, not a number"),
+        (_bad("optimizer", torch.zeros(2)), True, "its 'optimizer' is not an optimizer state dict (a Tensor)"),
+        (_bad("scaler", [1]), True, "its 'scaler' is a list, not a gradient scaler's state dict"),
+    ],
+)
+def test_checkpoint_of_plain_values_in_the_wrong_places_is_one_line(base, tmp_path, mutate, resume, problem):
+    """checkpoint.load (train.py's resume, sample.py, export_hf.py) checks each entry's type: a crafted or
+    foreign checkpoint is one line, not a TypeError deep in the model. The training state only to resume."""
+    ckpt = torch.load(base / "out" / "ckpt.pt", weights_only=True)
+    mutate(ckpt)
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError) as e:
+        checkpoint.load(str(tmp_path / "ckpt.pt"), resume=resume)
+    assert str(e.value) == f"{tmp_path / 'ckpt.pt'} cannot be {'resumed' if resume else 'loaded'}: {problem}"
+    if resume:  # sample.py and export_hf.py need no training state
+        checkpoint.model_from(checkpoint.load(str(tmp_path / "ckpt.pt")))
 
 
 def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
