@@ -4,6 +4,8 @@ A checkpoint is nanoGPT's dict (model, optimizer, model_args, iter_num, best_val
 what an exact resume needs (rng_state, scaler), all plain tensors and values.
 """
 
+import atexit
+import contextlib
 import io
 import os
 import pickle
@@ -218,14 +220,16 @@ def load_pretrained(name, dropout=0.0):
 
 
 def prepare_out_dir(out_dir, fresh, overwrite, say):
-    """Create out_dir, and refuse to let a run that does not resume replace the checkpoint of
-    another run there, unless asked to; remove what killed runs left half-written."""
+    """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
+    that does not resume replace the checkpoint of another run there, unless asked to; remove what
+    killed runs left half-written."""
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another --out_dir") from None
     if not os.access(out_dir, os.W_OK):
         raise UserError(f"out_dir {out_dir} is not writable: choose another --out_dir")
+    lock_out_dir(out_dir)
     if fresh and not overwrite and os.path.isfile(os.path.join(out_dir, CKPT_NAME)):
         raise UserError(
             f"{out_dir} already holds a checkpoint: go on from it with --init_from=resume, start this run "
@@ -233,6 +237,59 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         )
     for name in remove_stale_temps(out_dir):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
+
+
+LOCK_NAME = ".train.lock"  # held by the run writing into its folder; it holds that run's pid
+_locks = {}  # the lock files this process holds -> their descriptors
+
+
+def lock_out_dir(out_dir):
+    """Hold an OS lock on out_dir until this process ends, however it ends: the kernel drops it with
+    the process, so a killed run leaves no stale lock. A second run meets it and stops with one line.
+    (Where there is no flock, Windows, runs are not kept apart.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path = os.path.join(out_dir, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{out_dir} is in use by another training run (pid {pid}): let it finish or stop it, "
+                "or choose another --out_dir"
+            ) from None
+        except OSError:  # a filesystem without locks: go on unguarded
+            os.close(fd)
+            return
+        try:  # the file locked may be one that the run holding it before removed as it ended: then again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _locks[path] = fd
+
+
+def unlock(path):
+    """Remove a lock file this process holds, then let go of it (in that order: a run that locks the
+    removed file after us sees that it is gone, and takes a new one)."""
+    fd = _locks.pop(path)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+
+
+@atexit.register
+def unlock_all():  # (atexit runs after the interpreter has waited for a checkpoint being written)
+    for path in list(_locks):
+        unlock(path)
 
 
 def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_model=None):

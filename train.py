@@ -118,7 +118,7 @@ procs, device = parallel.init(backend, device)
 master_process = procs.master  # this process prints, logs and saves
 say = print if master_process else lambda *args, **kwargs: None
 fresh_run = init_from != "resume" and not eval_only
-if master_process:  # never replace another run's work by surprise
+if master_process and not eval_only:  # never replace another run's work by surprise (eval_only writes nothing)
     checkpoint.prepare_out_dir(out_dir, fresh_run, overwrite, say)
 torch.manual_seed(1337 + procs.rank)
 torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul

@@ -365,9 +365,8 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         assert killed, f"training stopped before it was killed:\n{proc.stderr.read().decode()[-2000:]}"
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
-        assert all(
-            n in ("ckpt.pt", "train_log.csv", "loss.png") or TEMP_NAME.match(n) for n in names
-        ), names
+        kept = ("ckpt.pt", "train_log.csv", "loss.png", checkpoint.LOCK_NAME)  # (the lock file, no lock)
+        assert all(n in kept or TEMP_NAME.match(n) for n in names), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
             ckpt = checkpoint.load(str(out / "ckpt.pt"))
@@ -498,6 +497,26 @@ def test_checkpoint_of_plain_values_in_the_wrong_places_is_one_line(base, tmp_pa
     assert str(e.value) == f"{tmp_path / 'ckpt.pt'} cannot be {'resumed' if resume else 'loaded'}: {problem}"
     if resume:  # sample.py and export_hf.py need no training state
         checkpoint.model_from(checkpoint.load(str(tmp_path / "ckpt.pt")))
+
+
+def test_a_held_out_dir_is_refused_with_its_holders_pid_and_a_dead_runs_lock_is_not(tmp_path):
+    """The lock on out_dir: a second holder is refused (the same process taking it again opens it anew, as
+    another run would); a lock file a killed run left (its pid dead, no lock held) is no obstacle."""
+    checkpoint.lock_out_dir(str(tmp_path))
+    lock = tmp_path / checkpoint.LOCK_NAME
+    assert lock.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(UserError) as e:
+        checkpoint.lock_out_dir(str(tmp_path))
+    assert str(e.value) == (
+        f"{tmp_path} is in use by another training run (pid {os.getpid()}): let it finish or stop it, "
+        "or choose another --out_dir"
+    )
+    checkpoint.unlock(str(lock))
+    assert not lock.exists()  # a run that ends takes its lock file with it
+    lock.write_text("999999999\n")  # as a SIGKILL leaves it
+    checkpoint.lock_out_dir(str(tmp_path))
+    assert lock.read_text() == f"{os.getpid()}\n"
+    checkpoint.unlock(str(lock))
 
 
 def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):

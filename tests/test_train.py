@@ -317,11 +317,13 @@ def test_grad_accum_must_divide_among_processes():
 
 
 def test_eval_only_scratch_evaluates_once_and_saves_nothing(tmp_path):
+    """It does not even create out_dir: it may be one that cannot be (here, below a file)."""
     make_dataset(tmp_path)
-    proc = run_train(tmp_path, *TINY, "--out_dir=ev", "--eval_only=True")
+    (tmp_path / "afile").write_text("x")
+    proc = run_train(tmp_path, *TINY, "--out_dir=afile/ev", "--eval_only=True")
     assert proc.stdout.count("step 0: train loss") == 1
     assert "iter 0:" not in proc.stdout  # no training step
-    assert not (tmp_path / "ev").exists() or not list((tmp_path / "ev").iterdir())  # no checkpoint, no log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "data"]
 
 
 def test_eval_only_leaves_the_run_in_out_dir_as_it_was(trained, tmp_path):
@@ -330,7 +332,11 @@ def test_eval_only_leaves_the_run_in_out_dir_as_it_was(trained, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     before = {p.name: p.read_bytes() for p in copy.iterdir()}
-    proc = run_train(root, *TINY, f"--out_dir={copy}", "--eval_only=True")
+    copy.chmod(0o555)  # it need not be writable (where the tests run as root, this changes nothing)
+    try:
+        proc = run_train(root, *TINY, f"--out_dir={copy}", "--eval_only=True")
+    finally:
+        copy.chmod(0o755)
     assert "step 0: train loss" in proc.stdout
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
 
