@@ -1,6 +1,7 @@
 """The device a script runs on and the number format it computes in: defaults, checks, autocast,
 and the peak FLOP/s that MFU is measured against."""
 
+import time
 from contextlib import nullcontext
 
 import torch
@@ -85,6 +86,17 @@ def autocast(device_type, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=DTYPES[dtype], cache_enabled=False)
+
+
+def cpu_matmul_flops(n=1024):
+    """The float32 FLOP/s of this CPU in an n x n matmul, the best of 3: more than training reaches on it."""
+    a = torch.full((n, n), 0.5)  # (not drawn at random: training's RNG stays where it was)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def peak_flops(device):

@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
+import hardware
 import parallel
 import plot
 from configurator import configure
@@ -287,22 +288,39 @@ def save_checkpoint():
 
 
 def diverged(what, it):
+    other = {"float16": " or use --dtype=bfloat16 instead of float16", "bfloat16": " or use --dtype=float32"}
     return UserError(
-        f"{what} is not finite at iter {it}: training diverged; lower --learning_rate (now {learning_rate}) "
-        f"or use --dtype=bfloat16 instead of float16; {out_dir}/{checkpoint.CKPT_NAME}, if any, was left as it was"
+        f"{what} is not finite at iter {it}: training diverged; lower --learning_rate (now {learning_rate})"
+        f"{other.get(dtype, '')}; {out_dir}/{checkpoint.CKPT_NAME}, if any, was left as it was"
     )
 
 
-def time_left(dt):
-    """', eta ...' for a log line: the steps left at dt each, and the evals left at the last one's
-    duration. On a CPU, a run of more than an hour also gets a note on the quick recipe, once."""
+def evals_left():
+    return max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
+
+
+def note_long_run(seconds):
+    """On a CPU, a run of more than an hour says so, once, with the quick recipe."""
     global long_run_noted
-    evals = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
-    seconds = (max_iters - iter_num - 1) * dt + evals * eval_seconds
     if device_type == "cpu" and seconds > 3600 and not long_run_noted:
         say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
             "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
         long_run_noted = True
+
+
+def time_left(dt, steps):
+    """', eta ...' for a log line that timed `steps` steps at dt each: the steps left at the mean time of
+    all steps timed so far (not those of this process's first line: they compile), and the evals left at
+    the last one's duration (before one, as 2 * eval_iters forwards, each a third of a micro-step)."""
+    global timed_seconds, timed_steps
+    if timed_steps is None:
+        timed_seconds, timed_steps = 0.0, 0
+        return ""
+    timed_seconds, timed_steps = timed_seconds + dt * steps, timed_steps + steps
+    step = timed_seconds / timed_steps
+    eval_time = eval_seconds or step * 2 * eval_iters / (3 * micro_steps)
+    seconds = (max_iters - iter_num - 1) * step + evals_left() * eval_time
+    note_long_run(seconds)
     return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
@@ -333,6 +351,12 @@ if wandb_log and master_process:
 writer = checkpoint.BackgroundWriter()
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
+long_run_noted = False
+if device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, not after its first step
+    step_flops = raw_model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
+    flops = step_flops * (max_iters - iter_num + evals_left() * 2 * eval_iters / (3 * micro_steps))
+    if flops > 3600e9:  # (else it ends within the hour even at 1e9 FLOP/s)
+        note_long_run(flops / hardware.cpu_matmul_flops())
 X, Y = micro_batch(iter_num, 0)  # fetch the very first batch
 if cuda_graphs:  # record the micro-step once: from here on each call replays it, one launch for all
     micro_step = CUDAGraph(micro_step, X, Y)
@@ -342,7 +366,7 @@ first_iter, t_start = iter_num, time.time()
 t0, steps_since_log, eval_seconds = time.time(), 0, 0.0
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
-long_run_noted = False
+timed_seconds, timed_steps = 0.0, None  # the steps the time left is measured on
 while True:
     # evaluate the loss on train/val sets, log it and write checkpoints: every eval_interval
     # iterations and at the end (once, with eval_only)
@@ -394,13 +418,14 @@ while True:
     if iter_num % log_interval == 0 and master_process:
         lossf = loss.item()  # the one CPU-GPU sync point of an iteration
         t1 = time.time()
-        dt, t0, steps_since_log = (t1 - t0) / steps_since_log, t1, 0  # seconds per step since the last log
+        steps, steps_since_log = steps_since_log, 0
+        dt, t0 = (t1 - t0) / steps, t1  # seconds per step since the last log
         if not math.isfinite(lossf):
             raise diverged("training loss", iter_num)
         if local_iter_num >= 5 and peak is not None:  # let the training loop settle a bit
             mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        left = time_left(dt) if local_iter_num >= 1 else ""  # the first step's time includes compiling
+        left = time_left(dt, steps)
         mfu_text = f", mfu {running_mfu * 100:.2f}%" if running_mfu >= 0 else ""
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms{mfu_text}{left}")
         log.step_row(iter_num, lossf, lr, dt, running_mfu)

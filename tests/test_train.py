@@ -83,11 +83,17 @@ def clean_env() -> dict:
 
 def train_function(name, **module_globals):
     """A function of train.py (a script, not importable) with the globals it reads set as given."""
+    return train_functions(name, **module_globals)[name]
+
+
+def train_functions(*names, **module_globals):
+    """Functions of train.py in one scope of globals, set as given; returns the scope."""
     tree = ast.parse(TRAIN.read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert len(nodes) == len(names), names
     scope = {"math": math, **module_globals}
-    exec(compile(ast.Module([node], type_ignores=[]), str(TRAIN), "exec"), scope)
-    return scope[name]
+    exec(compile(ast.Module(nodes, type_ignores=[]), str(TRAIN), "exec"), scope)
+    return scope
 
 
 def read_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -140,6 +146,42 @@ def test_time_left_is_printed_and_sane(tmp_path):
         sane.append((took / 2 - 1 <= left <= 2 * took + 1, line, round(took, 1)))
     # one estimate may be thrown by a stall of the machine (the log line's steps took seconds each)
     assert sum(ok for ok, _, _ in sane) >= 3, sane
+
+
+def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
+    """The time left at a log line: the steps left at the mean time of all steps timed so far (not those
+    of the first line, which compile), the evals left at the last one's duration or, before one has run
+    (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
+    said = []
+    scope = train_functions("time_left", "evals_left", "note_long_run", max_iters=1000, eval_interval=100,
+                            eval_iters=30, micro_steps=2, device_type="cpu", say=said.append, long_run_noted=False,
+                            timed_seconds=0.0, timed_steps=None, eval_seconds=0.0, iter_num=500)  # fmt: skip
+    time_left = scope["time_left"]
+    assert time_left(30.0, 1) == ""  # the first line: its step compiled
+    scope["iter_num"] = 510
+    # 489 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 48.9 + 5 = 53.9 s
+    assert time_left(0.1, 10) == ", eta 0:00:53"
+    scope["iter_num"], scope["eval_seconds"] = 520, 2.0
+    # a slow line moves the mean, not the estimate to its own pace: (1 + 10 * 0.5) / 20 = 0.3 s a step;
+    # 479 steps at 0.3 s and 5 evals at the last one's 2 s: 143.7 + 10 s
+    assert time_left(0.5, 10) == ", eta 0:02:33"
+    assert said == []  # minutes, not hours: no note
+    scope["max_iters"] = 100000  # 99479 steps at (6 + 3) / 30 s and 995 evals at 2 s: 31833.7 s
+    assert time_left(0.3, 10) == ", eta 8:50:33"
+    assert time_left(0.3, 10).startswith(", eta 8:50:")
+    assert said == [
+        "note: this run needs about 8.8 hours on this CPU; without a GPU, python train.py "
+        "config/train_shakespeare_char.py trains a small model in minutes"
+    ]  # once
+
+
+def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
+    """It runs before the first step: a draw from the RNG would change the dropout of a resumed run."""
+    import hardware
+
+    state = torch.get_rng_state()
+    assert hardware.cpu_matmul_flops(64) > 1e6
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_loss_falls_and_log_has_every_row(trained):
@@ -368,6 +410,26 @@ def test_a_run_resumed_from_an_earlier_checkpoint_logs_each_iteration_once(tmp_p
     for got, want in zip(read_log(tmp_path / "cut"), read_log(tmp_path / "straight"), strict=True):
         assert [r["iter"] for r in got] == [r["iter"] for r in want]
     assert [r["iter"] for r in read_log(tmp_path / "cut")[1]] == ["0", "3", "6"]
+
+
+@pytest.mark.parametrize(
+    "dtype, advice",
+    [
+        ("float32", ""),
+        ("bfloat16", " or use --dtype=float32"),
+        ("float16", " or use --dtype=bfloat16 instead of float16"),
+    ],
+)
+def test_divergence_advice_fits_the_dtype(dtype, advice):
+    from errors import UserError
+
+    diverged = train_function(
+        "diverged", UserError=UserError, checkpoint=checkpoint, learning_rate=0.01, dtype=dtype, out_dir="out"
+    )
+    assert str(diverged("training loss", 7)) == (
+        f"training loss is not finite at iter 7: training diverged; lower --learning_rate (now 0.01){advice}; "
+        "out/ckpt.pt, if any, was left as it was"
+    )
 
 
 def test_checkpoint_file_is_as_readable_as_any_file_the_user_writes(trained):
