@@ -11,6 +11,8 @@ import os
 import pickle
 import random
 import re
+import shlex
+import sys
 import threading
 
 import numpy as np
@@ -63,16 +65,18 @@ class BackgroundWriter:
 
     def __init__(self):
         self.thread, self.error = None, None
+        self.written = None  # the label of the last checkpoint that reached the disk
 
-    def submit(self, obj, path):
+    def submit(self, obj, path, label=None):
         self.wait()
         copy = cpu_copy(obj)
-        self.thread = threading.Thread(target=self._write, args=(copy, path), name="checkpoint-writer")
+        self.thread = threading.Thread(target=self._write, args=(copy, path, label), name="checkpoint-writer")
         self.thread.start()
 
-    def _write(self, obj, path):
+    def _write(self, obj, path, label):
         try:
             save(obj, path)
+            self.written = label
         except Exception as e:  # raised by wait(), in the main thread
             self.error = (path, e)
 
@@ -219,6 +223,24 @@ def load_pretrained(name, dropout=0.0):
         raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
 
 
+def resume_from(out_dir, init_from, config):
+    """The checkpoint a run goes on from, loaded once: out_dir's for init_from='resume'; for 'auto', out_dir's
+    if it holds one (refused if it is another run's: another dataset or architecture); else None."""
+    path = os.path.join(out_dir, CKPT_NAME)
+    if init_from != "resume" and not (init_from == "auto" and os.path.exists(path)):
+        return None
+    ckpt = load(path, resume=True)
+    if init_from == "auto":
+        saved = {"dataset": (ckpt.get("config") or {}).get("dataset"), **ckpt["model_args"]}
+        for key in ("dataset", "n_layer", "n_head", "n_embd", "block_size", "bias"):
+            if saved.get(key) != config[key]:
+                raise UserError(
+                    f"{path} is another run's checkpoint ({key} {saved.get(key)!r}, this run's {config[key]!r}): go on "
+                    "from it with --init_from=resume, or choose another --out_dir"
+                )
+    return ckpt
+
+
 def prepare_out_dir(out_dir, fresh, overwrite, say):
     """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
     that does not resume replace the checkpoint of another run there, unless asked to; remove what
@@ -290,6 +312,21 @@ def unlock(path):
 def unlock_all():  # (atexit runs after the interpreter has waited for a checkpoint being written)
     for path in list(_locks):
         unlock(path)
+
+
+def interrupt_note(writer, out_dir, it, resumed_at, torchrun):
+    """What Ctrl-C says: where the run stopped, what its checkpoint holds and the command that goes on from
+    it. A checkpoint being written is finished first."""
+    try:
+        writer.wait()
+    except UserError:
+        pass  # (the previous checkpoint is still there)
+    saved = writer.written if writer.written is not None else resumed_at
+    if saved is None:
+        return f"interrupted at iter {it}, before this run saved a checkpoint"
+    flags = f"--init_from=resume --out_dir={shlex.quote(out_dir)}"
+    command = f"the same torchrun command with {flags}" if torchrun else f"python {shlex.quote(sys.argv[0])} {flags}"
+    return f"interrupted at iter {it}; {os.path.join(out_dir, CKPT_NAME)} holds iter {saved}: resume with {command}"
 
 
 def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_model=None):

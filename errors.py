@@ -7,6 +7,15 @@ class UserError(Exception):
     """A mistake the user can fix; the message says what is wrong and how to fix it."""
 
 
+interrupt_note = None  # a function giving the line Ctrl-C prints instead of "interrupted" ("": none)
+
+
+def on_interrupt(note):
+    """Let Ctrl-C print note() (say, where a run stopped and how to go on) instead of "interrupted"."""
+    global interrupt_note
+    interrupt_note = note
+
+
 def report_user_errors():
     """From now on, an uncaught UserError, Ctrl-C or a GPU out of memory ends the process with one
     line instead of a traceback. Anything else is a bug and keeps its traceback."""
@@ -16,7 +25,9 @@ def report_user_errors():
         if issubclass(kind, UserError):
             print(f"error: {value}", file=sys.stderr, flush=True)
         elif issubclass(kind, KeyboardInterrupt):
-            print("interrupted", file=sys.stderr, flush=True)
+            line = interrupt_note() if interrupt_note else "interrupted"
+            if line:
+                print(line, file=sys.stderr, flush=True)
         elif kind.__name__ == "OutOfMemoryError":  # torch's: a batch or model too big for the GPU
             what = str(value).strip().split(". GPU")[0]  # "CUDA out of memory. Tried to allocate 1.2 GiB"
             print(

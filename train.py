@@ -8,8 +8,9 @@ Every value of the config block below can be set by a config file or a --key=val
 alone prints, logs and saves, into out_dir: ckpt.pt (nanoGPT's checkpoint, plus what an exact
 resume needs), train_log.csv (iter,loss,val_loss,lr,time_ms,mfu at each log line and eval) and,
 with matplotlib, loss.png. A run trains iterations 0..max_iters-1, evaluates at every multiple of
-eval_interval and at max_iters, and stops there; stopped and resumed (--init_from=resume), it goes
-on exactly as if it had never stopped.
+eval_interval and at max_iters, and stops there; stopped and resumed (--init_from=resume, which
+takes every key the command does not give from the checkpoint's config), it goes on exactly as if
+it had never stopped. While it runs, it holds out_dir: a second run into it is refused.
 """
 
 import importlib.util
@@ -24,10 +25,10 @@ import checkpoint
 import hardware
 import parallel
 import plot
-from configurator import configure
+from configurator import adopt_saved, configure
 from cuda_graph import CUDAGraph
 from dataloader import Batches, find_data_file
-from errors import UserError, report_user_errors
+from errors import UserError, on_interrupt, report_user_errors
 from hardware import autocast, check_compile_mode, check_device, default_device, default_dtype, peak_flops
 from model import ARCH_KEYS, GPT, PRETRAINED, GPTConfig
 
@@ -42,7 +43,7 @@ log_interval = 1  # print and log the training loss every this many iterations
 eval_iters = 200  # batches of each split per evaluation
 eval_only = False  # evaluate once, then exit without saving
 always_save_checkpoint = True  # save at every eval, not only when the val loss improved
-init_from = "scratch"  # 'scratch', 'resume' (the checkpoint in out_dir) or 'gpt2', 'gpt2-medium', ..., 'gpt2-xl'
+init_from = "scratch"  # scratch, resume (the run in out_dir), auto (resume if any), gpt2*, or a Hugging Face folder
 overwrite = False  # let a run that does not resume replace the checkpoint already in out_dir
 # wandb logging
 wandb_log = False  # log to Weights & Biases (pip install wandb)
@@ -81,6 +82,14 @@ compile = True  # use PyTorch 2.0 to compile the model to be faster
 compile_mode = "auto"  # 'auto', 'regional' (each block) or a torch.compile mode such as 'max-autotune' (README)
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())  # config files and --key=value flags, in order
+ckpt = checkpoint.resume_from(out_dir, init_from, config)  # the checkpoint this run goes on from, if any
+if init_from == "auto":  # torchrun --max-restarts: resume if out_dir holds this run's checkpoint, else start
+    init_from = config["init_from"] = "resume" if ckpt else "scratch"
+# a resumed run goes on as it was: its checkpoint's config, but for what files and flags change now and for
+# what belongs to this command and this machine
+THIS_COMMAND = ("init_from", "out_dir", "eval_only", "overwrite", "device", "dtype")
+if ckpt:
+    config = adopt_saved(globals(), ckpt.get("config", {}), changed, keep=THIS_COMMAND)
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = config["dtype"] = default_dtype(device)
 # -----------------------------------------------------------------------------
@@ -98,7 +107,7 @@ for key in ("dropout", "beta1", "beta2"):
 if compile:
     check_compile_mode(compile_mode, ours=("auto", "regional"))
 if init_from not in ("scratch", "resume", *PRETRAINED) and not os.path.isdir(init_from):
-    raise UserError(f"unknown init_from={init_from!r}: use scratch, resume or one of {', '.join(PRETRAINED)}")
+    raise UserError(f"unknown init_from={init_from!r}: use scratch, resume, auto, a folder or {', '.join(PRETRAINED)}")
 device_type = check_device(device, dtype)
 micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.world_size())  # per process
 if compile and compile_mode in ("reduce-overhead", "max-autotune") and micro_steps > 1 and device_type == "cuda":
@@ -163,7 +172,6 @@ def adopt_architecture(model):
 
 iter_num = 0  # the iteration about to run
 best_val_loss = 1e9
-ckpt = None
 if init_from == "scratch":
     say("Initializing a new model from scratch")
     if meta_vocab_size is None:
@@ -175,7 +183,6 @@ if init_from == "scratch":
         raise UserError(str(e)) from None
 elif init_from == "resume":
     say(f"Resuming training from {out_dir}")
-    ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME), resume=True)
     model = checkpoint.model_from(ckpt, dropout=dropout)
     iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
 else:
@@ -284,7 +291,7 @@ def save_checkpoint():
         say(f"saving checkpoint to {out_dir}")
         ckpt = dict(model=model_state, optimizer=optimizer_state, model_args=model_args, iter_num=iter_num)
         ckpt |= dict(best_val_loss=best_val_loss, config=config, rng_state=rng_states, scaler=scaler.state_dict())
-        writer.submit(ckpt, os.path.join(out_dir, checkpoint.CKPT_NAME))
+        writer.submit(ckpt, os.path.join(out_dir, checkpoint.CKPT_NAME), label=iter_num)
 
 
 def diverged(what, it):
@@ -349,6 +356,8 @@ if wandb_log and master_process:
 
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 writer = checkpoint.BackgroundWriter()
+if not eval_only:  # Ctrl-C says where the run stopped and the command that goes on from its checkpoint (rank 0)
+    on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, resumed_at, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
 long_run_noted = False

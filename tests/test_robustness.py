@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -185,6 +186,14 @@ CASES = [
         RESUME,
         _model_only("out/ckpt.pt"),
         "out/ckpt.pt cannot be resumed: it holds a model but no training state (no optimizer, iter_num, best_val_loss)",
+        None,
+    ),
+    (
+        "auto-another-run",
+        "train",
+        ["--init_from=auto", "--out_dir=out", "--n_layer=3"],
+        None,
+        "out/ckpt.pt is another run's checkpoint (n_layer 2, this run's 3): go on from it with --init_from=resume",
         None,
     ),
     (
@@ -381,6 +390,52 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         assert "partial checkpoint of a killed run" in done.stdout
     assert checkpoint.load(str(out / "ckpt.pt"))["iter_num"] == max_iters
     assert not [n for n in os.listdir(out) if TEMP_NAME.match(n)]  # the leftovers were cleaned up
+
+
+def test_a_second_run_is_refused_and_ctrl_c_says_how_the_run_goes_on_as_it_was(tmp_path):
+    """A run into out/ (which, on a CPU, said before its first step that it takes hours) holds it: a second
+    run into it, even one told to replace it, stops with one line naming the first's pid. Ctrl-C then ends
+    the first with the iteration its checkpoint holds and the command that resumes: that command alone
+    goes on with the run's own config (dataset, model, schedule), saying which key given now differs."""
+    make_dataset(tmp_path)
+    args = [*TRAIN, "--out_dir=out", "--max_iters=10000000000", "--eval_interval=2", "--log_interval=1000"]
+    cmd = [sys.executable, str(SCRIPTS["train"]), *args]
+    with_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 (a shell's `&` ignores it)
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=clean_env(), preexec_fn=with_ctrl_c)  # fmt: skip
+    said = []
+    while not said or not said[-1].startswith("saving checkpoint"):
+        said.append(first.stdout.readline())
+        assert said[-1], first.stderr.read()  # (it ended)
+    while not (tmp_path / "out" / "ckpt.pt").exists():  # (written in the background)
+        time.sleep(0.01)
+    note = next(i for i, line in enumerate(said) if line.startswith("note: this run needs about"))
+    assert note < next(i for i, line in enumerate(said) if line.startswith("step 0:"))  # before the first step
+    first.send_signal(signal.SIGSTOP)  # (paused, it holds out/ still, and leaves the CPU to the second run)
+    second = run_script("train", tmp_path, ["--out_dir=out", "--overwrite=True", "--max_iters=2"])
+    assert_one_line_error(second, f"out is in use by another training run (pid {first.pid}): let it finish or stop it")
+    first.send_signal(signal.SIGCONT)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode != 0 and "Traceback" not in stderr, stderr
+    stopped, held, command = re.fullmatch(
+        r"interrupted at iter (\d+); out/ckpt.pt holds iter (\d+): resume with (python .* --out_dir=out)\n", stderr
+    ).groups()
+    held = int(held)
+    assert checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == held and held % 2 == 0
+    assert 0 < held <= int(stopped) and not (tmp_path / "out" / checkpoint.LOCK_NAME).exists()
+    assert command == f"python {SCRIPTS['train']} --init_from=resume --out_dir=out"
+    resume = [sys.executable, *shlex.split(command)[1:], f"--max_iters={held + 2}"]
+    proc = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout.count("note: ") == 1 and f"note: max_iters {held + 2} (checkpoint had 10000000000)\n" in proc.stdout
+    )
+    ckpt = checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))
+    assert ckpt["iter_num"] == held + 2 and ckpt["model_args"]["n_embd"] == 32
+    assert {k: ckpt["config"][k] for k in ("dataset", "batch_size", "eval_interval", "learning_rate", "max_iters")} == {
+        "dataset": "tiny", "batch_size": 4, "eval_interval": 2, "learning_rate": 1e-2, "max_iters": held + 2
+    }  # fmt: skip
 
 
 def small_files(limit):

@@ -346,6 +346,47 @@ def test_fsdp_gloo_equals_single_process_and_saves_a_classic_checkpoint(tmp_path
     assert "step 9:" in resumed.stdout
 
 
+KILL_RANK_1 = """
+import os, runpy, signal, sys, threading, time
+sys.path.insert(0, {repo!r})
+if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":  # the first attempt's rank 1
+    def kill_after_the_first_checkpoint():
+        while not os.path.exists({ckpt!r}):
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=kill_after_the_first_checkpoint, daemon=True).start()
+sys.argv[0] = {train!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_rank_and_the_run_ends_as_an_uninterrupted_one(tmp_path):
+    """torchrun --max-restarts=1 with --init_from=auto: rank 1 of 2 is SIGKILLed after the first checkpoint;
+    torchrun restarts both, they resume from that checkpoint by themselves (rank 0's lock on out_dir went
+    with its process) and the run ends with the weights and the log of an uninterrupted one: the single
+    process drawing the same micro-batches, as in test_ddp_gloo_equals_single_process_accumulation."""
+    make_dataset(tmp_path)
+    args = [*TINY, "--gradient_accumulation_steps=2", "--max_iters=8", "--eval_interval=4", "--init_from=auto"]
+    wrapper = tmp_path / "kill_rank_1.py"
+    wrapper.write_text(KILL_RANK_1.format(repo=str(REPO), ckpt=str(tmp_path / "ddp" / "ckpt.pt"), train=str(TRAIN)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1"]
+    cmd += ["--monitor-interval=0.1", str(wrapper), *args, "--out_dir=ddp"]
+    ddp = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean_env())
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("Initializing a new model from scratch") == 1  # the first attempt
+    assert ddp.stdout.count("Resuming training from ddp") == 1  # the restarted one, from the checkpoint at 4
+    run_train(tmp_path, *args, "--out_dir=single")
+    d, s = load(tmp_path / "ddp" / "ckpt.pt"), load(tmp_path / "single" / "ckpt.pt")
+    assert d["iter_num"] == s["iter_num"] == 8
+    for k in s["model"]:
+        torch.testing.assert_close(d["model"][k], s["model"][k], rtol=1e-4, atol=1e-6, msg=k)
+    for got, want in zip(read_log(tmp_path / "ddp"), read_log(tmp_path / "single"), strict=True):
+        assert [r["iter"] for r in got] == [r["iter"] for r in want]  # each iteration logged once
+    for rg, rw in zip(read_log(tmp_path / "ddp")[1], read_log(tmp_path / "single")[1], strict=True):
+        assert float(rg["val_loss"]) == pytest.approx(float(rw["val_loss"]), abs=1e-5)  # the evals at 0, 4 and 8
+
+
 def test_grad_accum_must_divide_among_processes():
     import parallel
     from errors import UserError
