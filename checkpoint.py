@@ -4,10 +4,14 @@ A checkpoint is nanoGPT's dict (model, optimizer, model_args, iter_num, best_val
 what an exact resume needs (rng_state, scaler), all plain tensors and values.
 """
 
+import atexit
+import contextlib
 import os
 import pickle
 import random
 import re
+import shlex
+import sys
 import threading
 
 import numpy as np
@@ -59,16 +63,18 @@ class BackgroundWriter:
 
     def __init__(self):
         self.thread, self.error = None, None
+        self.written = None  # the label of the last checkpoint that reached the disk
 
-    def submit(self, obj, path):
+    def submit(self, obj, path, label=None):
         self.wait()
         copy = cpu_copy(obj)
-        self.thread = threading.Thread(target=self._write, args=(copy, path), name="checkpoint-writer")
+        self.thread = threading.Thread(target=self._write, args=(copy, path, label), name="checkpoint-writer")
         self.thread.start()
 
-    def _write(self, obj, path):
+    def _write(self, obj, path, label):
         try:
             save(obj, path)
+            self.written = label
         except Exception as e:  # raised by wait(), in the main thread
             self.error = (path, e)
 
@@ -83,14 +89,16 @@ class BackgroundWriter:
             self.thread = None
         if self.error is not None:
             (path, e), self.error = self.error, None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "torch.save failed"  # (not its puzzles)
             raise UserError(
-                f"could not write the checkpoint {path} ({first_line(e)}); the file there, if any, is a complete "
+                f"could not write the checkpoint {path} ({why}); the file there, if any, is a complete "
                 "earlier checkpoint: free some disk space or choose another --out_dir"
             )
 
 
-def load(path):
-    """A checkpoint dict, loaded with weights_only=True so that a crafted file cannot run code."""
+def load(path, resume=False):
+    """A checkpoint dict, loaded with weights_only=True so that a crafted file cannot run code, and
+    checked to hold what a model needs (and, to resume, what training needs) in the types it needs."""
     if not os.path.isfile(path):
         raise UserError(
             f"no checkpoint at {path}: train one first (python train.py config/train_shakespeare_char.py) "
@@ -110,7 +118,43 @@ def load(path):
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first_line(e)}): restore it or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise UserError(f"{path} is not a nanoGPT checkpoint: it lacks the 'model' and 'model_args' entries")
+    problem = structure_problem(ckpt, resume)
+    if problem:
+        raise UserError(f"{path} cannot be {'resumed' if resume else 'loaded'}: {problem}")
     return ckpt
+
+
+def structure_problem(ckpt, resume):
+    """What is wrong with the entries of a loaded checkpoint dict, in a few words; None if nothing."""
+    model, args = ckpt["model"], ckpt["model_args"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return f"its 'model' is a {type(model).__name__}, not a state dict of tensors"
+    if not isinstance(args, dict):
+        return f"its 'model_args' is a {type(args).__name__}, not a dict"
+    for key in (*ARCH_KEYS, "dropout"):
+        want = {"bias": (bool,), "dropout": (float, int)}.get(key, (int,))
+        if key in args and type(args[key]) not in want:
+            return f"its model_args[{key!r}] is {args[key]!r}, not {' or '.join(t.__name__ for t in want)}"
+    if not isinstance(ckpt.get("config", {}), dict):
+        return f"its 'config' is a {type(ckpt['config']).__name__}, not a dict"
+    if not resume:
+        return None
+    missing = [k for k in ("optimizer", "iter_num", "best_val_loss") if k not in ckpt]
+    if missing:
+        return f"it holds a model but no training state (no {', '.join(missing)}); sample.py can use it"
+    if type(ckpt["iter_num"]) is not int or ckpt["iter_num"] < 0:
+        return f"its iter_num is {ckpt['iter_num']!r}, not a count of iterations"
+    best = ckpt["best_val_loss"]
+    if not (type(best) in (int, float) or isinstance(best, torch.Tensor) and best.numel() == 1):
+        return f"its best_val_loss is a {type(best).__name__}, not a number"
+    optimizer = ckpt["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)):
+        return f"its 'optimizer' is not an optimizer state dict (a {type(optimizer).__name__})"
+    if not isinstance(optimizer.get("param_groups"), list):
+        return "its optimizer state has no list of param_groups"
+    if not isinstance(ckpt.get("scaler", {}), dict):
+        return f"its 'scaler' is a {type(ckpt['scaler']).__name__}, not a gradient scaler's state dict"
+    return None
 
 
 def clean_state_dict(state_dict):
@@ -151,15 +195,35 @@ def model_from(ckpt, dropout=None):
     return model
 
 
+def resume_from(out_dir, init_from, config):
+    """The checkpoint a run goes on from, loaded once: out_dir's for init_from='resume'; for 'auto', out_dir's
+    if it holds one (refused if it is another run's: another dataset or architecture); else None."""
+    path = os.path.join(out_dir, CKPT_NAME)
+    if init_from != "resume" and not (init_from == "auto" and os.path.exists(path)):
+        return None
+    ckpt = load(path, resume=True)
+    if init_from == "auto":
+        saved = {"dataset": (ckpt.get("config") or {}).get("dataset"), **ckpt["model_args"]}
+        for key in ("dataset", "n_layer", "n_head", "n_embd", "block_size", "bias"):
+            if saved.get(key) != config[key]:
+                raise UserError(
+                    f"{path} is another run's checkpoint ({key} {saved.get(key)!r}, this run's {config[key]!r}): go on "
+                    "from it with --init_from=resume, or choose another --out_dir"
+                )
+    return ckpt
+
+
 def prepare_out_dir(out_dir, fresh, overwrite, say):
-    """Create out_dir, and refuse to let a run that does not resume replace the checkpoint of
-    another run there, unless asked to; remove what killed runs left half-written."""
+    """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
+    that does not resume replace the checkpoint of another run there, unless asked to; remove what
+    killed runs left half-written."""
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another --out_dir") from None
     if not os.access(out_dir, os.W_OK):
         raise UserError(f"out_dir {out_dir} is not writable: choose another --out_dir")
+    lock_out_dir(out_dir)
     if fresh and not overwrite and os.path.isfile(os.path.join(out_dir, CKPT_NAME)):
         raise UserError(
             f"{out_dir} already holds a checkpoint: go on from it with --init_from=resume, start this run "
@@ -167,6 +231,74 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         )
     for name in remove_stale_temps(out_dir):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
+
+
+LOCK_NAME = ".train.lock"  # held by the run writing into its folder; it holds that run's pid
+_locks = {}  # the lock files this process holds -> their descriptors
+
+
+def lock_out_dir(out_dir):
+    """Hold an OS lock on out_dir until this process ends, however it ends: the kernel drops it with
+    the process, so a killed run leaves no stale lock. A second run meets it and stops with one line.
+    (Where there is no flock, Windows, runs are not kept apart.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path = os.path.join(out_dir, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{out_dir} is in use by another training run (pid {pid}): let it finish or stop it, "
+                "or choose another --out_dir"
+            ) from None
+        except OSError:  # a filesystem without locks: go on unguarded
+            os.close(fd)
+            return
+        try:  # the file locked may be one that the run holding it before removed as it ended: then again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _locks[path] = fd
+
+
+def unlock(path):
+    """Remove a lock file this process holds, then let go of it (in that order: a run that locks the
+    removed file after us sees that it is gone, and takes a new one)."""
+    fd = _locks.pop(path)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+
+
+@atexit.register
+def unlock_all():  # (atexit runs after the interpreter has waited for a checkpoint being written)
+    for path in list(_locks):
+        unlock(path)
+
+
+def interrupt_note(writer, out_dir, it, resumed_at, torchrun):
+    """What Ctrl-C says: where the run stopped, what its checkpoint holds and the command that goes on from
+    it. A checkpoint being written is finished first."""
+    try:
+        writer.wait()
+    except UserError:
+        pass  # (the previous checkpoint is still there)
+    saved = writer.written if writer.written is not None else resumed_at
+    if saved is None:
+        return f"interrupted at iter {it}, before this run saved a checkpoint"
+    flags = f"--init_from=resume --out_dir={shlex.quote(out_dir)}"
+    command = f"the same torchrun command with {flags}" if torchrun else f"python {shlex.quote(sys.argv[0])} {flags}"
+    return f"interrupted at iter {it}; {os.path.join(out_dir, CKPT_NAME)} holds iter {saved}: resume with {command}"
 
 
 def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_model=None):
@@ -177,14 +309,17 @@ def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_mode
             parallel.load_optimizer_state(fsdp_model, optimizer, ckpt["optimizer"])
         else:
             optimizer.load_state_dict(ckpt["optimizer"])
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"the checkpoint's optimizer state does not fit the model: {first_line(e)}") from None
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+    try:
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+        raise UserError("the checkpoint's gradient scaler state is malformed: restore it or retrain") from None
     states = ckpt.get("rng_state")
-    if isinstance(states, list) and rank < len(states):
+    try:
         set_rng_state(states[rank], device)
-    else:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError):
         say("note: the checkpoint holds no RNG state for this rank: dropout will not repeat the original run")
 
 

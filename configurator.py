@@ -164,3 +164,23 @@ def configure(namespace, argv=None, nullable=()):
                 print(f"Overriding config with {arg}:")
             changed.update(apply_file(arg, namespace, keys, nullable, script))
     return {k: namespace[k] for k in keys}, changed
+
+
+def adopt_saved(namespace, saved, changed, keep=(), nullable=()):
+    """A resumed run goes on as it was: each key takes its value in `saved` (the checkpoint's config),
+    unless a file or flag changed it now (a key given now that differs is printed once) or it is in
+    `keep`. Keys of saved that the script does not have are ignored. Returns the final config."""
+    keys = config_keys(namespace)
+    verbose = os.environ.get("RANK", "0") == "0"
+    for key in keys:
+        if key not in saved or key in keep:
+            continue
+        if key in changed:
+            if verbose and saved[key] != namespace[key]:
+                print(f"note: {key} {namespace[key]!r} (checkpoint had {saved[key]!r})")
+            continue
+        try:
+            namespace[key] = coerce(key, saved[key], namespace[key], nullable)
+        except UserError as e:
+            raise UserError(f"the checkpoint's config is malformed ({e}): give --{key}=VALUE") from None
+    return {k: namespace[k] for k in keys}

@@ -10,6 +10,15 @@ class UserError(Exception):
     """A mistake the user can fix; the message says what is wrong and how to fix it."""
 
 
+interrupt_note = None  # a function giving the line Ctrl-C prints instead of "interrupted" ("": none)
+
+
+def on_interrupt(note):
+    """Let Ctrl-C print note() (say, where a run stopped and how to go on) instead of "interrupted"."""
+    global interrupt_note
+    interrupt_note = note
+
+
 def report_user_errors():
     """From now on, an uncaught UserError, Ctrl-C or running out of memory ends the process with one
     line instead of a traceback, and a closed pipe on stdout quietly. Anything else is a bug and
@@ -20,7 +29,9 @@ def report_user_errors():
         if issubclass(kind, UserError):
             print(f"error: {value}", file=sys.stderr, flush=True)
         elif issubclass(kind, KeyboardInterrupt):
-            print("interrupted", file=sys.stderr, flush=True)
+            line = interrupt_note() if interrupt_note else "interrupted"
+            if line:
+                print(line, file=sys.stderr, flush=True)
         elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)
         elif issubclass(kind, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(value):

@@ -68,10 +68,22 @@ def init(backend, device):
             print(f"note: backend {backend!r} needs CUDA; using gloo on {device}")
         backend = "gloo"
     try:
-        torch.distributed.init_process_group(backend=backend)
+        torch.distributed.init_process_group(backend=backend, **this_attempt_store(rank, world_size))
     except (RuntimeError, ValueError) as e:
         raise UserError(f"cannot start the {backend} process group ({first_line(e)}): check --backend") from None
     return Processes(rank, local_rank, world_size, True), device
+
+
+def this_attempt_store(rank, world_size):
+    """The store of this attempt of a torchrun job, as init_process_group's keywords. The workers that
+    torchrun --max-restarts starts again share the store of the killed ones, their keys still in it
+    (torch 2.13): the new process group would dial the dead processes. Each attempt's keys go under a
+    prefix of their own, as torch once did."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size)
+    prefix = f"/worker/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return dict(store=torch.distributed.PrefixStore(prefix, store), rank=rank, world_size=world_size)
 
 
 def close():

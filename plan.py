@@ -6,6 +6,7 @@ concrete choices; train.py, bench.py and sample.py make one, print plan.describe
 Also here: the device and dtype defaults and checks, autocast, and the GPU peaks behind MFU.
 """
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -91,6 +92,17 @@ def autocast(device_type, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=DTYPES[dtype], cache_enabled=False)
+
+
+def cpu_matmul_flops(n=1024):
+    """The float32 FLOP/s of this CPU in an n x n matmul, the best of 3: more than training reaches on it."""
+    a = torch.full((n, n), 0.5)  # (not drawn at random: training's RNG stays where it was)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def peak_flops(device):

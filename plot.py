@@ -10,6 +10,7 @@ matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -18,7 +19,7 @@ import threading
 import time
 
 from atomic import atomic_write
-from errors import cannot_write, reason
+from errors import UserError, cannot_write, reason
 
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
 
@@ -102,43 +103,63 @@ class TrainingLog:
     a run), and loss.png redrawn after an eval, in a thread so that training need not wait for it:
     at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end.
     A run resumed at iteration `resumed_at` redoes what the stopped one did after its checkpoint
-    (saved right after the eval at resumed_at): those rows go, so that none appears twice."""
+    (saved right after the eval at resumed_at): those rows go, so that none appears twice. So do the
+    blank and cut-short lines a killed run may leave. A file that cannot be written (a full disk) is
+    one line: an error for the log, a note for the picture, which training can go on without."""
 
     def __init__(self, out_dir, truncate, say, resumed_at=None):
-        self.out_dir, self.say, self.drawing, self.drawn_at = out_dir, say, None, 0.0
+        self.out_dir, self.say, self.drawing, self.drawn_at, self.draw_failed = out_dir, say, None, 0.0, False
         self.path = os.path.join(out_dir, "train_log.csv")
-        if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
-            with open(self.path, "w") as f:
-                f.write(",".join(HEADER) + "\n")
-            return
-        self.add_new_columns()
-        if resumed_at is not None:
-            self.forget_after(resumed_at)
+        try:
+            if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+                with atomic_write(self.path, "w") as f:
+                    f.write(",".join(HEADER) + "\n")
+            else:
+                self.tidy(resumed_at)
+        except OSError as e:
+            raise cannot_write(self.path, e, "--out_dir") from None
 
-    def add_new_columns(self):
-        """A log of an earlier version, whose header lacks the last columns of HEADER, gets them
-        (empty in its rows), atomically: the rows appended next have every column."""
+    def tidy(self, resumed_at):
+        """Rewrite the log atomically, if need be: with every column of HEADER (a log of an earlier
+        version lacks the last ones), without blank and cut-short lines, without the rows past the
+        eval at resumed_at (if given)."""
         with open(self.path, newline="") as f:
-            old = tuple(next(csv.reader(f), ()))
-        if len(old) < len(HEADER) and old == HEADER[: len(old)]:
-            with open(self.path, newline="") as f:
-                rows = list(csv.reader(f))[1:]
-            pad = [""] * (len(HEADER) - len(old))
+            lines = f.read().split("\n")
+        rows = log_rows(self.path)
+        header = rows[0][1] if rows else []
+        if not header or header != list(HEADER[: len(header)]) or len(header) < 3:
+            first = lines[0][:40]
+            raise UserError(
+                f"{self.path} is not a train.py log (its first line is {first!r}): move it away, or choose "
+                "another --out_dir"
+            )
+        pad = [""] * (len(HEADER) - len(header))
+        good = [cells + pad for _, cells in rows[1:] if well_formed(cells, header)]
+        keep = [r for r in good if resumed_at is None or int(r[0]) < resumed_at or int(r[0]) == resumed_at and r[2]]
+        dropped = len(lines) - 1 - len(good) - (lines[-1] == "")  # the lines that were no row
+        if dropped:
+            self.say(f"note: dropped {dropped} blank or cut-short line(s) of {self.path}")
+        if dropped or pad or len(keep) < len(good):
             with atomic_write(self.path, "w", newline="") as f:
-                csv.writer(f, lineterminator="\n").writerows([HEADER, *(row + pad for row in rows)])
-
-    def forget_after(self, it):
-        """Drop the rows past the eval at iteration it, atomically."""
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) < it or int(r[0]) == it and r[2] != ""]
-        if len(keep) < len(rows):
-            with atomic_write(self.path, "w", newline="") as f:
-                csv.writer(f, lineterminator="\n").writerows(keep)
+                csv.writer(f, lineterminator="\n").writerows([HEADER, *keep])
 
     def row(self, **cells):
-        with open(self.path, "a") as f:
-            f.write(",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n")
+        """Append a row of HEADER's cells; if the disk is full, the file is cut back to the rows before it."""
+        data = (",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise cannot_write(self.path, e, "--out_dir") from None
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise cannot_write(self.path, e, "--out_dir") from None
+        finally:
+            os.close(fd)
 
     def step_row(self, it, loss, lr, dt, mfu):
         self.row(iter=it, loss=loss, lr=lr, time_ms=f"{dt * 1000:.2f}", mfu=f"{mfu * 100:.2f}" if mfu >= 0 else None)
@@ -161,13 +182,30 @@ class TrainingLog:
             self.drawn_at = time.time()
 
     def draw(self, first):
-        if draw([self.out_dir], os.path.join(self.out_dir, "loss.png")) is None and first:
+        png = os.path.join(self.out_dir, "loss.png")
+        try:
+            drawn = draw([self.out_dir], png)
+        except Exception as e:  # a full disk, say: the run goes on, the picture is drawn again at the next eval
+            if not self.draw_failed:
+                self.say(f"note: could not draw {png} ({reason(e)}); training goes on without it")
+            self.draw_failed = True
+            return
+        if drawn is None and first:
             self.say(f"note: pip install matplotlib to get {self.out_dir}/loss.png, or run plot.py on it later")
 
     def wait(self):
         """Let the last drawing finish."""
         if self.drawing is not None:
             self.drawing.join()
+
+
+def well_formed(cells, header=HEADER):
+    """Whether a row of train_log.csv fits its header: an iteration, a loss, and numbers or nothing in the rest."""
+    try:
+        int(cells[0]), float(cells[1]), [float(c) for c in cells[2:] if c]
+    except (ValueError, IndexError):
+        return False
+    return len(cells) == len(header)
 
 
 def main(argv=None):

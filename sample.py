@@ -28,7 +28,7 @@ from plan import default_device, default_dtype, make_plan, prepare_torch
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # either 'resume' (the checkpoint in out_dir) or a gpt2 variant (e.g. 'gpt2-xl')
+init_from = "resume"  # 'resume' (the checkpoint in out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a Hugging Face folder
 out_dir = "out"  # ignored if init_from is not 'resume'
 start = "\n"  # or "<|endoftext|>" or etc.; "FILE:prompt.txt" reads the prompt from a file
 num_samples = 10  # number of samples to draw

@@ -9,7 +9,9 @@ alone prints, logs and saves, into out_dir: ckpt.pt (nanoGPT's checkpoint, plus 
 resume needs), train_log.csv (iter,loss,val_loss,lr,time_ms,mfu at each log line and eval,
 hellaswag at each HellaSwag eval) and, with matplotlib, loss.png. A run trains iterations
 0..max_iters-1, evaluates at every multiple of eval_interval and at max_iters, and stops there;
-stopped and resumed (--init_from=resume), it goes on exactly as if it had never stopped.
+stopped and resumed (--init_from=resume, which takes every key the command does not give from the
+checkpoint's config), it goes on exactly as if it had never stopped. While it runs, it holds
+out_dir: a second run into it is refused.
 """
 
 import importlib.util
@@ -25,13 +27,13 @@ import checkpoint
 import hellaswag
 import parallel
 import plot
-from configurator import configure
+from configurator import adopt_saved, configure
 from dataloader import Batches, find_data_file, load_meta
-from errors import UserError, report_user_errors
+from errors import UserError, on_interrupt, report_user_errors
 from huggingface import PRETRAINED, is_model_name, load_pretrained
 from model import ARCH_KEYS, GPT, GPTConfig
 from muon import require_muon
-from plan import check_device, default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from plan import check_device, cpu_matmul_flops, default_device, default_dtype, make_plan, peak_flops, prepare_torch
 from progress import Progress
 from step import TrainStep
 
@@ -46,7 +48,7 @@ log_interval = 1  # print and log the training loss every this many iterations
 eval_iters = 200  # batches of each split per evaluation
 eval_only = False  # evaluate once, then exit without saving
 always_save_checkpoint = True  # save at every eval, not only when the val loss improved
-init_from = "scratch"  # 'scratch', 'resume' (the checkpoint in out_dir) or 'gpt2', 'gpt2-medium', ..., 'gpt2-xl'
+init_from = "scratch"  # scratch, resume (the run in out_dir), auto (resume if any), gpt2*, or a Hugging Face folder
 overwrite = False  # let a run that does not resume replace the checkpoint already in out_dir
 # wandb logging
 wandb_log = False  # log to Weights & Biases (pip install wandb)
@@ -95,6 +97,14 @@ head_loss = "auto"  # 'chunked' (no whole logits: bigger batches fit), 'full' (n
 attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())  # config files and --key=value flags, in order
+ckpt = checkpoint.resume_from(out_dir, init_from, config)  # the checkpoint this run goes on from, if any
+if init_from == "auto":  # torchrun --max-restarts: resume if out_dir holds this run's checkpoint, else start
+    init_from = config["init_from"] = "resume" if ckpt else "scratch"
+# a resumed run goes on as it was: its checkpoint's config, but for what files and flags change now and for
+# what belongs to this command and this machine
+THIS_COMMAND = ("init_from", "out_dir", "eval_only", "overwrite", "device", "dtype")
+if ckpt:
+    config = adopt_saved(globals(), ckpt.get("config", {}), changed, keep=THIS_COMMAND)
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = config["dtype"] = default_dtype(device)
 # -----------------------------------------------------------------------------
@@ -116,7 +126,7 @@ use_muon = optimizer == "muon"  # (from the optimizer's setup on, `optimizer` is
 if use_muon:
     require_muon()
 if init_from not in ("scratch", "resume") and not is_model_name(init_from):
-    raise UserError(f"unknown init_from={init_from!r}: use scratch, resume or one of {', '.join(PRETRAINED)}")
+    raise UserError(f"unknown init_from={init_from!r}: use scratch, resume, auto, a folder or {', '.join(PRETRAINED)}")
 check_device(device, dtype)
 micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.world_size())  # per process
 if wandb_log and importlib.util.find_spec("wandb") is None:
@@ -142,13 +152,14 @@ master_process = procs.master  # this process prints, logs and saves
 say = print if master_process else lambda *args, **kwargs: None
 plan = make_plan(
     device, dtype, compile=compile, compile_mode=compile_mode, head_loss=head_loss, attention=attention,
-    vocab_size=meta_vocab_size or 50304, micro_steps=micro_steps, processes=procs.world_size, fsdp=fsdp,
+    vocab_size=ckpt["model_args"]["vocab_size"] if ckpt else meta_vocab_size or 50304, micro_steps=micro_steps,
+    processes=procs.world_size, fsdp=fsdp,
 )  # fmt: skip
 say(f"plan: {plan.describe()}")
 if fsdp and not procs.enabled:
     say("note: fsdp=True ignored: it shards over the processes of a torchrun job, and this is one process")
 fresh_run = init_from != "resume" and not eval_only
-if master_process:  # never replace another run's work by surprise
+if master_process and not eval_only:  # never replace another run's work by surprise (eval_only writes nothing)
     checkpoint.prepare_out_dir(out_dir, fresh_run, overwrite, say)
 prepare_torch(seed=1337 + procs.rank)
 if meta_vocab_size is not None:
@@ -181,7 +192,6 @@ def adopt_architecture(model):
 
 iter_num = 0  # the iteration about to run
 best_val_loss = 1e9
-ckpt = None
 if init_from == "scratch":
     say("Initializing a new model from scratch")
     if meta_vocab_size is None:
@@ -198,7 +208,6 @@ if init_from == "scratch":
         raise UserError(str(e)) from None
 elif init_from == "resume":
     say(f"Resuming training from {out_dir}")
-    ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
     model = checkpoint.model_from(ckpt, dropout=dropout)
     iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
     trained_with = (ckpt.get("config") or {}).get("optimizer", "adamw")  # nanoGPT's checkpoints: AdamW
@@ -321,13 +330,14 @@ def save_checkpoint():
         ckpt = dict(model=model_state, optimizer=optimizer_state, model_args=model_args, iter_num=iter_num)
         ckpt |= dict(best_val_loss=best_val_loss, config=config, rng_state=rng_states)
         ckpt["scaler"] = train_step.scaler.state_dict()
-        writer.submit(ckpt, os.path.join(out_dir, checkpoint.CKPT_NAME))
+        writer.submit(ckpt, os.path.join(out_dir, checkpoint.CKPT_NAME), label=iter_num)
 
 
 def diverged(what, it):
+    other = {"float16": " or use --dtype=bfloat16 instead of float16", "bfloat16": " or use --dtype=float32"}
     return UserError(
-        f"{what} is not finite at iter {it}: training diverged; lower --learning_rate (now {learning_rate}) "
-        f"or use --dtype=bfloat16 instead of float16; {out_dir}/{checkpoint.CKPT_NAME}, if any, was left as it was"
+        f"{what} is not finite at iter {it}: training diverged; lower --learning_rate (now {learning_rate})"
+        f"{other.get(dtype, '')}; {out_dir}/{checkpoint.CKPT_NAME}, if any, was left as it was"
     )
 
 
@@ -336,18 +346,31 @@ def evals_left(interval):
     return max_iters // interval - iter_num // interval + (max_iters % interval != 0)
 
 
-def time_left(dt):
-    """', eta ...' for a log line: the steps left at dt each, and the evals (HellaSwag's too) left
-    at the last one's duration. On a CPU, a run of more than an hour also gets a note on the quick
-    recipe, once."""
+def note_long_run(seconds):
+    """On a CPU, a run of more than an hour says so, once, with the quick recipe."""
     global long_run_noted
-    seconds = (max_iters - iter_num - 1) * dt + evals_left(eval_interval) * eval_seconds
-    if hellaswag_interval:
-        seconds += evals_left(hellaswag_interval) * hellaswag_seconds
     if plan.device_type == "cpu" and seconds > 3600 and not long_run_noted:
         say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
             "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
         long_run_noted = True
+
+
+def time_left(dt, steps):
+    """', eta ...' for a log line that timed `steps` steps at dt each: the steps left at the mean time of
+    all steps timed so far (not those of this process's first line: they compile), and the evals left at
+    the last one's duration (before one, as 2 * eval_iters forwards, each a third of a micro-step; the
+    HellaSwag evals at the last one's, once there was one)."""
+    global timed_seconds, timed_steps
+    if timed_steps is None:
+        timed_seconds, timed_steps = 0.0, 0
+        return ""
+    timed_seconds, timed_steps = timed_seconds + dt * steps, timed_steps + steps
+    step = timed_seconds / timed_steps
+    eval_time = eval_seconds or step * 2 * eval_iters / (3 * micro_steps)
+    seconds = (max_iters - iter_num - 1) * step + evals_left(eval_interval) * eval_time
+    if hellaswag_interval:
+        seconds += evals_left(hellaswag_interval) * hellaswag_seconds
+    note_long_run(seconds)
     return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
@@ -362,14 +385,22 @@ if wandb_log and master_process:
 
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 writer = checkpoint.BackgroundWriter()
+if not eval_only:  # Ctrl-C says where the run stopped and the command that goes on from its checkpoint (rank 0)
+    on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, resumed_at, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
+long_run_noted = False
+if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, not after its first step
+    step_flops = raw_model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
+    flops = step_flops * (max_iters - iter_num + evals_left(eval_interval) * 2 * eval_iters / (3 * micro_steps))
+    if flops > 3600e9:  # (else it ends within the hour even at 1e9 FLOP/s)
+        note_long_run(flops / cpu_matmul_flops())
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
 t0, steps_since_log, eval_seconds, hellaswag_seconds = time.time(), 0, 0.0, 0.0
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
-long_run_noted = False
+timed_seconds, timed_steps = 0.0, None  # the steps the time left is measured on
 while True:
     # evaluate the loss on train/val sets, log it and write checkpoints: every eval_interval
     # iterations and at the end (once, with eval_only)
@@ -417,13 +448,14 @@ while True:
     if iter_num % log_interval == 0 and master_process:
         lossf = loss.item()  # the one CPU-GPU sync point of an iteration
         t1 = time.time()
-        dt, t0, steps_since_log = (t1 - t0) / steps_since_log, t1, 0  # seconds per step since the last log
+        steps, steps_since_log = steps_since_log, 0
+        dt, t0 = (t1 - t0) / steps, t1  # seconds per step since the last log
         if not math.isfinite(lossf):
             raise diverged("training loss", iter_num)
         if local_iter_num >= 5 and peak is not None:  # let the training loop settle a bit
             mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        left = time_left(dt) if local_iter_num >= 1 else ""  # the first step's time includes compiling
+        left = time_left(dt, steps)
         mfu_text = f", mfu {running_mfu * 100:.2f}%" if running_mfu >= 0 else ""
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms{mfu_text}{left}")
         log.step_row(iter_num, lossf, lr, dt, running_mfu)

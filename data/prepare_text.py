@@ -1,7 +1,8 @@
 r"""Your own UTF-8 text (a file, or a folder of files) as a dataset: uint16 token ids in train.bin/val.bin.
 
 Usage: python data/prepare_text.py path/to/file.txt --name mydata [--tokenizer=char|gpt2] [--out_dir DIR]
-Then python train.py --dataset=mydata trains on it, and sample.py decodes it, with no further setup.
+Then python train.py config/train_shakespeare_char.py --dataset=mydata --out_dir=out-mydata trains a small model on
+it (the quick recipe without a GPU), and python sample.py --out_dir=out-mydata samples from it, with no further setup.
 
 char (the default) and gpt2 write the same bytes as data/shakespeare_char/prepare.py (with its meta.pkl) and
 data/shakespeare/prepare.py: the first 90% of the characters are train, the rest val; newlines read as in Python's
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"val.bin has {counts['val']:,} tokens")
     print(f"wrote train.bin, val.bin{', meta.pkl' if args.tokenizer == 'char' else ''} to {out_dir.resolve()}")
     if out_dir.resolve().parent.name == "data":
-        print(f"train on it: python train.py --dataset={out_dir.name}")
+        name = out_dir.name  # the shakespeare_char recipe: a few minutes, and without a GPU its quick version
+        print(f"train on it: python train.py config/train_shakespeare_char.py --dataset={name} --out_dir=out-{name}")
 
 
 if __name__ == "__main__":

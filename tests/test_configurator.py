@@ -188,6 +188,22 @@ def test_unknown_key_in_a_file_never_lands_in_the_namespace(tmp_path):
     assert "batch_sise" not in ns
 
 
+def test_a_resumed_run_takes_the_checkpoints_config_under_what_is_given_now(tmp_path, capsys):
+    """Precedence: the script's defaults < the checkpoint's config < files and flags given now; a key given
+    now that differs from the checkpoint's is printed once; `keep` keys and unknown saved keys are left."""
+    from configurator import adopt_saved
+
+    saved = {"batch_size": 64, "learning_rate": 1e-3, "compile": False, "out_dir": "elsewhere", "maybe": 3, "old": 1}
+    ns, _, changed = run(["--learning_rate=2e-3", write(tmp_path, "compile = False\n")])
+    config = adopt_saved(ns, saved, changed, keep=("out_dir",))
+    assert config == {"batch_size": 64, "learning_rate": 2e-3, "compile": False, "out_dir": "out",
+                      "wandb_run_name": "gpt2", "maybe": 3}  # fmt: skip
+    assert {k: ns[k] for k in config} == config  # the script's globals too
+    assert capsys.readouterr().out.splitlines()[-1] == "note: learning_rate 0.002 (checkpoint had 0.001)"
+    with pytest.raises(UserError, match=r"^the checkpoint's config is malformed \(batch_size expects int, got '64' "):
+        adopt_saved(run([])[0], {"batch_size": "64"}, set())
+
+
 # ---------------------------------------------------------------------------- the config/ files on train.py
 
 
@@ -320,6 +336,8 @@ def test_help_lists_every_key_with_its_default_and_comment(script, flag):
     keys = re.findall(r"^(\w+) = .*?  # (.*)$", block, re.M)
     assert len(keys) >= 10
     listed = dict(re.findall(r"^  --(\w+)=.*?  +(.*)$", proc.stdout, re.M))
+    if script in ("train.py", "sample.py"):  # init_from takes a local Hugging Face folder too
+        assert "Hugging Face folder" in listed["init_from"]
     for key, comment in keys:
         assert listed.pop(key) == comment.strip(), key
     assert listed == {}  # nothing but the keys

@@ -305,7 +305,9 @@ def test_name_writes_beside_the_script_and_prints_counts(shakespeare_input, tmp_
     assert proc.returncode == 0, proc.stderr
     assert "length of dataset in characters: 1,115,394" in proc.stdout and "vocab size: 65" in proc.stdout
     assert "train.bin has 1,003,854 tokens" in proc.stdout and "val.bin has 111,540 tokens" in proc.stdout
-    assert "python train.py --dataset=shakes" in proc.stdout
+    assert proc.stdout.endswith(
+        "train on it: python train.py config/train_shakespeare_char.py --dataset=shakes --out_dir=out-shakes\n"
+    )
     assert sorted(outputs(tmp_path / "data" / "shakes")) == ["meta.pkl", "train.bin", "val.bin"]
 
 

@@ -11,6 +11,7 @@ import pickle
 import random
 import re
 import runpy
+import shlex
 import shutil
 import signal
 import subprocess
@@ -126,6 +127,16 @@ def _truncate(rel):
     return setup
 
 
+def _model_only(rel):
+    """The checkpoint as a model-only file: its weights and model_args, no training state."""
+
+    def setup(root: Path):
+        ckpt = torch.load(root / rel, weights_only=True)
+        torch.save({"model": ckpt["model"], "model_args": ckpt["model_args"]}, root / rel)
+
+    return setup
+
+
 _GARBAGE = bytes(random.Random(0).randrange(256) for _ in range(4096))
 
 # (id, script, args, setup, phrase in the message, extra env)
@@ -174,6 +185,22 @@ CASES = [
     ("resume-no-ckpt", "train", ["--init_from=resume", "--out_dir=empty"], None, "no checkpoint at empty", None),
     ("ckpt-truncated", "train", RESUME, _truncate("out/ckpt.pt"), "is truncated or corrupt", None),
     ("ckpt-garbage", "train", RESUME, _write("out/ckpt.pt", _GARBAGE), "corrupt", None),
+    (
+        "ckpt-model-only",
+        "train",
+        RESUME,
+        _model_only("out/ckpt.pt"),
+        "out/ckpt.pt cannot be resumed: it holds a model but no training state (no optimizer, iter_num, best_val_loss)",
+        None,
+    ),
+    (
+        "auto-another-run",
+        "train",
+        ["--init_from=auto", "--out_dir=out", "--n_layer=3"],
+        None,
+        "out/ckpt.pt is another run's checkpoint (n_layer 2, this run's 3): go on from it with --init_from=resume",
+        None,
+    ),
     (
         "arch-contradicts-ckpt",
         "train",
@@ -353,7 +380,8 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         assert killed, f"training stopped before it was killed:\n{proc.stderr.read().decode()[-2000:]}"
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
-        assert all(n in ("ckpt.pt", "train_log.csv", "loss.png") or TEMP_NAME.match(n) for n in names), names
+        kept = ("ckpt.pt", "train_log.csv", "loss.png", checkpoint.LOCK_NAME)  # (the lock file, no lock)
+        assert all(n in kept or TEMP_NAME.match(n) for n in names), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
             ckpt = checkpoint.load(str(out / "ckpt.pt"))
@@ -370,27 +398,192 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     assert not [n for n in os.listdir(out) if TEMP_NAME.match(n)]  # the leftovers were cleaned up
 
 
-def test_failed_checkpoint_write_is_one_line_and_keeps_the_old_checkpoint(work):
-    """A checkpoint that cannot be written (here: a file-size limit, as a full disk would) ends the
-    run with one line; the previous ckpt.pt is untouched and no temp file is left behind."""
+def test_a_second_run_is_refused_and_ctrl_c_says_how_the_run_goes_on_as_it_was(tmp_path):
+    """A run into out/ (which, on a CPU, said before its first step that it takes hours) holds it: a second
+    run into it, even one told to replace it, stops with one line naming the first's pid. Ctrl-C then ends
+    the first with the iteration its checkpoint holds and the command that resumes: that command alone
+    goes on with the run's own config (dataset, model, schedule), saying which key given now differs."""
+    make_dataset(tmp_path)
+    args = [*TRAIN, "--out_dir=out", "--max_iters=10000000000", "--eval_interval=2", "--log_interval=1000"]
+    cmd = [sys.executable, str(SCRIPTS["train"]), *args]
+    with_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 (a shell's `&` ignores it)
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=clean_env(), preexec_fn=with_ctrl_c)  # fmt: skip
+    said = []
+    while not said or not said[-1].startswith("saving checkpoint"):
+        said.append(first.stdout.readline())
+        assert said[-1], first.stderr.read()  # (it ended)
+    while not (tmp_path / "out" / "ckpt.pt").exists():  # (written in the background)
+        time.sleep(0.01)
+    note = next(i for i, line in enumerate(said) if line.startswith("note: this run needs about"))
+    assert note < next(i for i, line in enumerate(said) if line.startswith("step 0:"))  # before the first step
+    first.send_signal(signal.SIGSTOP)  # (paused, it holds out/ still, and leaves the CPU to the second run)
+    second = run_script("train", tmp_path, ["--out_dir=out", "--overwrite=True", "--max_iters=2"])
+    assert_one_line_error(second, f"out is in use by another training run (pid {first.pid}): let it finish or stop it")
+    first.send_signal(signal.SIGCONT)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode != 0 and "Traceback" not in stderr, stderr
+    stopped, held, command = re.fullmatch(
+        r"interrupted at iter (\d+); out/ckpt.pt holds iter (\d+): resume with (python .* --out_dir=out)\n", stderr
+    ).groups()
+    held = int(held)
+    assert checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == held and held % 2 == 0
+    assert 0 < held <= int(stopped) and not (tmp_path / "out" / checkpoint.LOCK_NAME).exists()
+    assert command == f"python {SCRIPTS['train']} --init_from=resume --out_dir=out"
+    resume = [sys.executable, *shlex.split(command)[1:], f"--max_iters={held + 2}"]
+    proc = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout.count("note: ") == 1 and f"note: max_iters {held + 2} (checkpoint had 10000000000)\n" in proc.stdout
+    )
+    ckpt = checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))
+    assert ckpt["iter_num"] == held + 2 and ckpt["model_args"]["n_embd"] == 32
+    assert {k: ckpt["config"][k] for k in ("dataset", "batch_size", "eval_interval", "learning_rate", "max_iters")} == {
+        "dataset": "tiny", "batch_size": 4, "eval_interval": 2, "learning_rate": 1e-2, "max_iters": held + 2
+    }  # fmt: skip
+
+
+def small_files_in_child(limit):
+    """A preexec_fn: no file may grow past limit bytes in the child, as on a full disk (a write fails)."""
     import resource
 
-    before = snapshot(work)
-    limit = (work / "out" / "ckpt.pt").stat().st_size // 2
-
-    def small_files():
+    def limit_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, "--out_dir=out", "--overwrite=True", "--max_iters=2"]
-    cmd += ["--eval_interval=2"]
+    return limit_files
+
+
+def test_full_disk_on_resume_is_one_line_and_keeps_the_old_checkpoint(work):
+    """Resumed onto a full disk (here: a file-size limit, which fails writes as a full disk does) the run
+    ends with one line: the checkpoint could not be written, the previous ckpt.pt is untouched; the plot,
+    which could not be drawn either, is a note (not a thread's traceback); no temp file is left behind."""
+    pytest.importorskip("matplotlib")
+    before = snapshot(work)
+    cmd = [sys.executable, str(SCRIPTS["train"]), *TRAIN, *RESUME, "--max_iters=4", "--eval_interval=2"]
     proc = subprocess.run(
-        cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean_env(), preexec_fn=small_files
+        cmd,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        preexec_fn=small_files_in_child(20000),
     )
-    assert_one_line_error(proc, "could not write the checkpoint")
+    assert_one_line_error(proc, "could not write the checkpoint out/ckpt.pt (File too large); the file there")
+    assert "note: could not draw out/loss.png (File too large); training goes on without it" in proc.stdout
     after = snapshot(work)
     assert after["out/ckpt.pt"] == before["out/ckpt.pt"]
     assert not [name for name in os.listdir(work / "out") if TEMP_NAME.match(name)]
+
+
+LOG_ROWS = ["0,3.4,3.5,0.001,,", "0,3.45,,0.001,5.00,", "", "1,3.3,,0.002,5.10,", "2,3.2,3.3,0.003,,",
+            "2,3.1,,0.003,5.00,", "3,3"]  # fmt: skip
+
+
+@pytest.mark.parametrize("resumed_at, kept", [(None, [0, 1, 3, 4, 5]), (2, [0, 1, 3, 4])])
+def test_a_log_with_blank_and_cut_short_lines_is_read_as_its_rows_with_a_note(tmp_path, resumed_at, kept):
+    """A killed run may leave half a line (here at the end, no newline) and an edited log a blank one:
+    a run that appends to it or resumes (and drops the rows after its checkpoint) keeps the whole rows."""
+    import plot
+
+    path = tmp_path / "train_log.csv"
+    path.write_text("\n".join(["iter,loss,val_loss,lr,time_ms,mfu", *LOG_ROWS]))
+    said = []
+    plot.TrainingLog(str(tmp_path), truncate=False, say=said.append, resumed_at=resumed_at)
+    assert path.read_text().splitlines() == ["iter,loss,val_loss,lr,time_ms,mfu"] + [LOG_ROWS[i] for i in kept]
+    assert said == [f"note: dropped 2 blank or cut-short line(s) of {path}"]
+    assert plot.read_log(str(path))[1] == [(0, 3.4, 3.5)] + [(2, 3.2, 3.3)]
+
+
+def test_a_log_that_is_not_ours_is_refused_and_kept(tmp_path):
+    import plot
+
+    path = tmp_path / "train_log.csv"
+    path.write_text("step,trainloss\n0,3.4\n")
+    with pytest.raises(UserError) as e:
+        plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=0)
+    assert str(e.value) == (
+        f"{path} is not a train.py log (its first line is 'step,trainloss'): move it away, or choose another --out_dir"
+    )
+    assert path.read_text() == "step,trainloss\n0,3.4\n"
+
+
+def test_full_disk_while_logging_is_one_line_and_leaves_whole_rows(tmp_path):
+    """train_log.csv on a full disk: the row that does not fit is one `error:` line, and the file is cut
+    back to the rows before it, each whole (a resumed run then reads every row)."""
+    code = (
+        "import sys, errors, plot\n"
+        "errors.report_user_errors()\n"
+        "log = plot.TrainingLog(sys.argv[1], truncate=False, say=print)\n"
+        "for i in range(100):\n"
+        "    log.step_row(i, 1.5 + i / 1000, 1e-3, 0.0123, -1)\n"
+    )
+    limit = 1000
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=clean_env(), preexec_fn=small_files_in_child(limit))  # fmt: skip
+    assert_one_line_error(proc, f"could not write {tmp_path}/train_log.csv (File too large): free some disk space")
+    text = (tmp_path / "train_log.csv").read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and len(text) > limit - 60
+    assert lines[0] == "iter,loss,val_loss,lr,time_ms,mfu"
+    assert lines[1:] == [f"{i},{1.5 + i / 1000},,0.001,12.30," for i in range(len(lines) - 1)]
+
+
+def _bad(key, value, sub=None):
+    def mutate(ckpt):
+        (ckpt[sub] if sub else ckpt)[key] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate, resume, problem",
+    [
+        (_bad("model", torch.zeros(3)), False, "its 'model' is a Tensor, not a state dict of tensors"),
+        (_bad("n_layer", "2", "model_args"), False, "its model_args['n_layer'] is '2', not int"),
+        (_bad("bias", 0, "model_args"), False, "its model_args['bias'] is 0, not bool"),
+        (_bad("dropout", "0.1", "model_args"), False, "its model_args['dropout'] is '0.1', not float or int"),
+        (_bad("model_args", [2, 2]), False, "its 'model_args' is a list, not a dict"),
+        (_bad("config", "tiny"), False, "its 'config' is a str, not a dict"),
+        (_bad("iter_num", "2"), True, "its iter_num is '2', not a count of iterations"),
+        (_bad("best_val_loss", "low"), True, "its best_val_loss is a str, not a number"),
+        (_bad("optimizer", torch.zeros(2)), True, "its 'optimizer' is not an optimizer state dict (a Tensor)"),
+        (_bad("scaler", [1]), True, "its 'scaler' is a list, not a gradient scaler's state dict"),
+    ],
+)
+def test_checkpoint_of_plain_values_in_the_wrong_places_is_one_line(base, tmp_path, mutate, resume, problem):
+    """checkpoint.load (train.py's resume, sample.py, export_hf.py) checks each entry's type: a crafted or
+    foreign checkpoint is one line, not a TypeError deep in the model. The training state only to resume."""
+    ckpt = torch.load(base / "out" / "ckpt.pt", weights_only=True)
+    mutate(ckpt)
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError) as e:
+        checkpoint.load(str(tmp_path / "ckpt.pt"), resume=resume)
+    assert str(e.value) == f"{tmp_path / 'ckpt.pt'} cannot be {'resumed' if resume else 'loaded'}: {problem}"
+    if resume:  # sample.py and export_hf.py need no training state
+        checkpoint.model_from(checkpoint.load(str(tmp_path / "ckpt.pt")))
+
+
+def test_a_held_out_dir_is_refused_with_its_holders_pid_and_a_dead_runs_lock_is_not(tmp_path):
+    """The lock on out_dir: a second holder is refused (the same process taking it again opens it anew, as
+    another run would); a lock file a killed run left (its pid dead, no lock held) is no obstacle."""
+    checkpoint.lock_out_dir(str(tmp_path))
+    lock = tmp_path / checkpoint.LOCK_NAME
+    assert lock.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(UserError) as e:
+        checkpoint.lock_out_dir(str(tmp_path))
+    assert str(e.value) == (
+        f"{tmp_path} is in use by another training run (pid {os.getpid()}): let it finish or stop it, "
+        "or choose another --out_dir"
+    )
+    checkpoint.unlock(str(lock))
+    assert not lock.exists()  # a run that ends takes its lock file with it
+    lock.write_text("999999999\n")  # as a SIGKILL leaves it
+    checkpoint.lock_out_dir(str(tmp_path))
+    assert lock.read_text() == f"{os.getpid()}\n"
+    checkpoint.unlock(str(lock))
 
 
 def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):

@@ -84,11 +84,17 @@ def clean_env() -> dict:
 
 def train_function(name, **module_globals):
     """A function of train.py (a script, not importable) with the globals it reads set as given."""
+    return train_functions(name, **module_globals)[name]
+
+
+def train_functions(*names, **module_globals):
+    """Functions of train.py in one scope of globals, set as given; returns the scope."""
     tree = ast.parse(TRAIN.read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert len(nodes) == len(names), names
     scope = {"math": math, **module_globals}
-    exec(compile(ast.Module([node], type_ignores=[]), str(TRAIN), "exec"), scope)
-    return scope[name]
+    exec(compile(ast.Module(nodes, type_ignores=[]), str(TRAIN), "exec"), scope)
+    return scope
 
 
 def read_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -141,6 +147,42 @@ def test_time_left_is_printed_and_sane(tmp_path):
         sane.append((took / 2 - 1 <= left <= 2 * took + 1, line, round(took, 1)))
     # one estimate may be thrown by a stall of the machine (the log line's steps took seconds each)
     assert sum(ok for ok, _, _ in sane) >= 3, sane
+
+
+def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
+    """The time left at a log line: the steps left at the mean time of all steps timed so far (not those
+    of the first line, which compile), the evals left at the last one's duration or, before one has run
+    (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
+    said = []
+    scope = train_functions("time_left", "evals_left", "note_long_run", max_iters=1000, eval_interval=100,
+                            eval_iters=30, micro_steps=2, device_type="cpu", say=said.append, long_run_noted=False,
+                            timed_seconds=0.0, timed_steps=None, eval_seconds=0.0, iter_num=500)  # fmt: skip
+    time_left = scope["time_left"]
+    assert time_left(30.0, 1) == ""  # the first line: its step compiled
+    scope["iter_num"] = 510
+    # 489 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 48.9 + 5 = 53.9 s
+    assert time_left(0.1, 10) == ", eta 0:00:53"
+    scope["iter_num"], scope["eval_seconds"] = 520, 2.0
+    # a slow line moves the mean, not the estimate to its own pace: (1 + 10 * 0.5) / 20 = 0.3 s a step;
+    # 479 steps at 0.3 s and 5 evals at the last one's 2 s: 143.7 + 10 s
+    assert time_left(0.5, 10) == ", eta 0:02:33"
+    assert said == []  # minutes, not hours: no note
+    scope["max_iters"] = 100000  # 99479 steps at (6 + 3) / 30 s and 995 evals at 2 s: 31833.7 s
+    assert time_left(0.3, 10) == ", eta 8:50:33"
+    assert time_left(0.3, 10).startswith(", eta 8:50:")
+    assert said == [
+        "note: this run needs about 8.8 hours on this CPU; without a GPU, python train.py "
+        "config/train_shakespeare_char.py trains a small model in minutes"
+    ]  # once
+
+
+def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
+    """It runs before the first step: a draw from the RNG would change the dropout of a resumed run."""
+    import hardware
+
+    state = torch.get_rng_state()
+    assert hardware.cpu_matmul_flops(64) > 1e6
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_loss_falls_and_log_has_every_row(trained):
@@ -305,6 +347,47 @@ def test_fsdp_gloo_equals_single_process_and_saves_a_classic_checkpoint(tmp_path
     assert "step 9:" in resumed.stdout
 
 
+KILL_RANK_1 = """
+import os, runpy, signal, sys, threading, time
+sys.path.insert(0, {repo!r})
+if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":  # the first attempt's rank 1
+    def kill_after_the_first_checkpoint():
+        while not os.path.exists({ckpt!r}):
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=kill_after_the_first_checkpoint, daemon=True).start()
+sys.argv[0] = {train!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_rank_and_the_run_ends_as_an_uninterrupted_one(tmp_path):
+    """torchrun --max-restarts=1 with --init_from=auto: rank 1 of 2 is SIGKILLed after the first checkpoint;
+    torchrun restarts both, they resume from that checkpoint by themselves (rank 0's lock on out_dir went
+    with its process) and the run ends with the weights and the log of an uninterrupted one: the single
+    process drawing the same micro-batches, as in test_ddp_gloo_equals_single_process_accumulation."""
+    make_dataset(tmp_path)
+    args = [*TINY, "--gradient_accumulation_steps=2", "--max_iters=8", "--eval_interval=4", "--init_from=auto"]
+    wrapper = tmp_path / "kill_rank_1.py"
+    wrapper.write_text(KILL_RANK_1.format(repo=str(REPO), ckpt=str(tmp_path / "ddp" / "ckpt.pt"), train=str(TRAIN)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1"]
+    cmd += ["--monitor-interval=0.1", str(wrapper), *args, "--out_dir=ddp"]
+    ddp = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean_env())
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("Initializing a new model from scratch") == 1  # the first attempt
+    assert ddp.stdout.count("Resuming training from ddp") == 1  # the restarted one, from the checkpoint at 4
+    run_train(tmp_path, *args, "--out_dir=single")
+    d, s = load(tmp_path / "ddp" / "ckpt.pt"), load(tmp_path / "single" / "ckpt.pt")
+    assert d["iter_num"] == s["iter_num"] == 8
+    for k in s["model"]:
+        torch.testing.assert_close(d["model"][k], s["model"][k], rtol=1e-4, atol=1e-6, msg=k)
+    for got, want in zip(read_log(tmp_path / "ddp"), read_log(tmp_path / "single"), strict=True):
+        assert [r["iter"] for r in got] == [r["iter"] for r in want]  # each iteration logged once
+    for rg, rw in zip(read_log(tmp_path / "ddp")[1], read_log(tmp_path / "single")[1], strict=True):
+        assert float(rg["val_loss"]) == pytest.approx(float(rw["val_loss"]), abs=1e-5)  # the evals at 0, 4 and 8
+
+
 def test_grad_accum_must_divide_among_processes():
     import parallel
     from errors import UserError
@@ -318,11 +401,13 @@ def test_grad_accum_must_divide_among_processes():
 
 
 def test_eval_only_scratch_evaluates_once_and_saves_nothing(tmp_path):
+    """It does not even create out_dir: it may be one that cannot be (here, below a file)."""
     make_dataset(tmp_path)
-    proc = run_train(tmp_path, *TINY, "--out_dir=ev", "--eval_only=True")
+    (tmp_path / "afile").write_text("x")
+    proc = run_train(tmp_path, *TINY, "--out_dir=afile/ev", "--eval_only=True")
     assert proc.stdout.count("step 0: train loss") == 1
     assert "iter 0:" not in proc.stdout  # no training step
-    assert not (tmp_path / "ev").exists() or not list((tmp_path / "ev").iterdir())  # no checkpoint, no log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "data"]
 
 
 def test_eval_only_leaves_the_run_in_out_dir_as_it_was(trained, tmp_path):
@@ -331,7 +416,11 @@ def test_eval_only_leaves_the_run_in_out_dir_as_it_was(trained, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     before = {p.name: p.read_bytes() for p in copy.iterdir()}
-    proc = run_train(root, *TINY, f"--out_dir={copy}", "--eval_only=True")
+    copy.chmod(0o555)  # it need not be writable (where the tests run as root, this changes nothing)
+    try:
+        proc = run_train(root, *TINY, f"--out_dir={copy}", "--eval_only=True")
+    finally:
+        copy.chmod(0o755)
     assert "step 0: train loss" in proc.stdout
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
 
@@ -363,6 +452,26 @@ def test_a_run_resumed_from_an_earlier_checkpoint_logs_each_iteration_once(tmp_p
     for got, want in zip(read_log(tmp_path / "cut"), read_log(tmp_path / "straight"), strict=True):
         assert [r["iter"] for r in got] == [r["iter"] for r in want]
     assert [r["iter"] for r in read_log(tmp_path / "cut")[1]] == ["0", "3", "6"]
+
+
+@pytest.mark.parametrize(
+    "dtype, advice",
+    [
+        ("float32", ""),
+        ("bfloat16", " or use --dtype=float32"),
+        ("float16", " or use --dtype=bfloat16 instead of float16"),
+    ],
+)
+def test_divergence_advice_fits_the_dtype(dtype, advice):
+    from errors import UserError
+
+    diverged = train_function(
+        "diverged", UserError=UserError, checkpoint=checkpoint, learning_rate=0.01, dtype=dtype, out_dir="out"
+    )
+    assert str(diverged("training loss", 7)) == (
+        f"training loss is not finite at iter 7: training diverged; lower --learning_rate (now 0.01){advice}; "
+        "out/ckpt.pt, if any, was left as it was"
+    )
 
 
 def test_checkpoint_file_is_as_readable_as_any_file_the_user_writes(trained):
