@@ -200,12 +200,13 @@ class TrainingLog:
 
 
 def well_formed(cells, header=HEADER):
-    """Whether a row of train_log.csv fits its header: an iteration, a loss, and numbers or nothing in the rest."""
+    """Whether a row of train_log.csv fits its header: an iteration, then numbers or nothing, at least one
+    number (a HellaSwag row has no loss)."""
     try:
-        int(cells[0]), float(cells[1]), [float(c) for c in cells[2:] if c]
+        int(cells[0]), [float(c) for c in cells[1:] if c]
     except (ValueError, IndexError):
         return False
-    return len(cells) == len(header)
+    return len(cells) == len(header) and any(cells[1:])
 
 
 def main(argv=None):

@@ -236,12 +236,14 @@ def test_train_defaults_are_the_classic_ones(train_config):
     assert {k: config[k] for k in classic} == classic
     # keys this project adds: fsdp and overwrite are off by default; compile_mode, head_loss and
     # attention 'auto' only pick how the same math runs; the optimizer is AdamW unless asked, and
-    # the muon_ keys are Muon's alone
+    # the muon_ keys are Muon's alone; HellaSwag is off until hellaswag_interval asks for it
     beyond_classic = {"compile_mode", "head_loss", "attention", "fsdp", "overwrite"}
     beyond_classic |= {"optimizer", "muon_lr", "muon_momentum", "muon_weight_decay"}
+    beyond_classic |= {"hellaswag_interval", "hellaswag_file"}
     assert set(config) == set(classic) | {"device", "dtype"} | beyond_classic
     assert config["compile_mode"] == config["head_loss"] == config["attention"] == "auto"
     assert config["fsdp"] is False and config["overwrite"] is False and config["optimizer"] == "adamw"
+    assert config["hellaswag_interval"] == 0
     assert changed == set()
 
 

@@ -485,14 +485,16 @@ LOG_ROWS = ["0,3.4,3.5,0.001,,", "0,3.45,,0.001,5.00,", "", "1,3.3,,0.002,5.10,"
 @pytest.mark.parametrize("resumed_at, kept", [(None, [0, 1, 3, 4, 5]), (2, [0, 1, 3, 4])])
 def test_a_log_with_blank_and_cut_short_lines_is_read_as_its_rows_with_a_note(tmp_path, resumed_at, kept):
     """A killed run may leave half a line (here at the end, no newline) and an edited log a blank one:
-    a run that appends to it or resumes (and drops the rows after its checkpoint) keeps the whole rows."""
+    a run that appends to it or resumes (and drops the rows after its checkpoint) keeps the whole rows,
+    with the column this version adds (hellaswag) empty."""
     import plot
 
     path = tmp_path / "train_log.csv"
     path.write_text("\n".join(["iter,loss,val_loss,lr,time_ms,mfu", *LOG_ROWS]))
     said = []
     plot.TrainingLog(str(tmp_path), truncate=False, say=said.append, resumed_at=resumed_at)
-    assert path.read_text().splitlines() == ["iter,loss,val_loss,lr,time_ms,mfu"] + [LOG_ROWS[i] for i in kept]
+    want = ["iter,loss,val_loss,lr,time_ms,mfu,hellaswag"] + [LOG_ROWS[i] + "," for i in kept]
+    assert path.read_text().splitlines() == want
     assert said == [f"note: dropped 2 blank or cut-short line(s) of {path}"]
     assert plot.read_log(str(path))[1] == [(0, 3.4, 3.5)] + [(2, 3.2, 3.3)]
 
@@ -523,12 +525,12 @@ def test_full_disk_while_logging_is_one_line_and_leaves_whole_rows(tmp_path):
     limit = 1000
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env=clean_env(), preexec_fn=small_files_in_child(limit))  # fmt: skip
-    assert_one_line_error(proc, f"could not write {tmp_path}/train_log.csv (File too large): free some disk space")
+    assert_one_line_error(proc, f"cannot write {tmp_path}/train_log.csv (File too large): free some disk space")
     text = (tmp_path / "train_log.csv").read_text()
     lines = text.splitlines()
     assert text.endswith("\n") and len(text) > limit - 60
-    assert lines[0] == "iter,loss,val_loss,lr,time_ms,mfu"
-    assert lines[1:] == [f"{i},{1.5 + i / 1000},,0.001,12.30," for i in range(len(lines) - 1)]
+    assert lines[0] == "iter,loss,val_loss,lr,time_ms,mfu,hellaswag"
+    assert lines[1:] == [f"{i},{1.5 + i / 1000},,0.001,12.30,," for i in range(len(lines) - 1)]
 
 
 def _bad(key, value, sub=None):
@@ -853,7 +855,7 @@ def test_read_log_leaves_out_a_cut_short_last_row_and_blank_rows(tmp_path):
     log.write_text(LOG_HEADER + "0,4.5,4.6,0.001,,\n\n1,4.25,,0.001,12.5,\n,,,,,\n2,4.0,,0.0")
     assert plot.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)], [])
     log.write_text(LOG_HEADER + "2")  # the first row, cut short
-    assert plot.read_log(str(log)) == ([], [])
+    assert plot.read_log(str(log)) == ([], [], [])
 
 
 @pytest.mark.parametrize(

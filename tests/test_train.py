@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -155,8 +156,9 @@ def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
     (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
     said = []
     scope = train_functions("time_left", "evals_left", "note_long_run", max_iters=1000, eval_interval=100,
-                            eval_iters=30, micro_steps=2, device_type="cpu", say=said.append, long_run_noted=False,
-                            timed_seconds=0.0, timed_steps=None, eval_seconds=0.0, iter_num=500)  # fmt: skip
+                            eval_iters=30, micro_steps=2, plan=SimpleNamespace(device_type="cpu"), say=said.append,
+                            long_run_noted=False, timed_seconds=0.0, timed_steps=None, eval_seconds=0.0, iter_num=500,
+                            hellaswag_interval=0, hellaswag_seconds=0.0)  # fmt: skip
     time_left = scope["time_left"]
     assert time_left(30.0, 1) == ""  # the first line: its step compiled
     scope["iter_num"] = 510
@@ -178,10 +180,10 @@ def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
 
 def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
     """It runs before the first step: a draw from the RNG would change the dropout of a resumed run."""
-    import hardware
+    import plan
 
     state = torch.get_rng_state()
-    assert hardware.cpu_matmul_flops(64) > 1e6
+    assert plan.cpu_matmul_flops(64) > 1e6
     assert torch.equal(torch.get_rng_state(), state)
 
 
