@@ -19,7 +19,7 @@ import torch
 
 import parallel
 from atomic import atomic_write, remove_stale_temps
-from errors import UserError, first_line
+from errors import UserError, cannot_write, first_line, os_errno, reason
 from model import ARCH_KEYS, GPT, MASK_SUFFIXES, GPTConfig, head_apart_from_embedding
 
 CKPT_NAME = "ckpt.pt"
@@ -89,10 +89,11 @@ class BackgroundWriter:
             self.thread = None
         if self.error is not None:
             (path, e), self.error = self.error, None
-            why = e.strerror if isinstance(e, OSError) and e.strerror else "torch.save failed"  # (not its puzzles)
+            why = reason(e) if os_errno(e) else "torch.save failed"  # (not its puzzles)
+            there = f"the checkpoint of iter {self.written}" if self.written is not None else "a complete earlier one"
             raise UserError(
-                f"could not write the checkpoint {path} ({why}); the file there, if any, is a complete "
-                "earlier checkpoint: free some disk space or choose another --out_dir"
+                f"could not write the checkpoint {path} ({why}); the file there, if any, is {there}: "
+                "free some disk space or choose another --out_dir"
             )
 
 
@@ -141,7 +142,7 @@ def structure_problem(ckpt, resume):
         return None
     missing = [k for k in ("optimizer", "iter_num", "best_val_loss") if k not in ckpt]
     if missing:
-        return f"it holds a model but no training state (no {', '.join(missing)}); sample.py can use it"
+        return f"it holds a model but no training state (no {', '.join(missing)}): start anew with --out_dir=NEW_DIR"
     if type(ckpt["iter_num"]) is not int or ckpt["iter_num"] < 0:
         return f"its iter_num is {ckpt['iter_num']!r}, not a count of iterations"
     best = ckpt["best_val_loss"]
@@ -266,9 +267,13 @@ def lock_out_dir(out_dir):
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
     _locks[path] = fd
+    try:  # the pid, for the message of a run that meets the lock
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:  # a full disk: nothing of this run can be written there
+        unlock(path)
+        raise cannot_write(path, e, "--out_dir") from None
 
 
 def unlock(path):

@@ -210,6 +210,8 @@ elif init_from == "resume":
     say(f"Resuming training from {out_dir}")
     model = checkpoint.model_from(ckpt, dropout=dropout)
     iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
+    if iter_num >= max_iters and not eval_only:
+        say(f"note: the run in {out_dir} is at iter {iter_num}, past max_iters={max_iters}: raise --max_iters to go on")
     trained_with = (ckpt.get("config") or {}).get("optimizer", "adamw")  # nanoGPT's checkpoints: AdamW
     if trained_with != optimizer:
         raise UserError(
@@ -446,6 +448,7 @@ while True:
     # timing and logging
     steps_since_log += 1
     if iter_num % log_interval == 0 and master_process:
+        writer.poll()  # a checkpoint that failed to write stops the run now, not at the next eval
         lossf = loss.item()  # the one CPU-GPU sync point of an iteration
         t1 = time.time()
         steps, steps_since_log = steps_since_log, 0

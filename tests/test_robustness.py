@@ -478,6 +478,35 @@ def test_full_disk_on_resume_is_one_line_and_keeps_the_old_checkpoint(work):
     assert not [name for name in os.listdir(work / "out") if TEMP_NAME.match(name)]
 
 
+def test_a_full_disk_when_taking_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path):
+    """The lock file takes no data block until the pid is written into it: on a full disk (a file-size
+    limit of 0 here) that write fails, which is one line, and the empty lock file goes again."""
+    code = (
+        "import resource, signal, sys, errors, checkpoint\n"
+        "errors.report_user_errors()\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"  # (after the imports, which write caches)
+        "checkpoint.lock_out_dir(sys.argv[1])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=clean_env(),
+    )  # fmt: skip
+    lock = tmp_path / ".train.lock"
+    assert_one_line_error(proc, f"cannot write {lock} (File too large): free some disk space or choose another")
+    assert os.listdir(tmp_path) == []
+
+
+def test_resuming_a_finished_run_says_how_to_go_on(work):
+    """out/ holds a run that reached its max_iters=2: resumed as it was, it has nothing to train and says so."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS["train"]), *RESUME], cwd=work, capture_output=True, text=True, timeout=120,
+        env=clean_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the run in out is at iter 2, past max_iters=2: raise --max_iters to go on" in proc.stdout
+
+
 LOG_ROWS = ["0,3.4,3.5,0.001,,", "0,3.45,,0.001,5.00,", "", "1,3.3,,0.002,5.10,", "2,3.2,3.3,0.003,,",
             "2,3.1,,0.003,5.00,", "3,3"]  # fmt: skip
 
@@ -591,13 +620,21 @@ def test_a_held_out_dir_is_refused_with_its_holders_pid_and_a_dead_runs_lock_is_
 def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
     weights = torch.arange(6.0)
     writer = checkpoint.BackgroundWriter()
-    writer.submit({"model": {"w": weights}, "iter_num": 3}, str(tmp_path / "ckpt.pt"))
+    writer.submit({"model": {"w": weights}, "iter_num": 3}, str(tmp_path / "ckpt.pt"), label=3)
     weights.add_(100.0)  # training goes on while the file is written
     writer.wait()
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert torch.equal(saved["model"]["w"], torch.arange(6.0)) and saved["iter_num"] == 3
+    writer.submit({"x": lambda: 1}, str(tmp_path / "ckpt.pt"), label=5)  # torch.save cannot write a function
+    with pytest.raises(UserError) as e:
+        writer.wait()
+    assert str(e.value) == (
+        f"could not write the checkpoint {tmp_path / 'ckpt.pt'} (torch.save failed); the file there, if any, is "
+        "the checkpoint of iter 3: free some disk space or choose another --out_dir"
+    )
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 3
     writer.submit({"x": 1}, str(tmp_path / "missing" / "ckpt.pt"))
-    with pytest.raises(UserError, match="could not write the checkpoint"):
+    with pytest.raises(UserError, match=r"\(No such file or directory\); the file there, if any, is the checkpoint of"):
         writer.wait()
     writer.wait()  # the failure is reported once
 
