@@ -61,9 +61,9 @@ class BackgroundWriter:
     the interpreter finishes a write in flight before it exits.
     """
 
-    def __init__(self):
+    def __init__(self, written=None):
         self.thread, self.error = None, None
-        self.written = None  # the label of the last checkpoint that reached the disk
+        self.written = written  # the label of the last checkpoint that reached the disk (a resumed run's: its own)
 
     def submit(self, obj, path, label=None):
         self.wait()
@@ -291,14 +291,14 @@ def unlock_all():  # (atexit runs after the interpreter has waited for a checkpo
         unlock(path)
 
 
-def interrupt_note(writer, out_dir, it, resumed_at, torchrun):
+def interrupt_note(writer, out_dir, it, torchrun):
     """What Ctrl-C says: where the run stopped, what its checkpoint holds and the command that goes on from
     it. A checkpoint being written is finished first."""
     try:
         writer.wait()
     except UserError:
         pass  # (the previous checkpoint is still there)
-    saved = writer.written if writer.written is not None else resumed_at
+    saved = writer.written
     if saved is None:
         return f"interrupted at iter {it}, before this run saved a checkpoint"
     flags = f"--init_from=resume --out_dir={shlex.quote(out_dir)}"

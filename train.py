@@ -379,16 +379,16 @@ def time_left(dt, steps):
 # -----------------------------------------------------------------------------
 # training loop
 log = None  # train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
+resumed_at = iter_num if init_from == "resume" else None  # what ckpt.pt holds now
 if master_process and not eval_only:
-    resumed_at = iter_num if init_from == "resume" else None
     log = plot.TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say, resumed_at=resumed_at)
 if wandb_log and master_process:
     import wandb
 
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-writer = checkpoint.BackgroundWriter()
+writer = checkpoint.BackgroundWriter(written=resumed_at)
 if not eval_only:  # Ctrl-C says where the run stopped and the command that goes on from its checkpoint (rank 0)
-    on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, resumed_at, procs.enabled) if log else "")
+    on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
 long_run_noted = False
