@@ -4,7 +4,7 @@
     python bench.py --batch_size=32          # the README's comparison point
     python bench.py --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
-    python bench.py --sample=True --compile=False           # sampling: decode tokens/s, time to the first token
+    python bench.py --sample=True            # sampling as sample.py runs it: decode tokens/s, time to the first token
 
 The step runs as train.py would run it on this machine (the plan it prints: on one GPU each block
 compiled and the micro-step replayed as a CUDA graph). Prints the time per iteration (the median
@@ -35,7 +35,7 @@ dataset = "openwebtext"  # the dataset of real_data
 seed = 1337  # the random seed
 device = default_device()  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
-compile = True  # use PyTorch 2.0 to compile the model to be faster
+compile = True  # use PyTorch 2.0 to compile the model to be faster (with sample=True: False unless given)
 compile_mode = "auto"  # as train.py's: 'auto', 'regional' or a torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
 profile = False  # write a torch.profiler trace to ./bench_log instead of timing
 n_layer = 12  # transformer blocks (GPT-2 124M)
@@ -53,6 +53,8 @@ repeats = 3  # timed repeats; the median is reported
 config, changed = configure(globals())
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = default_dtype(device)
+if sample and "compile" not in changed:  # as sample.py: its decode steps replay CUDA graphs, uncompiled
+    compile = False
 # -----------------------------------------------------------------------------
 # what cannot work is an error now, before anything is built or run
 for key in ("batch_size", "num_steps", "repeats"):
