@@ -30,10 +30,12 @@ def test_bench_reports_time_tokens_and_a_sane_loss(tmp_path, real):
 
 
 def test_bench_sample_reports_both_batches(tmp_path):
-    args = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16"]
+    """Without --compile, sampling runs uncompiled, as sample.py does (its default, not train.py's)."""
+    args = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16"]
     args += ["--vocab_size=64", "--sample=True", "--max_new_tokens=20", "--repeats=1"]
     proc = subprocess.run([*BENCH, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert "plan: cpu float32, not compiled, masked-softmax attention" in proc.stdout
     pattern = r"sampling (\d+) x 20 tokens: ([0-9,]+) tokens/s \(([0-9.]+) ms per step\), first token"
     lines = re.findall(pattern, proc.stdout)
     assert [rows for rows, _, _ in lines] == ["1", "10"]
