@@ -300,7 +300,7 @@ def test_finetune_run_name_is_timestamped(train_config):
 
 
 QUICK = dict(compile=False, eval_iters=20, block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
-             max_iters=2000, lr_decay_iters=2000)  # fmt: skip
+             learning_rate=4e-3, min_lr=4e-4, max_iters=1000, lr_decay_iters=1000)  # fmt: skip
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps"])
@@ -311,7 +311,7 @@ def test_shakespeare_char_without_a_gpu_is_the_quick_recipe_and_says_so(train_co
         k: v for k, v in SHAKESPEARE_CHAR.items() if k not in QUICK
     }
     said = [line for line in capsys.readouterr().out.splitlines() if "quick recipe" in line]
-    assert len(said) == 1 and f"no CUDA GPU (device {device})" in said[0] and "2,000 iterations" in said[0]
+    assert len(said) == 1 and f"no CUDA GPU (device {device})" in said[0] and "1,000 iterations" in said[0]
 
 
 def test_flags_apply_on_top_of_the_quick_recipe(train_config):
