@@ -132,14 +132,14 @@ def test_time_left_is_printed_and_sane(tmp_path):
     """After the first steps every log line ends with an estimate of the time left (steps and evals);
     it is within 2x of the time the run then really took, read off as the lines arrive."""
     make_dataset(tmp_path)
-    args = [*TINY, "--max_iters=150", "--log_interval=15", "--eval_interval=50", "--eval_iters=20"]
+    args = [*TINY, "--max_iters=60", "--log_interval=10", "--eval_interval=20", "--eval_iters=20"]
     cmd = [sys.executable, str(TRAIN), *args, "--out_dir=eta"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=clean_env())
     seen = [(time.monotonic(), line) for line in proc.stdout]
     assert proc.wait() == 0
-    end = next(t for t, line in seen if line.startswith("iters 0..150 in"))
+    end = next(t for t, line in seen if line.startswith("iters 0..60 in"))
     estimates = [(t, line) for t, line in seen if ", eta " in line]
-    assert [line.split(":")[0] for _, line in estimates] == [f"iter {i}" for i in range(15, 150, 15)]
+    assert [line.split(":")[0] for _, line in estimates] == [f"iter {i}" for i in range(10, 60, 10)]
     assert not any(", eta " in line for _, line in seen if line.startswith("iter 0:"))  # not from the first step
     sane = []
     for t, line in estimates[:4]:  # early enough for the time left to be measurable
