@@ -23,6 +23,18 @@ for _name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
         os.environ[_name] = os.path.abspath(os.environ[_name])
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (-n N) each worker, and every script it starts, gets an equal share of the
+    cores: N workers each running as many threads as there are cores would fight over them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_input() -> Path:
     """The offline copy of Tiny Shakespeare that CI has beside the clone."""

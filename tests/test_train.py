@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"
 VOCAB = 32
 
-# A 2-layer model that trains in milliseconds per step.
+# A 2-layer model that trains in milliseconds per step (4 micro-steps, not nanoGPT's default 40).
 TINY = [
     "--device=cpu",
     "--compile=False",
+    "--gradient_accumulation_steps=4",
     "--dataset=tiny",
     "--n_layer=2",
     "--n_head=2",
@@ -133,6 +134,7 @@ def test_time_left_is_printed_and_sane(tmp_path):
     it is within 2x of the time the run then really took, read off as the lines arrive."""
     make_dataset(tmp_path)
     args = [*TINY, "--max_iters=60", "--log_interval=10", "--eval_interval=20", "--eval_iters=20"]
+    args += ["--gradient_accumulation_steps=40"]  # steps long enough for the estimates to be measured
     cmd = [sys.executable, str(TRAIN), *args, "--out_dir=eta"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=clean_env())
     seen = [(time.monotonic(), line) for line in proc.stdout]
@@ -321,7 +323,7 @@ def test_a_checkpoint_of_8_processes_resumes_on_1_and_on_2(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [2, 4])
+@pytest.mark.parametrize("nproc", [2])  # (4 shards the same tensors, all of them divisible by 2 and 4, at 2x the cost)
 def test_fsdp_gloo_equals_single_process_and_saves_a_classic_checkpoint(tmp_path, nproc):
     make_dataset(tmp_path)
     args = [*TINY, "--gradient_accumulation_steps=4", "--max_iters=6", "--eval_interval=3"]
