@@ -3,14 +3,20 @@
 Every step calls the model's own forward. With a KVCache the prompt goes through once and each new
 token costs one position, until the sequence fills block_size; from there the last block_size
 tokens are recomputed at every step, as in nanoGPT, because every token's position (and so every
-cached key) changes as the window slides. On CUDA each kind of step runs once for real, is
-recorded as a CUDA graph and replayed: a small model's step is bound by kernel launches.
+cached key) changes as the window slides. A decode step's attention reads the cache only up to a
+power of two past the tokens so far (its span), not the whole block. On CUDA each kind of step
+(each span of decode step) runs once for real, is recorded as a CUDA graph and replayed: a small
+model's step is bound by kernel launches.
 """
 
 import torch
 from torch.nn import functional as F
 
 from cuda_graph import CUDAGraph
+
+# The shortest span a decode step attends over. Each span is one more CUDA graph to record, which
+# costs about what a few steps save; below 256 positions the reads saved are too few to pay for it.
+MIN_SPAN = 256
 
 
 class KVCache:
@@ -19,7 +25,8 @@ class KVCache:
     `pos` is the number of positions stored, kept on the device as a (1,) tensor: a forward with
     the cache reads it, stores the new keys and values there and advances it, without the host
     ever looking. So a decode step has the same shapes and memory addresses every time, and CUDA
-    can record it once and replay it.
+    can record it once and replay it. `span` (set by the host) is how many leading slots attention
+    reads: at least every position stored, and the whole block unless the Sampler says less.
     """
 
     def __init__(self, config, batch_size, device, dtype):
@@ -29,19 +36,20 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.slots = torch.arange(config.block_size, device=device)  # (block,): the position of each slot
+        self.span = config.block_size
 
     def begin(self, positions):
         """Get ready for a forward of the tokens at `positions` (T,)."""
         self.positions = positions
-        # query t may look at every stored position up to its own: (T, block), True where it may look
-        self.visible = self.slots[None, :] <= positions[:, None]
+        # query t may look at every stored position up to its own: (T, span), True where it may look
+        self.visible = self.slots[None, : self.span] <= positions[:, None]
 
     def store(self, layer, k, v):
-        """Put one layer's new keys and values (B, nh, T, hs) at their positions; return all of that
-        layer's keys and values (B, nh, block, hs)."""
+        """Put one layer's new keys and values (B, nh, T, hs) at their positions; return that layer's
+        keys and values in the first span slots (B, nh, span, hs)."""
         self.k[layer].index_copy_(2, self.positions, k.to(self.k.dtype))
         self.v[layer].index_copy_(2, self.positions, v.to(self.v.dtype))
-        return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, : self.span], self.v[layer][:, :, : self.span]
 
 
 def kv_cache(model, batch_size):
@@ -132,6 +140,7 @@ class Sampler:
         t = T  # tokens so far: the next one goes to out[:, t]
         if self.cache is not None:
             self.cache.pos.zero_()
+            self.cache.span = block
             out[:, T : T + 1] = self.sample(self.model(out[:, :T], cache=self.cache)[0])  # prefill: the whole prompt
             t = T + 1
             told(out, t)
@@ -150,10 +159,14 @@ class Sampler:
         on CUDA it is recorded as a graph the first time, and replayed from then on."""
         step = self.decode_step if kind == "decode" else self.window_step
         while t < end:
-            if kind in self.replays:
-                self.replays[kind]()
+            key = kind
+            if kind == "decode":  # the newest token is at t - 1: attend up to the next power of two past it
+                self.cache.span = min(self.block, max(MIN_SPAN, 1 << (t - 1).bit_length()))
+                key = (kind, self.cache.span)
+            if key in self.replays:
+                self.replays[key]()
             elif self.graph_device is not None and end - t >= 4:  # recording costs about a few eager steps
-                self.replays[kind] = CUDAGraph(step, warmup=1, rewind_rng=False, device=self.graph_device)  # (it ran)
+                self.replays[key] = CUDAGraph(step, warmup=1, rewind_rng=False, device=self.graph_device)  # (it ran)
             else:
                 step()
             t += 1

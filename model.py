@@ -53,8 +53,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         mask = None  # causal: each position sees itself and those before it
         if cache is not None:  # sampling: look at every position stored so far, these T included
-            k, v = cache.store(self.layer, k, v)  # (B, nh, block, hs)
-            mask = cache.visible  # (T, block)
+            k, v = cache.store(self.layer, k, v)  # (B, nh, span, hs)
+            mask = cache.visible  # (T, span)
         y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
         return self.resid_dropout(self.c_proj(y))

@@ -99,6 +99,27 @@ def test_greedy_with_gpt2_init():
     assert torch.equal(model.generate(idx, 40, top_k=1), greedy_by_hand(model, idx, 40))
 
 
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+def test_decode_attends_over_the_smallest_power_of_two_span_and_still_equals_recompute(attention, monkeypatch):
+    """With a block of 256, a decode step reads the cache only up to a span: the smallest power of
+    two that holds every position so far, at least MIN_SPAN (64 here). Spans 64, 128 and 256 all
+    run, then the window; the tokens are those of the recompute loop."""
+    monkeypatch.setattr(engine, "MIN_SPAN", 64)
+    model = make_model(seed=6, block_size=256, n_embd=16)
+    model.config.attention = attention
+    idx = prompt(2, 3, seed=7)
+    seen = []  # (span, newest position) of each forward through the cache
+    begin = engine.KVCache.begin
+    monkeypatch.setattr(
+        engine.KVCache, "begin", lambda self, pos: (seen.append((self.span, int(pos[-1]))), begin(self, pos))[1]
+    )
+    cached = model.generate(idx, 280, top_k=1)
+    assert torch.equal(cached, greedy_by_hand(model, idx, 280))
+    assert seen[0] == (256, 2)  # the prompt, through the whole block
+    by_hand = [(64 if p < 64 else 128 if p < 128 else 256, p) for p in range(3, 256)]
+    assert seen[1:] == by_hand
+
+
 class Recorder:
     """Stands in for sample_next: keeps each step's logits and feeds a fixed token sequence,
     so both paths see the same context whatever their logits."""
@@ -392,7 +413,7 @@ def test_a_reused_sampler_replays_its_graphs_for_new_prompts():
     for seed in (1, 2, 3):
         idx = prompt(2, 5, seed=seed).cuda()
         assert torch.equal(sampler(idx), greedy_by_hand(model, idx, 40))
-    assert set(sampler.replays) == {"decode", "window"}
+    assert set(sampler.replays) == {("decode", BLOCK), "window"}  # one span: the block is under MIN_SPAN
 
 
 @pytest.mark.gpu
