@@ -45,6 +45,9 @@ def shakespeare_input() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
+    # the tests that run for minutes go first: under -n 2 the other worker runs the rest meanwhile,
+    # where at their place in the order (test_train.py comes last) they would end the run alone
+    items.sort(key=lambda item: "longest" not in item.keywords)  # (a stable sort: the rest keep their order)
     import torch
 
     if torch.cuda.is_available():

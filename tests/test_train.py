@@ -298,6 +298,7 @@ def test_ddp_gloo_equals_single_process_accumulation(tmp_path, nproc, micro_step
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_a_checkpoint_of_8_processes_resumes_on_1_and_on_2(tmp_path):
     """Saved by 8 DDP processes, a checkpoint holds the very weights, and resumes on 1 process and
     on 2 to the same training as the 8 would have gone on with (up to float summation order)."""
@@ -643,6 +644,7 @@ def test_without_matplotlib_training_says_how_to_get_the_plot(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_readme_first_command_trains_the_quick_recipe_without_a_gpu(tmp_path, shakespeare_input):
     """The README's first command, run as written (but the install, done already) in a fresh copy of
     the repository, with the local Tiny Shakespeare: without a GPU it trains the quick recipe, says
