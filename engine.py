@@ -41,8 +41,12 @@ class KVCache:
     def begin(self, positions):
         """Get ready for a forward of the tokens at `positions` (T,)."""
         self.positions = positions
-        # query t may look at every stored position up to its own: (T, span), True where it may look
-        self.visible = self.slots[None, : self.span] <= positions[:, None]
+        # query t may look at every stored position up to its own: the mask (T, span) added to the
+        # attention scores is 0 there and -inf elsewhere. Made here, once per forward: attention
+        # would turn a boolean mask into this in every layer, which costs 5% of a decode step.
+        visible = self.slots[None, : self.span] <= positions[:, None]
+        self.mask = torch.zeros(visible.shape, dtype=self.k.dtype, device=visible.device)
+        self.mask.masked_fill_(~visible, float("-inf"))
 
     def store(self, layer, k, v):
         """Put one layer's new keys and values (B, nh, T, hs) at their positions; return that layer's
@@ -110,8 +114,8 @@ class Sampler:
         self.graph_device = device if cuda_graph else None
         self.block = model.config.block_size
         self.out = torch.empty((batch_size, self.end), dtype=torch.long, device=device)  # every token lands here
-        cached = use_cache and prompt_len <= self.block and prompt_len < self.end
-        self.cache = kv_cache(model, batch_size) if cached else None
+        self.cached = use_cache and prompt_len <= self.block and prompt_len < self.end
+        self.cache = None  # made at the first call: in the dtype of the autocast that sampling runs under
         self.window = torch.arange(self.block, device=device)  # where the last block_size tokens are
         self.replays = {}  # the recorded decode and window steps
 
@@ -138,7 +142,8 @@ class Sampler:
         out[:, :T] = idx
         told = on_tokens or (lambda out, t: None)
         t = T  # tokens so far: the next one goes to out[:, t]
-        if self.cache is not None:
+        if self.cached:
+            self.cache = self.cache or kv_cache(self.model, self.B)
             self.cache.pos.zero_()
             self.cache.span = block
             out[:, T : T + 1] = self.sample(self.model(out[:, :T], cache=self.cache)[0])  # prefill: the whole prompt

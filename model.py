@@ -54,22 +54,21 @@ class CausalSelfAttention(nn.Module):
         mask = None  # causal: each position sees itself and those before it
         if cache is not None:  # sampling: look at every position stored so far, these T included
             k, v = cache.store(self.layer, k, v)  # (B, nh, span, hs)
-            mask = cache.visible  # (T, span)
+            mask = cache.mask  # (T, span)
         y = self.attend(q, k, v, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v, mask):
-        """softmax(q k^T / sqrt(hs)) v for queries (B, nh, T, hs) over keys and values (B, nh, S, hs),
-        where mask (T, S) is True for the keys a query may see (None: causal)."""
+        """softmax(q k^T / sqrt(hs) + mask) v for queries (B, nh, T, hs) over keys and values
+        (B, nh, S, hs), where mask (T, S) is 0 for the keys a query may see and -inf for the others
+        (None: causal)."""
         dropout = self.dropout if self.training else 0.0
         if self.config.attention == "sdpa":  # flash attention and its kin: the (T, S) scores never reach memory
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         T, S = q.size(-2), k.size(-2)
-        if mask is None:
-            mask = self.bias[:T, :S]
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
-        att = att.masked_fill(~mask, float("-inf"))
+        att = att.masked_fill(~self.bias[:T, :S], float("-inf")) if mask is None else att + mask
         att = self.attn_dropout(F.softmax(att, dim=-1))
         return att @ v  # (B, nh, T, hs)
 

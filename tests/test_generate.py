@@ -357,6 +357,25 @@ def test_bf16_autocast_on_cpu(monkeypatch):
     assert (low - high).abs().max() < 0.1 * high.abs().max()
 
 
+def test_a_sampler_made_outside_autocast_caches_in_the_dtype_it_samples_under(monkeypatch):
+    """bench.py makes its Sampler first and samples under autocast later: the cache is made at the
+    first call, so it holds bfloat16 as when everything runs under autocast (the same logits), not
+    float32 keys that every attention would cast again."""
+    model = make_model(seed=2, std=0.1)
+    idx, forced = prompt(2, 3), prompt(2, 20, seed=9)
+    per_way = []
+    for made_under_autocast in (True, False):
+        recorder = Recorder(forced)
+        monkeypatch.setattr(engine, "sample_next", recorder)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=made_under_autocast):
+            sampler = engine.Sampler(model, 2, 3, 20)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sampler(idx)
+        assert sampler.cache.k.dtype == torch.bfloat16
+        per_way.append(torch.stack(recorder.logits))
+    assert torch.equal(per_way[0], per_way[1])
+
+
 @pytest.mark.slow
 def test_generate_under_torch_compile():
     """Dynamo traces the cached forward (the in-place cache writes, cache.pos) without graph
