@@ -44,7 +44,8 @@ def atomic_write(path, mode="wb", **open_kwargs):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        remove_quietly(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     sync_folder(os.path.dirname(os.path.abspath(path)))
 
@@ -97,11 +98,6 @@ def pid_alive(pid):
     except (PermissionError, OverflowError, OSError):
         return True  # someone else's process: leave its file alone
     return True
-
-
-def remove_quietly(path):
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def sync_folder(folder):

@@ -62,8 +62,6 @@ for key in ("batch_size", "num_steps", "repeats"):
         raise UserError(f"{key}={config[key]} must be at least 1")
 if burn_in < 0:
     raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
-if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
-    raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
 try:
     gpt_config = GPTConfig(
         block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,

@@ -25,13 +25,6 @@ from model import ARCH_KEYS, GPT, MASK_SUFFIXES, GPTConfig, head_apart_from_embe
 CKPT_NAME = "ckpt.pt"
 
 
-def save(obj, path):
-    """Write atomically: a crash at any moment leaves either the previous checkpoint or the new
-    one, never half of one."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-
-
 def cpu_copy(obj, copies=None):
     """obj's nested dicts, lists and tuples with every tensor copied to the CPU, so training can
     change the originals while the copy is written. Tensors that are one view of one memory (the
@@ -73,7 +66,8 @@ class BackgroundWriter:
 
     def _write(self, obj, path, label):
         try:
-            save(obj, path)
+            with atomic_write(path) as f:  # a crash leaves the previous checkpoint or the new one, never half
+                torch.save(obj, f)
             self.written = label
         except Exception as e:  # raised by wait(), in the main thread
             self.error = (path, e)
@@ -294,10 +288,8 @@ def unlock_all():  # (atexit runs after the interpreter has waited for a checkpo
 def interrupt_note(writer, out_dir, it, torchrun):
     """What Ctrl-C says: where the run stopped, what its checkpoint holds and the command that goes on from
     it. A checkpoint being written is finished first."""
-    try:
+    with contextlib.suppress(UserError):  # (the previous checkpoint is still there)
         writer.wait()
-    except UserError:
-        pass  # (the previous checkpoint is still there)
     saved = writer.written
     if saved is None:
         return f"interrupted at iter {it}, before this run saved a checkpoint"

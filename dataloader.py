@@ -91,9 +91,14 @@ class Batches:
         windows = self.tokens(split)[self.starts(split, key).numpy()[:, None] + self.offsets]  # (B, T+1)
         x = torch.from_numpy(windows[:, :-1].astype(np.int64))
         y = torch.from_numpy(windows[:, 1:].astype(np.int64))
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+        return to_device(x, self.device), to_device(y, self.device)
+
+
+def to_device(t, device):
+    """A CPU tensor on the device: on CUDA through pinned memory, without waiting for the GPU."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 # ---------------------------------------------------------------------------- meta.pkl
@@ -121,11 +126,9 @@ def load_meta(path, keys=("vocab_size",)):
             meta = PlainUnpickler(io.BytesIO(f.read())).load()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    except pickle.UnpicklingError as e:
-        if "is not allowed" in str(e):
-            raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, str and int") from None
-        raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
     except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and "is not allowed" in str(e):
+            raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, str and int") from None
         raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
     if not isinstance(meta, dict) or not {"vocab_size", *keys} <= set(meta):
         raise UserError(f"{path} is not a nanoGPT meta.pkl: it needs {', '.join(keys)}")

@@ -177,9 +177,3 @@ class Sampler:
             t += 1
             told(self.out, t)
         return end
-
-
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_tokens=None, **options):
-    """Extend idx (B, T) by max_new_tokens sampled tokens: one call of a new Sampler."""
-    sampler = Sampler(model, *idx.shape, max_new_tokens, temperature, top_k, **options)
-    return sampler(idx, on_tokens)

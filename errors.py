@@ -26,29 +26,25 @@ def report_user_errors():
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
+        line = None
         if issubclass(kind, UserError):
-            print(f"error: {value}", file=sys.stderr, flush=True)
+            line = f"error: {value}"
         elif issubclass(kind, KeyboardInterrupt):
             line = interrupt_note() if interrupt_note else "interrupted"
-            if line:
-                print(line, file=sys.stderr, flush=True)
         elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)
         elif issubclass(kind, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(value):
             asked = re.search(r"allocate (\d+) bytes", str(value))  # torch's CPU allocator says how much
             what = f" (tried to allocate {int(asked.group(1)) / 2**30:.2f} GiB)" if asked else ""
-            print(f"error: out of memory{what}: lower --batch_size or --block_size, or use a smaller model",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            line = f"error: out of memory{what}: lower --batch_size or --block_size, or use a smaller model"
         elif kind.__name__ == "OutOfMemoryError":  # torch's: a batch or model too big for the GPU
             what = str(value).strip().split(". GPU")[0]  # "CUDA out of memory. Tried to allocate 1.2 GiB"
-            print(
-                f"error: out of GPU memory ({what}): lower --batch_size (raise --gradient_accumulation_steps "
-                "to keep the tokens per iteration) or use a smaller model",
-                file=sys.stderr,
-                flush=True,
-            )
+            line = (f"error: out of GPU memory ({what}): lower --batch_size (raise --gradient_accumulation_steps "
+                    "to keep the tokens per iteration) or use a smaller model")  # fmt: skip
         else:
             default_hook(kind, value, tb)
+        if line:
+            print(line, file=sys.stderr, flush=True)
 
     sys.excepthook = hook
 

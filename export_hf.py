@@ -66,14 +66,6 @@ def is_plain_file(path):
     return os.path.isfile(path) and not os.path.islink(path)
 
 
-def classic_model(ckpt):
-    """The checkpoint's GPT, if Hugging Face's GPT-2 can hold exactly it."""
-    extra = sorted(set(ckpt["model_args"]) - {*ARCH_KEYS, "dropout"})
-    if extra:  # a fork's option: the weights alone may not say what it changes
-        raise UserError(f"checkpoint model_args hold {extra}, unknown to nanoGPT and to Hugging Face's GPT-2")
-    return checkpoint.model_from(ckpt, dropout=0.0)
-
-
 def character_vocabulary(ckpt, vocab_size):
     """The characters of the model's dataset by id, from its meta.pkl as sample.py finds it; None
     for a model on GPT-2's tokens."""
@@ -110,7 +102,10 @@ def write_folder(folder, model, chars, tokenizer_files):
 
 check_target()
 ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
-model = classic_model(ckpt)
+extra = sorted(set(ckpt["model_args"]) - {*ARCH_KEYS, "dropout"})
+if extra:  # a fork's option: the weights alone may not say what it changes, nor Hugging Face's GPT-2 hold it
+    raise UserError(f"checkpoint model_args hold {extra}, unknown to nanoGPT and to Hugging Face's GPT-2")
+model = checkpoint.model_from(ckpt, dropout=0.0)
 chars = character_vocabulary(ckpt, model.config.vocab_size)
 tokenizer_files = gpt2_tokenizer_files() if chars is None else {}
 try:

@@ -19,13 +19,13 @@ import torch
 from torch.nn import functional as F
 
 from atomic import atomic_write
-from dataloader import HERE, find_data_file
-from errors import UserError, first_line
+from dataloader import HERE, find_data_file, to_device
+from errors import UserError, first_line, reason
+from huggingface import GPT2_VOCAB, gpt2_encoding
 
 FILE_NAME = "hellaswag_val.jsonl"  # the validation split, 10,042 items: the one the GPT-2 reproductions report
 # rowanz/hellaswag's copy; NANOGPT_HELLASWAG_URL points elsewhere (a mirror, or a test's local server)
 URL = f"https://raw.githubusercontent.com/rowanz/hellaswag/master/data/{FILE_NAME}"
-GPT2_VOCAB = 50257  # the token ids tiktoken's gpt2 encoding gives
 BATCH_ITEMS = 32  # items per forward pass (4 rows each): small enough for gpt2-xl on any recent GPU
 FORMAT_HINT = "give a file in rowanz/hellaswag's format (hellaswag_val.jsonl: one JSON object per line)"
 
@@ -94,8 +94,7 @@ def download(url, path, say=print):
         response = requests.get(url, timeout=30)
         response.raise_for_status()
     except requests.RequestException as e:
-        status = getattr(e.response, "status_code", None)
-        why = f"HTTP {status}" if status else type(e).__name__
+        why = reason(e)  # (an HTTP status, or the exception's type)
         raise UserError(f"cannot download {url} ({why}): pass --hellaswag_file=PATH, a local copy of it") from None
     parse(response.content, url)
     try:
@@ -114,19 +113,6 @@ def read(path):
         raise UserError(f"hellaswag_file {path} not found: check the path, or leave it empty to download") from None
     except OSError as e:
         raise UserError(f"cannot read {path} ({first_line(e)})") from None
-
-
-def encoder():
-    """tiktoken's GPT-2 encoding (downloaded once, or found in TIKTOKEN_CACHE_DIR)."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        raise UserError(
-            f"cannot load tiktoken's gpt2 encoding ({first_line(e)}): it is downloaded once, so connect to "
-            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
-        ) from None
 
 
 def tokenize(examples, enc):
@@ -149,7 +135,7 @@ def prepare(hellaswag_file, procs, say=print, limit=0):
         if procs.enabled:
             torch.distributed.barrier()
     examples = read(path)
-    return tokenize(examples[:limit] if limit > 0 else examples, encoder())
+    return tokenize(examples[:limit] if limit > 0 else examples, gpt2_encoding())
 
 
 def check_model(items, vocab_size, block_size, say=print):
@@ -191,13 +177,6 @@ def make_batch(items, block_size):
         x[r, :n] = torch.tensor(tokens[:-1])
         y[r, n - scored : n] = torch.tensor(tokens[-scored:])
     return x, y
-
-
-def to_device(t, device):
-    """A CPU tensor on the device: on CUDA through pinned memory, without waiting for the GPU."""
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 @torch.no_grad()

@@ -179,6 +179,19 @@ def tokenizer_config(block_size):
     return dict(tokenizer_class="GPT2Tokenizer", model_max_length=block_size, add_prefix_space=False, **special)
 
 
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding (downloaded once, or found in TIKTOKEN_CACHE_DIR)."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise UserError(
+            f"cannot load tiktoken's gpt2 encoding ({reason(e)}): it is downloaded once, so connect to "
+            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
+        ) from None
+
+
 def gpt2_tokenizer_files():
     """OpenAI's encoder.json and vocab.bpe as vocab.json and merges.txt, from tiktoken's cache."""
     from tiktoken.load import read_file_cached

@@ -37,9 +37,6 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.config = config  # read at every call: config.attention picks the path (plan.py sets it)
         self.layer = layer  # which slice of a KVCache is ours
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.dropout = config.dropout
         # the causal mask of the masked-softmax path; not persistent, so state dicts hold
         # parameters only, like nanoGPT's on its flash path
         mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
@@ -47,10 +44,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        nh = self.config.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
         mask = None  # causal: each position sees itself and those before it
         if cache is not None:  # sampling: look at every position stored so far, these T included
             k, v = cache.store(self.layer, k, v)  # (B, nh, span, hs)
@@ -63,7 +61,7 @@ class CausalSelfAttention(nn.Module):
         """softmax(q k^T / sqrt(hs) + mask) v for queries (B, nh, T, hs) over keys and values
         (B, nh, S, hs), where mask (T, S) is 0 for the keys a query may see and -inf for the others
         (None: causal)."""
-        dropout = self.dropout if self.training else 0.0
+        dropout = self.config.dropout if self.training else 0.0
         if self.config.attention == "sdpa":  # flash attention and its kin: the (T, S) scores never reach memory
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         T, S = q.size(-2), k.size(-2)
@@ -263,9 +261,10 @@ class GPT(nn.Module):
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **options):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, on_tokens=None, **options):
         """Extend idx (B, T) by max_new_tokens sampled tokens and return all of them, (B, T + new).
         Put the model in eval() first. Each step samples the next token from the logits of the last
         block_size tokens, as nanoGPT's loop does, through a KV cache and CUDA graphs where they
         apply (engine.py holds the loop and its options)."""
-        return engine.generate(self, idx, max_new_tokens, temperature, top_k, **options)
+        sampler = engine.Sampler(self, *idx.shape, max_new_tokens, temperature, top_k, **options)
+        return sampler(idx, on_tokens)

@@ -56,8 +56,7 @@ def init(backend, device):
     cuda:LOCAL_RANK with the configured backend (nccl), or the CPU with gloo whatever it says."""
     if torchrun_rank() is None:
         return Processes(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank, processes = torchrun_rank(), int(os.environ.get("LOCAL_RANK", 0)), world_size()
     if device.startswith("cuda"):
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s)")
@@ -68,10 +67,10 @@ def init(backend, device):
             print(f"note: backend {backend!r} needs CUDA; using gloo on {device}")
         backend = "gloo"
     try:
-        torch.distributed.init_process_group(backend=backend, **this_attempt_store(rank, world_size))
+        torch.distributed.init_process_group(backend=backend, **this_attempt_store(rank, processes))
     except (RuntimeError, ValueError) as e:
         raise UserError(f"cannot start the {backend} process group ({first_line(e)}): check --backend") from None
-    return Processes(rank, local_rank, world_size, True), device
+    return Processes(rank, local_rank, processes, True), device
 
 
 def this_attempt_store(rank, world_size):

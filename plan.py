@@ -37,17 +37,6 @@ PEAK_FLOPS = (
 )
 
 
-def check_compile_mode(mode, ours=()):
-    """A one-line error unless mode is one of `ours` or a mode this torch.compile knows."""
-    if mode in ours or mode == "default":
-        return
-    from torch._inductor import list_mode_options  # (the compiler's import: only for other modes)
-
-    known = [*ours, *list_mode_options()]
-    if mode not in known:
-        raise UserError(f"unknown compile_mode={mode!r}: use one of {', '.join(known)}")
-
-
 def default_device():
     """The best device there is: a CUDA GPU, Apple's MPS, or the CPU."""
     if torch.cuda.is_available():
@@ -206,7 +195,11 @@ def make_plan(
     elif compile_mode in ("auto", "regional"):
         how, mode = ("blocks" if compile_mode == "regional" or one_gpu and training else "model"), "default"
     else:
-        check_compile_mode(compile_mode)
+        if compile_mode != "default":  # (the compiler's import, which takes seconds: only for other modes)
+            from torch._inductor import list_mode_options
+
+            if compile_mode not in list_mode_options():
+                raise UserError(f"unknown compile_mode={compile_mode!r}: use one of {', '.join(list_mode_options())}")
         how, mode = "model", compile_mode
     if how == "model" and mode in ("reduce-overhead", "max-autotune") and micro_steps > 1 and device_type == "cuda":
         raise UserError(
@@ -229,6 +222,8 @@ def make_plan(
 def prepare_torch(seed):
     """What every script sets before it builds a model: the seed, and TF32 for float32 matmuls
     and convolutions on CUDA (the precision nanoGPT trains with)."""
+    if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+        raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -21,9 +21,8 @@ class Progress:
     """update(done) with done out of total; close() ends the line on a terminal. Counts are shown
     divided by scale, in `unit`s (bytes as MB: unit="MB", scale=1e6); `first` were done before."""
 
-    def __init__(self, what, total, unit="", scale=1, every=None, file=None, first=0):
-        self.what, self.total, self.unit, self.scale, self.every, self.first = what, total, unit, scale, every, first
-        self.every = EVERY_S if every is None else every
+    def __init__(self, what, total, unit="", scale=1, file=None, first=0):
+        self.what, self.total, self.unit, self.scale, self.first = what, total, unit, scale, first
         self.file = file or sys.stderr
         self.in_place = self.file.isatty()
         self.start = self.shown = time.monotonic()
@@ -41,7 +40,7 @@ class Progress:
 
     def update(self, done, note=""):
         now = time.monotonic()
-        if now - self.shown < (0.5 if self.in_place and self.started else self.every):
+        if now - self.shown < (0.5 if self.in_place and self.started else EVERY_S):
             return
         self.shown, self.started = now, True
         if self.in_place:  # over the last line, and clear what is left of it

@@ -22,7 +22,7 @@ from configurator import configure
 from dataloader import char_vocabulary, dataset_meta, load_meta
 from engine import Sampler, check_sampling
 from errors import UserError, reason, report_user_errors
-from huggingface import GPT2_VOCAB, PRETRAINED, is_model_name, load_pretrained
+from huggingface import GPT2_VOCAB, PRETRAINED, gpt2_encoding, is_model_name, load_pretrained
 from plan import default_device, default_dtype, make_plan, prepare_torch
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -54,8 +54,6 @@ if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
     )
-if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
-    raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
 if num_samples < 1:
     raise UserError(f"num_samples={num_samples} must be at least 1")
 try:
@@ -87,7 +85,7 @@ model.to(device)
 plan.apply(model)  # compiled in place, if asked: generate's own calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
-meta_path = dataset_meta(ckpt)[1] if ckpt else None
+dataset, meta_path = dataset_meta(ckpt) if ckpt else (None, None)
 if meta_path:
     print(f"Loading meta from {meta_path}...")
     meta = load_meta(meta_path, keys=("itos", "stoi"))
@@ -99,7 +97,6 @@ if meta_path:
     start_ids = [stoi[ch] for ch in start]
     to_bytes = lambda ids: "".join(itos.get(i, "\ufffd") for i in ids).encode()  # noqa: E731
 elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's ids would mean other text
-    dataset = dataset_meta(ckpt)[0] if ckpt else None
     missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl says what they are"
     raise UserError(
         f"the model has {model.config.vocab_size} tokens, too few for GPT-2's, and {missing}: "
@@ -107,15 +104,7 @@ elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's i
     )
 else:
     print("No meta.pkl found, assuming GPT-2 encodings...")
-    import tiktoken
-
-    try:
-        enc = tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        raise UserError(
-            f"cannot load tiktoken's gpt2 encoding ({reason(e)}): it is downloaded once, so connect to "
-            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
-        ) from None
+    enc = gpt2_encoding()
     start_ids = enc.encode(start, allowed_special={"<|endoftext|>"})
     # ids beyond GPT-2's 50257 are the padding of a 50304 vocabulary: they have no text
     to_bytes = lambda ids: enc.decode_bytes([i for i in ids if i < enc.n_vocab])  # noqa: E731

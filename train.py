@@ -135,14 +135,12 @@ if find_data_file(dataset, "train.bin") is None:
     raise UserError(f"no training data for dataset {dataset!r}: run python data/{dataset}/prepare.py first")
 if hellaswag_interval < 0:
     raise UserError(f"hellaswag_interval={hellaswag_interval} must not be negative (0 turns HellaSwag off)")
-if hellaswag_interval and find_data_file(dataset, "meta.pkl"):
+meta_path = find_data_file(dataset, "meta.pkl")  # a character-level dataset's, with its vocabulary size
+if hellaswag_interval and meta_path:
     raise UserError(
         f"hellaswag_interval needs a model on GPT-2's tokens, but dataset {dataset!r} is character-level "
-        f"({find_data_file(dataset, 'meta.pkl')}): set --hellaswag_interval=0"
+        f"({meta_path}): set --hellaswag_interval=0"
     )
-
-# a character-level dataset's vocabulary size is in its meta.pkl
-meta_path = find_data_file(dataset, "meta.pkl")
 meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
 
 # -----------------------------------------------------------------------------
@@ -262,20 +260,19 @@ if ckpt is not None:  # the optimizer, the gradient scaler and the RNGs where th
     checkpoint.restore_training_state(ckpt, optimizer, train_step.scaler, procs.rank, device, say, fsdp_model)
     ckpt = None  # free up memory
 ctx = plan.autocast()  # mixed precision in the forward passes
+evals_shared = procs.enabled and not plan.fsdp  # DDP's ranks share eval batches out (FSDP's forwards need every rank)
 
 
 # -----------------------------------------------------------------------------
 # helps estimate an arbitrarily accurate loss over either split using many batches
 @torch.no_grad()
 def estimate_loss():
-    """The mean loss over eval_iters batches of each split. The ranks of a DDP run share the
-    batches out (under FSDP every forward needs every rank). Small batches go through several at
-    a time, the largest divisor of their number up to 32 whose float32 logits stay under 256 MB:
-    the same mean, in fewer and larger forward passes."""
+    """The mean loss over eval_iters batches of each split. Small batches go through several at a
+    time, the largest divisor of their number up to 32 whose float32 logits stay under 256 MB: the
+    same mean, in fewer and larger forward passes."""
     out = {}
     model.eval()
-    shared = procs.enabled and not plan.fsdp
-    mine = range(procs.rank, eval_iters, procs.world_size) if shared else range(eval_iters)
+    mine = range(procs.rank, eval_iters, procs.world_size) if evals_shared else range(eval_iters)
     limit = max(1, min(32, len(mine), 2**26 // (batch_size * block_size * model_args["vocab_size"])))
     group = max(g for g in range(1, limit + 1) if len(mine) % g == 0)
     progress = Progress("  evaluating", 2 * len(mine), unit="batches", file=sys.stdout) if master_process else None
@@ -288,7 +285,7 @@ def estimate_loss():
             total += loss.float() * len(X)
             if progress:  # a long eval says how far it is
                 progress.update(s * len(mine) + i + group)
-        if shared:
+        if evals_shared:
             torch.distributed.all_reduce(total)
         out[split] = total.item() / eval_iters
     if progress:
@@ -298,10 +295,8 @@ def estimate_loss():
 
 
 def hellaswag_eval():
-    """HellaSwag's figures (hellaswag.evaluate) of the model as it is. The ranks of a DDP run share
-    the items out (under FSDP every forward needs every rank)."""
-    shared = procs.enabled and not plan.fsdp
-    rank, world = (procs.rank, procs.world_size) if shared else (0, 1)
+    """HellaSwag's figures (hellaswag.evaluate) of the model as it is."""
+    rank, world = (procs.rank, procs.world_size) if evals_shared else (0, 1)
     bar = Progress("  hellaswag", len(hellaswag_items), unit="items") if master_process else None
     return hellaswag.evaluate(raw_model, hellaswag_items, device, ctx, rank=rank, world_size=world, progress=bar)
 
@@ -404,6 +399,7 @@ local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
 timed_seconds, timed_steps = 0.0, None  # the steps the time left is measured on
 while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
     # evaluate the loss on train/val sets, log it and write checkpoints: every eval_interval
     # iterations and at the end (once, with eval_only)
     if (iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only) and not skip_eval:
@@ -414,7 +410,6 @@ while True:
         say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if not all(math.isfinite(v) for v in losses.values()):
             raise diverged("eval loss", iter_num)
-        lr = get_lr(iter_num) if decay_lr else learning_rate
         if log:
             log.eval_row(iter_num, losses, lr, running_mfu, last=eval_only or iter_num >= max_iters)
         if wandb_log and master_process:
@@ -442,7 +437,6 @@ while True:
 
     # forward, backward and update at this iteration's learning rate, with gradient accumulation
     # over micro_steps micro-batches to simulate a larger batch (step.py)
-    lr = get_lr(iter_num) if decay_lr else learning_rate
     loss = train_step(iter_num, lr)
 
     # timing and logging

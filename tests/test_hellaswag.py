@@ -104,7 +104,7 @@ def counts(sums, means, examples):
 
 @pytest.fixture(scope="module")
 def enc():
-    return hellaswag.encoder()
+    return hellaswag.gpt2_encoding()
 
 
 @pytest.fixture(scope="module")
