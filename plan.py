@@ -198,8 +198,9 @@ def make_plan(
         if compile_mode != "default":  # (the compiler's import, which takes seconds: only for other modes)
             from torch._inductor import list_mode_options
 
-            if compile_mode not in list_mode_options():
-                raise UserError(f"unknown compile_mode={compile_mode!r}: use one of {', '.join(list_mode_options())}")
+            known = list_mode_options()
+            if compile_mode not in known:
+                raise UserError(f"unknown compile_mode={compile_mode!r}: use one of {', '.join(known)}")
         how, mode = "model", compile_mode
     if how == "model" and mode in ("reduce-overhead", "max-autotune") and micro_steps > 1 and device_type == "cuda":
         raise UserError(
