@@ -10,6 +10,8 @@ model's step is bound by kernel launches.
 """
 
 import torch
+from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from cuda_graph import CUDAGraph
@@ -63,6 +65,16 @@ def kv_cache(model, batch_size):
     return KVCache(model.config, batch_size, w.device, dtype)
 
 
+def linear_weights(model, dtype):
+    """The weights and biases of model's Linear layers cast to dtype, by parameter name."""
+    return {
+        f"{prefix}.{name}": p.to(dtype)
+        for prefix, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        for name, p in module.named_parameters(recurse=False)
+    }
+
+
 def check_sampling(max_new_tokens, temperature, top_k):
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be 0 or more")
@@ -95,7 +107,12 @@ class Sampler:
     model (in eval mode), again and again. The output buffer, the KV cache and the recorded CUDA
     graphs are made at the first call and reused by the next ones: sample.py draws all of its
     samples through one. use_cache=False recomputes every step; CUDA graphs are used where
-    cuda_graph is None or True and no generator is given."""
+    cuda_graph is None or True and no generator is given.
+
+    Under autocast each call casts the Linear weights to its dtype once, and every step runs the
+    model with those (torch.func.functional_call): autocast would cast them again at every step,
+    as its cast cache is off (plan.autocast), which costs about as much as the step's matmuls.
+    The tokens are the same, since autocast casts the same way."""
 
     def __init__(
         self, model, batch_size, prompt_len, max_new_tokens, temperature=1.0, top_k=None, use_cache=True,
@@ -116,19 +133,38 @@ class Sampler:
         self.out = torch.empty((batch_size, self.end), dtype=torch.long, device=device)  # every token lands here
         self.cached = use_cache and prompt_len <= self.block and prompt_len < self.end
         self.cache = None  # made at the first call: in the dtype of the autocast that sampling runs under
+        self.weights = None  # the Linear weights in that dtype (or {} without autocast): made at the first call
         self.window = torch.arange(self.block, device=device)  # where the last block_size tokens are
         self.replays = {}  # the recorded decode and window steps
+
+    def forward(self, idx, cache=None):
+        if not self.weights:
+            return self.model(idx, cache=cache)
+        # tie_weights=False: lm_head's weight is cast, the token embedding it is tied to is not
+        return functional_call(self.model, self.weights, (idx,), {"cache": cache}, tie_weights=False)
+
+    def cast_weights(self):
+        """Cast the model's Linear weights for this call's steps, into the tensors that the first
+        call made (the recorded CUDA graphs read those)."""
+        device_type = self.out.device.type
+        if self.weights is None:
+            on = torch.is_autocast_enabled(device_type)
+            self.weights = linear_weights(self.model, torch.get_autocast_dtype(device_type)) if on else {}
+        else:
+            for name, p in self.model.named_parameters(remove_duplicate=False):
+                if name in self.weights:
+                    self.weights[name].copy_(p)
 
     def sample(self, logits):
         return sample_next(logits[:, -1, :], self.temperature, self.top_k, self.generator)  # (B, 1)
 
     def decode_step(self):  # the newest token, at position cache.pos, through the cache
         B, cache = self.B, self.cache
-        logits, _ = self.model(self.out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
+        logits, _ = self.forward(self.out.gather(1, cache.pos.expand(B, 1)), cache=cache)  # advances cache.pos
         self.out.scatter_(1, cache.pos.expand(B, 1), self.sample(logits))  # the next token goes right after it
 
     def window_step(self):  # the classic step over the last block_size tokens
-        logits, _ = self.model(self.out.index_select(1, self.window))
+        logits, _ = self.forward(self.out.index_select(1, self.window))
         self.out.index_copy_(1, self.window[-1:] + 1, self.sample(logits))
         self.window.add_(1)
 
@@ -141,17 +177,18 @@ class Sampler:
         out, T, end, block = self.out, self.T, self.end, self.block
         out[:, :T] = idx
         told = on_tokens or (lambda out, t: None)
+        self.cast_weights()
         t = T  # tokens so far: the next one goes to out[:, t]
         if self.cached:
             self.cache = self.cache or kv_cache(self.model, self.B)
             self.cache.pos.zero_()
             self.cache.span = block
-            out[:, T : T + 1] = self.sample(self.model(out[:, :T], cache=self.cache)[0])  # prefill: the whole prompt
+            out[:, T : T + 1] = self.sample(self.forward(out[:, :T], cache=self.cache)[0])  # prefill: the whole prompt
             t = T + 1
             told(out, t)
             t = self.repeat("decode", t, min(end, block + 1), told)
         while t < min(end, block):  # the classic step while the context is still growing
-            out[:, t : t + 1] = self.sample(self.model(out[:, :t])[0])
+            out[:, t : t + 1] = self.sample(self.forward(out[:, :t])[0])
             t += 1
             told(out, t)
         if t < end:

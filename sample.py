@@ -77,7 +77,7 @@ prepare_torch(seed)
 ckpt = None
 if init_from == "resume":  # init from a model saved in a specific directory
     ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
-    model = checkpoint.model_from(ckpt, dropout=0.0)
+    model = checkpoint.model_from(ckpt, dropout=0.0, device=device)
 else:  # init from a given GPT-2 model
     model = load_pretrained(init_from)
 model.eval()

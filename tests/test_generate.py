@@ -376,6 +376,47 @@ def test_a_sampler_made_outside_autocast_caches_in_the_dtype_it_samples_under(mo
     assert torch.equal(per_way[0], per_way[1])
 
 
+def weight_casts(step):
+    """The shapes of the parameters that step() casts to another dtype (torch.profiler's record)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    return [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy" and len(e.input_shapes[0]) == 2]
+
+
+def test_under_autocast_the_sampler_casts_the_linear_weights_once_per_call_with_the_same_logits(monkeypatch):
+    """Autocast with its cast cache off casts every weight at every forward. The Sampler casts the
+    Linear weights once per call and runs its steps with those: a decode step casts no weight, the
+    logits equal those of the model's own forward under autocast (the Sampler with the casting
+    turned off), and weights changed between calls are the ones the next call uses."""
+    model = make_model(seed=5, std=0.1, block_size=32)
+    idx, forced = prompt(2, 3), prompt(2, 40, seed=8)
+
+    def logits_of(sampler):
+        recorder = Recorder(forced)
+        monkeypatch.setattr(engine, "sample_next", recorder)
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            sampler(idx)
+        return torch.stack(recorder.logits)
+
+    once = engine.Sampler(model, 2, 3, 40)
+    every_step = engine.Sampler(model, 2, 3, 40)
+    monkeypatch.setattr(every_step, "cast_weights", lambda: setattr(every_step, "weights", {}))
+    assert torch.equal(logits_of(once), logits_of(every_step))  # past block_size too: the window steps
+    assert model.lm_head.weight.dtype == torch.float32 and model.lm_head.weight is model.transformer.wte.weight
+
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.mul_(-2)
+        model.lm_head.weight.mul_(0.5)
+    changed = logits_of(once)
+    assert torch.equal(changed, logits_of(every_step))
+    monkeypatch.setattr(engine, "sample_next", Recorder(forced))
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        once.cache.pos.fill_(5)
+        assert weight_casts(once.decode_step) == []
+        every_step.cache.pos.fill_(5)
+        assert len(weight_casts(every_step.decode_step)) == 4 * 2 + 1  # 4 matrices a block, and the head
+
+
 @pytest.mark.slow
 def test_generate_under_torch_compile():
     """Dynamo traces the cached forward (the in-place cache writes, cache.pos) without graph

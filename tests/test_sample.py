@@ -321,3 +321,27 @@ def test_batched_samples_are_the_rows_generate_draws_for_a_batch(char_run):
     first, rate = result.stderr.strip().splitlines()
     assert re.fullmatch(r"time to the first token: [0-9.]+ s from the start", first)
     assert re.fullmatch(r"120 tokens in [0-9.]+ s \([0-9,]+ tokens/s, one batch\)", rate)
+
+
+@pytest.mark.gpu
+def test_samples_on_cuda_are_the_draws_of_nanogpts_order(char_run):
+    """On CUDA sample.py makes the model on the GPU, where its random init is quick, and its samples are
+    still those of nanoGPT's order, computed here: the seed, the model made on the CPU (its init draws
+    from the CPU's random state) and moved, then one sample after another under bfloat16 autocast."""
+    import checkpoint
+    from plan import autocast
+
+    folder, _, meta = char_run
+    result = run_sample(folder, "--device=cuda", "--dtype=bfloat16", "--start=First", "--num_samples=2",
+                        "--max_new_tokens=300")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ckpt = checkpoint.load(str(folder / "out" / "ckpt.pt"))
+    torch.manual_seed(1337)
+    model = checkpoint.model_from(ckpt, dropout=0.0).cuda().eval()
+    x = torch.tensor([[meta["stoi"][c] for c in "First"]], device="cuda")
+    with torch.no_grad(), autocast("cuda", "bfloat16"):
+        expected = ["".join(meta["itos"][i] for i in model.generate(x, 300, 0.8, 200)[0].tolist()) for _ in range(2)]
+    assert samples_of(result.stdout) == expected
+    made_there = checkpoint.model_from(ckpt, dropout=0.0, device="cuda")
+    assert made_there.lm_head.weight is made_there.transformer.wte.weight and made_there.lm_head.weight.is_cuda
+    assert all(torch.equal(a, b) for a, b in zip(made_there.state_dict().values(), model.state_dict().values()))
