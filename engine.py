@@ -111,7 +111,7 @@ class Sampler:
 
     Under autocast each call casts the Linear weights to its dtype once, and every step runs the
     model with those (torch.func.functional_call): autocast would cast them again at every step,
-    as its cast cache is off (plan.autocast), which costs about as much as the step's matmuls.
+    as its cast cache is off (plan.autocast): a tenth of a GPT-2 124M decode step on an H100.
     The tokens are the same, since autocast casts the same way."""
 
     def __init__(
