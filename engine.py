@@ -58,11 +58,15 @@ class KVCache:
         return self.k[layer][:, :, : self.span], self.v[layer][:, :, : self.span]
 
 
+def autocast_dtype(device_type):
+    """The dtype autocast computes in on this device type, or None where it is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def kv_cache(model, batch_size):
     """An empty KVCache on the model's device, in the dtype its keys come out in (autocast's, if on)."""
     w = model.lm_head.weight
-    dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
-    return KVCache(model.config, batch_size, w.device, dtype)
+    return KVCache(model.config, batch_size, w.device, autocast_dtype(w.device.type) or w.dtype)
 
 
 def linear_weights(model, dtype):
@@ -146,14 +150,12 @@ class Sampler:
     def cast_weights(self):
         """Cast the model's Linear weights for this call's steps, into the tensors that the first
         call made (the recorded CUDA graphs read those)."""
-        device_type = self.out.device.type
         if self.weights is None:
-            on = torch.is_autocast_enabled(device_type)
-            self.weights = linear_weights(self.model, torch.get_autocast_dtype(device_type)) if on else {}
+            dtype = autocast_dtype(self.out.device.type)
+            self.weights = linear_weights(self.model, dtype) if dtype else {}
         else:
-            for name, p in self.model.named_parameters(remove_duplicate=False):
-                if name in self.weights:
-                    self.weights[name].copy_(p)
+            for name, w in self.weights.items():
+                w.copy_(self.model.get_parameter(name))
 
     def sample(self, logits):
         return sample_next(logits[:, -1, :], self.temperature, self.top_k, self.generator)  # (B, 1)
