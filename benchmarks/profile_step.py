@@ -13,7 +13,7 @@ and the top kernels; `eval` variants time one of train.py's evaluations (200 bat
 Variants: auto (train.py's plan), regional (the same blocks launched eagerly), nodrop (dropout 0),
 flash / cudnn / efficient (that SDPA backend only), model (torch.compile of the whole model, no CUDA
 graph: classic's way), model_graph (the same, recorded as a CUDA graph), autotune (blocks compiled
-with mode max-autotune-no-cudagraphs), eval, eval_model, eval_cudnn, eval_flash, classic.
+with mode max-autotune-no-cudagraphs), coord (auto with coordinate_descent_tuning), eval, eval_model, eval_cudnn, eval_flash, classic.
 """
 
 import argparse
@@ -123,6 +123,8 @@ def train_variant(name, classic_dir):
         plan = make_plan("cuda", "bfloat16", compile=True, compile_mode=mode, vocab_size=V)
         if name == "model_graph":  # the whole model compiled, and the micro-step recorded as a CUDA graph
             plan = replace(plan, compile="model", compile_mode="default")
+        if name == "coord":  # Triton's block sizes tuned by coordinate descent
+            torch._inductor.config.coordinate_descent_tuning = True
         if name == "autotune":  # each block compiled with Triton's matmul templates tried too
             plan = replace(plan, compile="none")
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda")
