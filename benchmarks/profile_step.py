@@ -13,7 +13,8 @@ and the top kernels; `eval` variants time one of train.py's evaluations (200 bat
 Variants: auto (train.py's plan), regional (the same blocks launched eagerly), nodrop (dropout 0),
 flash / cudnn / efficient (that SDPA backend only), model (torch.compile of the whole model, no CUDA
 graph: classic's way), model_graph (the same, recorded as a CUDA graph), autotune (blocks compiled
-with mode max-autotune-no-cudagraphs), coord (auto with coordinate_descent_tuning), eval, eval_model, eval_cudnn, eval_flash, classic.
+with mode max-autotune-no-cudagraphs), coord (auto with coordinate_descent_tuning), eval,
+eval_model, eval_cudnn, eval_flash, classic.
 """
 
 import argparse
@@ -184,6 +185,7 @@ def main():
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     for name in args.variants:
         torch._dynamo.reset()
+        torch._inductor.config.coordinate_descent_tuning = False
         try:
             eval_variant(name) if name.startswith("eval") else train_variant(name, args.classic)
         except Exception as e:  # one variant failing (a backend that refuses the shape) must not end the rest
