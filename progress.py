@@ -5,6 +5,7 @@ redrawn in place; elsewhere (a log file, nohup) a line is printed every EVERY_S 
 the data scripts, train.py's long evals and eval_hellaswag.py.
 """
 
+import statistics
 import sys
 import time
 
@@ -52,3 +53,47 @@ class Progress:
         """On a terminal, the final figures and the end of the line (if a line was shown)."""
         if self.in_place and self.started:
             print(f"\r{self.line(self.total if done is None else done, note)}\x1b[K", file=self.file, flush=True)
+
+
+class TimeSplit:
+    """Where a training run's time went, for its last line: start-up (imports, data, model: all
+    before the first step), compilation (what the first timed stretch of steps and the first of each
+    kind of evaluation took over the later ones: compiling, recording the CUDA graph), training
+    steps, evaluations, HellaSwag, and checkpoints with the log's last drawing."""
+
+    def __init__(self, started):
+        self.started, self.loop_started = started, None  # time.time() at the start, and at the loop's
+        self.durations = {"evaluations": [], "HellaSwag": [], "checkpoints": []}
+        self.stretches = []  # (seconds, steps) of each timed stretch of training steps
+
+    def begin_loop(self):
+        self.loop_started = time.time()
+
+    def add(self, part, seconds):
+        self.durations[part].append(seconds)
+
+    def add_steps(self, seconds, steps):
+        self.stretches.append((seconds, steps))
+
+    def line(self, steps):
+        """'time 41.0 s: start-up 3.1 s, compilation 6.2 s, 5000 training steps 24.2 s, ...' at the end."""
+        now = time.time()
+        spent, compiling = {}, 0.0
+        for part, durations in self.durations.items():
+            excess = max(0.0, durations[0] - statistics.median(durations[1:])) if len(durations) > 1 else 0.0
+            if part != "checkpoints":  # (the first checkpoint compiles nothing)
+                compiling += excess
+                spent[part] = sum(durations) - excess
+            else:
+                spent[part] = sum(durations)
+        if len(self.stretches) > 1:  # the first stretch at the pace of the later ones, the rest compiled
+            pace = statistics.median(seconds / n for seconds, n in self.stretches[1:])
+            compiling += max(0.0, self.stretches[0][0] - self.stretches[0][1] * pace)
+        in_steps = now - self.loop_started - compiling - sum(spent.values())
+        parts = [f"start-up {self.loop_started - self.started:.1f} s", f"compilation {compiling:.1f} s",
+                 f"{steps} training steps {in_steps:.1f} s"]  # fmt: skip
+        for part, durations in self.durations.items():
+            if durations:
+                count = f"{len(durations)} " if part != "checkpoints" else ""
+                parts.append(f"{count}{part} {spent[part]:.1f} s")
+        return f"time {now - self.started:.1f} s: " + ", ".join(parts)

@@ -14,11 +14,14 @@ checkpoint's config), it goes on exactly as if it had never stopped. While it ru
 out_dir: a second run into it is refused.
 """
 
+import time
+
+STARTED = time.time()  # the time split printed at the end counts start-up from here, imports included
+
 import importlib.util
 import math
 import os
 import sys
-import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -34,7 +37,7 @@ from huggingface import PRETRAINED, is_model_name, load_pretrained
 from model import ARCH_KEYS, GPT, GPTConfig
 from muon import require_muon
 from plan import check_device, cpu_matmul_flops, default_device, default_dtype, make_plan, peak_flops, prepare_torch
-from progress import Progress
+from progress import Progress, TimeSplit
 from step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -394,6 +397,8 @@ if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU say
         note_long_run(flops / cpu_matmul_flops())
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
+time_split = TimeSplit(STARTED)  # where the time went, said at the end
+time_split.begin_loop()
 t0, steps_since_log, eval_seconds, hellaswag_seconds = time.time(), 0, 0.0, 0.0
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
@@ -414,10 +419,13 @@ while True:
             log.eval_row(iter_num, losses, lr, running_mfu, last=eval_only or iter_num >= max_iters)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+        time_split.add("evaluations", eval_seconds)
         if not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > 0:
+                t_save = time.time()
                 save_checkpoint()
+                time_split.add("checkpoints", time.time() - t_save)
         t0, steps_since_log = time.time(), 0
     skip_eval = False
     # HellaSwag: every hellaswag_interval iterations and at the end (a run resumed where one was due
@@ -426,6 +434,7 @@ while True:
         t_eval = time.time()
         result = hellaswag_eval()
         hellaswag_seconds = time.time() - t_eval
+        time_split.add("HellaSwag", hellaswag_seconds)
         say(f"step {iter_num}: hellaswag acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}")
         if log:
             log.hellaswag_row(iter_num, result["acc_norm"], last=eval_only or iter_num >= max_iters)
@@ -446,6 +455,7 @@ while True:
         lossf = loss.item()  # the one CPU-GPU sync point of an iteration
         t1 = time.time()
         steps, steps_since_log = steps_since_log, 0
+        time_split.add_steps(t1 - t0, steps)
         dt, t0 = (t1 - t0) / steps, t1  # seconds per step since the last log
         if not math.isfinite(lossf):
             raise diverged("training loss", iter_num)
@@ -459,11 +469,14 @@ while True:
     iter_num += 1
     local_iter_num += 1
 
+t_save = time.time()
 writer.wait()  # the last checkpoint is on disk before the run reports success
 if log:
     log.wait()
+time_split.add("checkpoints", time.time() - t_save)
 if not eval_only:
     say(f"iters {first_iter}..{iter_num} in {time.time() - t_start:.1f}s, best val loss {best_val_loss:.4f}")
+    say(time_split.line(iter_num - first_iter))
 if plan.device_type == "cuda":
     say(f"peak GPU memory on rank 0: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 model = None  # DDP's reducer must go before the process group
