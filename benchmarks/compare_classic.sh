@@ -20,6 +20,7 @@ INPUT=${INPUT:-.dev/input.txt}
 REPEATS=${REPEATS:-3}  # whole-process repeats of each sample.py run (the median is reported)
 PY=${PYTHON:-python3}
 CHAR_OUT=out-shakespeare-char  # both train.py's out_dir for config/train_shakespeare_char.py
+CACHES=$(mktemp -d)  # each side's torch.compile and Triton caches
 
 now() { date +%s.%N; }
 result() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RESULTS"; }  # work, side, value
@@ -68,7 +69,7 @@ train_once() {  # SIDE ROUND: shakespeare_char from start to exit, out_dir remov
   local side=$1 round=$2 dir; dir=$(side_dir "$side")
   local log="$OUT/train_${side}_$round.txt"
   rm -rf "${dir:?}/$CHAR_OUT"
-  export TORCHINDUCTOR_CACHE_DIR="$OUT/cache_$side" TRITON_CACHE_DIR="$OUT/cache_$side/triton"
+  export TORCHINDUCTOR_CACHE_DIR="$CACHES/$side" TRITON_CACHE_DIR="$CACHES/$side/triton"
   local wall; wall=$(timed "$side" "$log" $PY train.py config/train_shakespeare_char.py)
   result "train $round" "$side" "$wall"
   # ms per iteration: the median of the last 100 log lines (each the mean of 10 iterations)
@@ -77,7 +78,7 @@ train_once() {  # SIDE ROUND: shakespeare_char from start to exit, out_dir remov
 }
 
 stage_train() {  # fresh: an empty compile cache for each side; warm: the same run again
-  rm -rf "$OUT"/cache_classic "$OUT"/cache_ours
+  rm -rf "${CACHES:?}"/classic "${CACHES:?}"/ours
   for round in fresh warm; do
     for side in classic ours; do train_once "$side" "$round"; done
   done
