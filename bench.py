@@ -17,12 +17,12 @@ import time
 import torch
 
 from configurator import configure
-from dataloader import Batches
-from engine import Sampler
-from errors import UserError, report_user_errors
 from model import GPT, GPTConfig
-from plan import default_device, default_dtype, make_plan, peak_flops, prepare_torch
-from step import TrainStep
+from nanogpt_plus.dataloader import Batches
+from nanogpt_plus.engine import Sampler
+from nanogpt_plus.errors import UserError, report_user_errors
+from nanogpt_plus.plan import default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 

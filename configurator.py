@@ -16,7 +16,7 @@ import os
 import sys
 import tokenize
 
-from errors import UserError
+from nanogpt_plus.errors import UserError
 
 SIMPLE_TYPES = (int, float, bool, str)
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import engine
-from muon import MuonAndAdamW
+from nanogpt_plus import engine
+from nanogpt_plus.muon import MuonAndAdamW
 
 
 class LayerNorm(nn.Module):
@@ -207,7 +207,7 @@ class GPT(nn.Module):
         if targets is None:  # inference: only the last position's logits are needed
             return self.lm_head(x[:, -1:, :]), None  # (B, 1, V)
         if self.config.head_loss == "chunked":
-            import chunked_loss  # here, not at the top: it loads torch's compiler, which sampling never needs
+            from nanogpt_plus import chunked_loss  # here, not at the top: it loads torch's compiler
 
             return None, chunked_loss.linear_cross_entropy(x, self.lm_head.weight, targets)
         logits = self.lm_head(x)  # (B, T, V)
@@ -227,7 +227,7 @@ class GPT(nn.Module):
     def from_pretrained(cls, model_type, override_args=None):
         """OpenAI's GPT-2 weights ('gpt2', ..., 'gpt2-xl') or a local Hugging Face folder, through
         Hugging Face transformers (huggingface.py converts them)."""
-        import huggingface
+        from nanogpt_plus import huggingface
 
         return huggingface.from_pretrained(model_type, override_args)
 

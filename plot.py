@@ -18,8 +18,8 @@ import sys
 import threading
 import time
 
-from atomic import atomic_write
-from errors import UserError, cannot_write, reason
+from nanogpt_plus.atomic import atomic_write
+from nanogpt_plus.errors import UserError, cannot_write, reason
 
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
 

@@ -17,13 +17,13 @@ import sys
 
 import torch
 
-import checkpoint
 from configurator import configure
-from dataloader import char_vocabulary, dataset_meta, load_meta
-from engine import Sampler, check_sampling
-from errors import UserError, reason, report_user_errors
-from huggingface import GPT2_VOCAB, PRETRAINED, gpt2_encoding, is_model_name, load_pretrained
-from plan import default_device, default_dtype, make_plan, prepare_torch
+from nanogpt_plus import checkpoint
+from nanogpt_plus.dataloader import char_vocabulary, dataset_meta, load_meta
+from nanogpt_plus.engine import Sampler, check_sampling
+from nanogpt_plus.errors import UserError, reason, report_user_errors
+from nanogpt_plus.huggingface import GPT2_VOCAB, PRETRAINED, gpt2_encoding, is_model_name, load_pretrained
+from nanogpt_plus.plan import default_device, default_dtype, make_plan, prepare_torch
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 

@@ -26,19 +26,25 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoint
-import hellaswag
-import parallel
 import plot
 from configurator import adopt_saved, configure
-from dataloader import Batches, find_data_file, load_meta
-from errors import UserError, on_interrupt, report_user_errors
-from huggingface import PRETRAINED, is_model_name, load_pretrained
 from model import ARCH_KEYS, GPT, GPTConfig
-from muon import require_muon
-from plan import check_device, cpu_matmul_flops, default_device, default_dtype, make_plan, peak_flops, prepare_torch
-from progress import Progress, TimeSplit
-from step import TrainStep
+from nanogpt_plus import checkpoint, hellaswag, parallel
+from nanogpt_plus.dataloader import Batches, find_data_file, load_meta
+from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
+from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
+from nanogpt_plus.muon import require_muon
+from nanogpt_plus.plan import (
+    check_device,
+    cpu_matmul_flops,
+    default_device,
+    default_dtype,
+    make_plan,
+    peak_flops,
+    prepare_torch,
+)
+from nanogpt_plus.progress import Progress, TimeSplit
+from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 

@@ -14,6 +14,9 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 [ $# -ge 1 ] && [ -f "$1/train.py" ] || { echo "usage: bash benchmarks/compare_classic.sh CLASSIC_DIR [stage ...]" >&2; exit 2; }
 CLASSIC=$(cd "$1" && pwd); shift
 OURS=$(pwd)
+# nanogpt_plus for data/*/prepare.py where pip install -e . has not run (classic's scripts find their own
+# modules first, in their folder)
+export PYTHONPATH="$OURS${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/compare_classic}; mkdir -p "$OUT"
 RESULTS="$OUT/results.tsv"
 INPUT=${INPUT:-.dev/input.txt}

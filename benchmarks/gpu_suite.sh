@@ -8,6 +8,7 @@
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TIKTOKEN_CACHE_DIR="$PWD/.dev/tiktoken_cache"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # nanogpt_plus for data/*/prepare.py where pip install -e . has not run
 OUT=${OUT:-/tmp/gpu_suite}; mkdir -p "$OUT"
 TABLE="$OUT/table.txt"; : > "$TABLE"
 row() { printf '%-34s %s\n' "$1" "$2" | tee -a "$TABLE"; }

@@ -14,9 +14,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from atomic import atomic_write  # noqa: E402
-from checkpoint import save  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from nanogpt_plus.atomic import atomic_write  # noqa: E402
+from nanogpt_plus.checkpoint import save  # noqa: E402
 
 WORDS = "a man woman dog the ball rope kitchen knife slowly then is are of and to in on with runs jumps".split()
 

@@ -32,8 +32,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT, GPTConfig  # noqa: E402
-from plan import make_plan, prepare_torch  # noqa: E402
-from step import TrainStep  # noqa: E402
+from nanogpt_plus.plan import make_plan, prepare_torch  # noqa: E402
+from nanogpt_plus.step import TrainStep  # noqa: E402
 
 B, T, V = 64, 256, 65
 SHAPE = dict(block_size=T, vocab_size=V, n_layer=6, n_head=6, n_embd=384, bias=False)

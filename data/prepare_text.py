@@ -20,18 +20,14 @@ import io
 import itertools
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-# prepare_utils.py lives beside this script; adding it here lets the script run from any cwd.
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from nanogpt_plus import prepare_utils as pu
 
-import prepare_utils as pu  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CODE_POINTS = 0x110000  # every Unicode code point, so one lookup table maps them all
 PLAIN_NAME = re.compile(r"\w[\w.-]*")

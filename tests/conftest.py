@@ -9,7 +9,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# Scripts and modules live at the repository root, as in nanoGPT.
+# The scripts and model.py live at the repository root, as in nanoGPT (the package nanogpt_plus beside them is
+# installed, and importable from here too).
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

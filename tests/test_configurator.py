@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from configurator import configure
-from errors import UserError
+from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"

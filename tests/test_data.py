@@ -231,7 +231,7 @@ def test_download_success_writes_input(tmp_path, monkeypatch):
 
 
 def test_ids_beyond_uint16_are_refused(tmp_path):
-    from prepare_utils import UserError, write_tokens
+    from nanogpt_plus.prepare_utils import UserError, write_tokens
 
     with pytest.raises(UserError, match="uint16"):
         write_tokens([1, 65536], tmp_path / "x.bin")

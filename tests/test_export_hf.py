@@ -15,8 +15,8 @@ import torch
 from test_sample import run_sample, samples_of
 from test_train import TINY, make_dataset, run_train
 
-import checkpoint
 from model import ARCH_KEYS, GPT, GPTConfig
+from nanogpt_plus import checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT = REPO / "export_hf.py"

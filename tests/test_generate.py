@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import engine
 from model import GPT, GPTConfig
+from nanogpt_plus import engine
 
 VOCAB = 50
 BLOCK = 16

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
 from model import GPT, GPTConfig
-from plan import make_plan
+from nanogpt_plus import engine
+from nanogpt_plus.plan import make_plan
 
 pytestmark = pytest.mark.gpu
 
@@ -169,7 +169,7 @@ def test_train_py_compiled_matches_eager(tmp_path, accumulate, mode):
 def test_cuda_graph_replays_fresh_dropout_and_follows_the_rng_state():
     """A recorded forward with dropout draws new masks at every replay, as eager calls do, and
     replays from a restored RNG state repeat exactly (what an exact resume needs)."""
-    from cuda_graph import CUDAGraph
+    from nanogpt_plus.cuda_graph import CUDAGraph
 
     drop = torch.nn.Dropout(0.5)
     x = torch.ones(4096, device="cuda")
@@ -198,7 +198,7 @@ def test_recorded_micro_step_accumulates_the_gradients_of_eager_autograd(micro_s
     """train.py's recorded micro-step (forward + backward, as CUDAGraph records it) adds the same
     gradients into .grad as eager autograd, over one micro-step or several, once the gradients of
     the warm-up runs are zeroed, and again after zeroing them in place."""
-    from cuda_graph import CUDAGraph
+    from nanogpt_plus.cuda_graph import CUDAGraph
 
     torch.manual_seed(0)
     model = GPT(tiny()).cuda()
@@ -280,7 +280,7 @@ def test_an_edited_forward_changes_what_the_cuda_graphs_draw(monkeypatch, where)
 def test_chunked_head_loss_on_cuda_tracks_the_full_one(dtype, tol):
     """The chunked head and loss on CUDA (the plan's choice for a large vocabulary): the same loss and
     gradients as the full logits, in float32 and under bf16 autocast, eager and inside a compiled model."""
-    import chunked_loss
+    from nanogpt_plus import chunked_loss
 
     torch.manual_seed(4)
     cfg = dict(block_size=64, vocab_size=10000, n_layer=2, n_head=4, n_embd=64)

@@ -21,12 +21,10 @@ import torch
 import torch.nn.functional as F
 from test_train import TINY, make_dataset, run_train
 
-import checkpoint
-import hellaswag
-import parallel
 import plot
-from errors import UserError
 from model import GPT, GPTConfig
+from nanogpt_plus import checkpoint, hellaswag, parallel
+from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 EVAL = REPO / "eval_hellaswag.py"
@@ -371,7 +369,7 @@ def test_train_logs_hellaswag_and_the_plot_draws_it(tmp_path, enc):
 def test_on_the_gpu_float32_and_bf16_score_as_the_float64_reference(examples, expected, enc):
     """The CUDA path (SDPA attention, bf16 autocast as eval_hellaswag.py runs it) against the CPU
     float64 reference of the same weights: float32 closely, bf16 within its precision."""
-    from plan import autocast
+    from nanogpt_plus.plan import autocast
 
     items = hellaswag.tokenize(examples, enc)
     model = tiny_model(dtype=torch.float32).cuda()  # the float64 model's weights, before the cast

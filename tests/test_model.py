@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from model import GPT, GPTConfig
-from plan import peak_flops
+from nanogpt_plus.plan import peak_flops
 
 
 def tiny_config(**kw):
@@ -330,7 +330,7 @@ def test_from_pretrained_overrides_dropout_only(tmp_path):
 def test_chunked_loss_and_gradients_equal_cross_entropy_in_float64(monkeypatch, chunk):
     """linear_cross_entropy against F.cross_entropy(x @ w.T) in float64: the loss, and the gradients
     of x and w, with ignored targets (-1), chunks that do not divide the tokens, and one chunk."""
-    import chunked_loss
+    from nanogpt_plus import chunked_loss
 
     monkeypatch.setattr(chunked_loss, "CHUNK_TOKENS", chunk)
     torch.manual_seed(9)
@@ -350,7 +350,7 @@ def test_chunked_loss_and_gradients_equal_cross_entropy_in_float64(monkeypatch, 
 
 
 def test_chunked_loss_with_every_target_ignored_is_nan_with_zero_gradients_as_cross_entropy():
-    import chunked_loss
+    from nanogpt_plus import chunked_loss
 
     x = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
@@ -366,7 +366,7 @@ def test_chunked_loss_under_no_grad_does_only_the_logits_matmuls():
     """Evaluation (torch.no_grad) makes the logits and nothing else: a third of training's FLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import chunked_loss
+    from nanogpt_plus import chunked_loss
 
     x = torch.randn(64, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)

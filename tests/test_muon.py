@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_train import TINY, TRAIN, clean_env, load, make_dataset, read_log, run_train
 
-import checkpoint
 from model import GPT, GPTConfig
+from nanogpt_plus import checkpoint
 
 needs_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is new in PyTorch 2.9")
 

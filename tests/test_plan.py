@@ -4,10 +4,10 @@ and the plan followed as it says (the model's attention and head, compiled block
 import pytest
 import torch
 
-import plan as plan_module
-from errors import UserError
 from model import GPT, GPTConfig
-from plan import make_plan
+from nanogpt_plus import plan as plan_module
+from nanogpt_plus.errors import UserError
+from nanogpt_plus.plan import make_plan
 
 
 @pytest.fixture

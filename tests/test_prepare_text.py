@@ -165,7 +165,7 @@ def test_memory_does_not_grow_with_the_text(shakespeare_input, tmp_path):
 
 
 def test_progress_lines(shakespeare_input, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.modules["progress"], "EVERY_S", 0.0)  # a line after every read, not every few seconds
+    monkeypatch.setattr("nanogpt_plus.progress.EVERY_S", 0.0)  # a line after every read, not every few seconds
     pt.prepare(shakespeare_input, tmp_path, chunk_mb=0.25)
     lines = capsys.readouterr().err.splitlines()
     # In each pass: 5 reads of the 1.1 MB, then the read that finds the end.
@@ -297,10 +297,7 @@ def test_name_writes_beside_the_script_and_prints_counts(shakespeare_input, tmp_
     """A copy of data/ in tmp_path, so --name writes where it would in a clone."""
     (tmp_path / "data").mkdir()
     script = tmp_path / "data" / "prepare_text.py"
-    script.write_bytes(SCRIPT.read_bytes())
-    (tmp_path / "data" / "prepare_utils.py").write_bytes((DATA / "prepare_utils.py").read_bytes())
-    for name in ("atomic.py", "errors.py", "progress.py"):  # the project's modules it imports
-        (tmp_path / name).write_bytes((DATA.parent / name).read_bytes())
+    script.write_bytes(SCRIPT.read_bytes())  # it imports nanogpt_plus, installed, from any folder
     proc = run(shakespeare_input, "--name=shakes", script=script, cwd=tmp_path / "data")
     assert proc.returncode == 0, proc.stderr
     assert "length of dataset in characters: 1,115,394" in proc.stdout and "vocab size: 65" in proc.stdout

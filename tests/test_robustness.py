@@ -23,12 +23,9 @@ import pytest
 import torch
 from test_train import TINY, make_dataset, run_train
 
-import atomic
-import checkpoint
-import dataloader
-import plan
 import plot
-from errors import UserError
+from nanogpt_plus import atomic, checkpoint, dataloader, plan
+from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -315,7 +312,8 @@ def test_gpu_out_of_memory_is_one_line_with_the_fix():
     """torch's OutOfMemoryError as a script meets it (the real one: test_gpu.py); any other exception
     keeps its traceback."""
     message = "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
-    code = "import errors, torch; errors.report_user_errors(); raise torch.OutOfMemoryError({!r})"
+    code = "import torch\nfrom nanogpt_plus import errors\nerrors.report_user_errors()\n"
+    code += "raise torch.OutOfMemoryError({!r})"
     proc = subprocess.run([sys.executable, "-c", code.format(message)], cwd=REPO, capture_output=True, text=True)
     assert_one_line_error(
         proc, "out of GPU memory (CUDA out of memory. Tried to allocate 20.00 GiB): lower --batch_size"
@@ -483,7 +481,7 @@ def test_a_full_disk_when_taking_the_lock_is_one_line_and_leaves_no_lock_file(tm
     """The lock file takes no data block until the pid is written into it: on a full disk (a file-size
     limit of 0 here) that write fails, which is one line, and the empty lock file goes again."""
     code = (
-        "import resource, signal, sys, errors, checkpoint\n"
+        "import resource, signal, sys\nfrom nanogpt_plus import checkpoint, errors\n"
         "errors.report_user_errors()\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"  # (after the imports, which write caches)
@@ -546,7 +544,7 @@ def test_full_disk_while_logging_is_one_line_and_leaves_whole_rows(tmp_path):
     """train_log.csv on a full disk: the row that does not fit is one `error:` line, and the file is cut
     back to the rows before it, each whole (a resumed run then reads every row)."""
     code = (
-        "import sys, errors, plot\n"
+        "import sys, plot\nfrom nanogpt_plus import errors\n"
         "errors.report_user_errors()\n"
         "log = plot.TrainingLog(sys.argv[1], truncate=False, say=print)\n"
         "for i in range(100):\n"
@@ -1018,7 +1016,7 @@ def _cut(rel, keep):
 )
 def test_a_broken_model_folder_is_one_line(exported, monkeypatch, folder, setup, phrase):
     pytest.importorskip("transformers")
-    import huggingface
+    from nanogpt_plus import huggingface
 
     monkeypatch.chdir(exported)
     if setup:
@@ -1035,7 +1033,7 @@ def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monk
     import tiktoken.registry
     from test_data import load_script
 
-    import huggingface
+    from nanogpt_plus import huggingface
 
     monkeypatch.chdir(tmp_path)
     for name in ("HF_HUB_OFFLINE", "NANOGPT_INPUT_FILE"):
@@ -1089,7 +1087,7 @@ def test_bench_keys_are_checked_before_it_runs(tmp_path, monkeypatch, capsys, ar
 
 
 def test_cpu_out_of_memory_is_one_line(monkeypatch, capsys):
-    import errors
+    from nanogpt_plus import errors
 
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     errors.report_user_errors()
@@ -1108,7 +1106,7 @@ def test_cpu_out_of_memory_is_one_line(monkeypatch, capsys):
 
 def test_a_closed_pipe_on_stdout_ends_quietly():
     """`python sample.py | head`: the reader has gone, and so does the script, without a traceback."""
-    code = "import errors; errors.report_user_errors()\nwhile True: print('x' * 1000)"
+    code = "from nanogpt_plus import errors; errors.report_user_errors()\nwhile True: print('x' * 1000)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.read(10)
     proc.stdout.close()

@@ -266,7 +266,7 @@ def test_crafted_meta_pkl_is_refused(tmp_path):
 def test_streamed_samples_are_the_tokens_generate_returns(char_run):
     """sample.py prints each sample as its tokens come (flushed); what it prints is the text of
     the very tokens generate() returns in one piece for the same seed, computed here in-process."""
-    import checkpoint
+    from nanogpt_plus import checkpoint
 
     folder, _, meta = char_run
     proc = subprocess.Popen(
@@ -307,7 +307,7 @@ def test_gpt2_without_network_fails_fast_in_one_line(tmp_path):
 def test_batched_samples_are_the_rows_generate_draws_for_a_batch(char_run):
     """--batch_samples=True draws every sample at once: the rows of one generate() call on the prompt
     repeated, computed here in-process from the same seed; --verbose says how the time went."""
-    import checkpoint
+    from nanogpt_plus import checkpoint
 
     folder, _, meta = char_run
     result = run_sample(folder, "--start=First", "--num_samples=3", "--max_new_tokens=40", "--batch_samples=True",
@@ -328,8 +328,8 @@ def test_samples_on_cuda_are_the_draws_of_nanogpts_order(char_run):
     """On CUDA sample.py makes the model on the GPU, where its random init is quick, and its samples are
     still those of nanoGPT's order, computed here: the seed, the model made on the CPU (its init draws
     from the CPU's random state) and moved, then one sample after another under bfloat16 autocast."""
-    import checkpoint
-    from plan import autocast
+    from nanogpt_plus import checkpoint
+    from nanogpt_plus.plan import autocast
 
     folder, _, meta = char_run
     result = run_sample(folder, "--device=cuda", "--dtype=bfloat16", "--start=First", "--num_samples=2",

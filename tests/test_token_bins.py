@@ -20,6 +20,8 @@ import pytest
 import tiktoken
 from test_data import load_script
 
+from nanogpt_plus import token_bins
+
 datasets = pytest.importorskip("datasets")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -36,7 +38,6 @@ SHARD_DOCS = 50
 
 owt = load_script("openwebtext")
 fineweb = load_script("fineweb_edu")
-import token_bins  # noqa: E402  (on sys.path once a prepare script is loaded)
 
 
 def make_docs(n: int, seed: int, max_chars: int = 3000) -> list[str]:
@@ -288,7 +289,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_documents(tmp_path, hf_env
 
 
 def test_progress_lines_say_documents_tokens_and_time_left(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.modules["progress"], "EVERY_S", 0.0)
+    monkeypatch.setattr("nanogpt_plus.progress.EVERY_S", 0.0)
     docs = make_docs(60, seed=7)
     splits = {"train": datasets.Dataset.from_dict({"text": docs}), "val": datasets.Dataset.from_dict({"text": []})}
     counts = token_bins.write_bins(splits, tmp_path, {}, num_proc=1, shard_docs=20)

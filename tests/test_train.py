@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import dataloader
 from model import GPT, GPTConfig
-from plan import make_plan
+from nanogpt_plus import checkpoint, dataloader
+from nanogpt_plus.plan import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"
@@ -182,7 +181,7 @@ def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
 
 def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
     """It runs before the first step: a draw from the RNG would change the dropout of a resumed run."""
-    import plan
+    from nanogpt_plus import plan
 
     state = torch.get_rng_state()
     assert plan.cpu_matmul_flops(64) > 1e6
@@ -394,8 +393,8 @@ def test_torchrun_restarts_a_killed_rank_and_the_run_ends_as_an_uninterrupted_on
 
 
 def test_grad_accum_must_divide_among_processes():
-    import parallel
-    from errors import UserError
+    from nanogpt_plus import parallel
+    from nanogpt_plus.errors import UserError
 
     assert parallel.split_grad_accum(40, 8) == 5
     with pytest.raises(UserError, match="gradient_accumulation_steps=3 does not divide among 2"):
@@ -468,7 +467,7 @@ def test_a_run_resumed_from_an_earlier_checkpoint_logs_each_iteration_once(tmp_p
     ],
 )
 def test_divergence_advice_fits_the_dtype(dtype, advice):
-    from errors import UserError
+    from nanogpt_plus.errors import UserError
 
     diverged = train_function(
         "diverged", UserError=UserError, checkpoint=checkpoint, learning_rate=0.01, dtype=dtype, out_dir="out"
@@ -572,7 +571,7 @@ def test_data_dir_falls_back_to_the_script_folder(tmp_path, monkeypatch):
     make_dataset(tmp_path / "repo")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    monkeypatch.setattr(dataloader, "HERE", str(tmp_path / "repo"))
+    monkeypatch.setattr(dataloader, "ROOT", str(tmp_path / "repo"))
     found = dataloader.find_data_file("tiny", "train.bin")
     assert Path(found).resolve() == (tmp_path / "repo" / "data" / "tiny" / "train.bin").resolve()
     make_dataset(tmp_path / "elsewhere")  # the working directory wins, as in nanoGPT

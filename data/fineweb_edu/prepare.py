@@ -10,16 +10,12 @@ and ~20GB of output. An interrupted run goes on from where it stopped when the s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# The shared modules live one level up; adding it here lets the script run from any cwd.
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+from nanogpt_plus import prepare_utils as pu
+from nanogpt_plus import token_bins
 
-import prepare_utils as pu  # noqa: E402
-import token_bins  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 HF_NAME = "HuggingFaceFW/fineweb-edu"
 HF_CONFIG = "sample-10BT"

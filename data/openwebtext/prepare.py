@@ -9,16 +9,12 @@ goes on from where it stopped when the same command is run again.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# The shared modules live one level up; adding it here lets the script run from any cwd.
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+from nanogpt_plus import prepare_utils as pu
+from nanogpt_plus import token_bins
 
-import prepare_utils as pu  # noqa: E402
-import token_bins  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 HF_NAME = "openwebtext"
 # The classic split: a 0.05% validation set, shuffled with a fixed seed so it is reproducible.

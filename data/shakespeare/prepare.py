@@ -7,17 +7,13 @@ else a download of Tiny Shakespeare.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import tiktoken
 
-HERE = Path(__file__).resolve().parent
-# The shared helper lives one level up; adding it here lets the script run from any cwd.
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+from nanogpt_plus import prepare_utils as pu
 
-import prepare_utils as pu  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SCRIPT = "data/shakespeare/prepare.py"
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from cuda_graph import CUDAGraph
+from nanogpt_plus.cuda_graph import CUDAGraph
 
 # The shortest span a decode step attends over. Each span is one more CUDA graph to record, which
 # costs about what a few steps save; below 256 positions the reads saved are too few to pay for it.

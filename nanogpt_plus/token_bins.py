@@ -28,7 +28,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
-import prepare_utils as pu
+
+from nanogpt_plus import prepare_utils as pu
 
 # Documents per task: ~10M tokens of web text (20MB as uint16); a worker holds one shard's text and ids at a time.
 SHARD_DOCS = 10_000

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from errors import UserError
+from nanogpt_plus.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

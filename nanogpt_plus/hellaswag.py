@@ -18,10 +18,10 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from atomic import atomic_write
-from dataloader import HERE, find_data_file, to_device
-from errors import UserError, first_line, reason
-from huggingface import GPT2_VOCAB, gpt2_encoding
+from nanogpt_plus.atomic import atomic_write
+from nanogpt_plus.dataloader import ROOT, find_data_file, to_device
+from nanogpt_plus.errors import UserError, first_line, reason
+from nanogpt_plus.huggingface import GPT2_VOCAB, gpt2_encoding
 
 FILE_NAME = "hellaswag_val.jsonl"  # the validation split, 10,042 items: the one the GPT-2 reproductions report
 # rowanz/hellaswag's copy; NANOGPT_HELLASWAG_URL points elsewhere (a mirror, or a test's local server)
@@ -47,7 +47,7 @@ def cache_path():
     looks for them (under the working directory when it has a data/ folder, else beside these
     scripts)."""
     found = find_data_file("hellaswag", FILE_NAME)
-    root = "" if os.path.isdir("data") else HERE
+    root = "" if os.path.isdir("data") else ROOT
     return found or os.path.join(root, "data", "hellaswag", FILE_NAME)
 
 

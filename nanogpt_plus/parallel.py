@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from errors import UserError, first_line
+from nanogpt_plus.errors import UserError, first_line
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import threading
 import numpy as np
 import torch
 
-import parallel
-from atomic import atomic_write, remove_stale_temps
-from errors import UserError, cannot_write, first_line, os_errno, reason
 from model import ARCH_KEYS, GPT, MASK_SUFFIXES, GPTConfig, head_apart_from_embedding
+from nanogpt_plus import parallel
+from nanogpt_plus.atomic import atomic_write, remove_stale_temps
+from nanogpt_plus.errors import UserError, cannot_write, first_line, os_errno, reason
 
 CKPT_NAME = "ckpt.pt"
 

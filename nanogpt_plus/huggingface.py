@@ -11,8 +11,8 @@ import os
 import torch
 import torch.nn as nn
 
-from errors import UserError, first_line, reason
 from model import GPT, MASK_SUFFIXES, GPTConfig, LayerNorm, head_apart_from_embedding
+from nanogpt_plus.errors import UserError, first_line, reason
 
 # OpenAI's GPT-2 checkpoints, by their Hugging Face names
 PRETRAINED = {

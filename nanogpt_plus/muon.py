@@ -10,7 +10,7 @@ which compute the product of the whole matrices (their collectives gather what e
 
 import torch
 
-from errors import UserError
+from nanogpt_plus.errors import UserError
 
 
 def require_muon():

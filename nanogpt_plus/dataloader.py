@@ -14,15 +14,15 @@ import pickle
 import numpy as np
 import torch
 
-from errors import UserError, first_line, reason
+from nanogpt_plus.errors import UserError, first_line, reason
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, where the scripts are
 
 
 def find_data_file(dataset, name):
     """data/<dataset>/<name> under the working directory, as nanoGPT looks for it, else beside
     these scripts (python /path/to/train.py from elsewhere); None if neither exists."""
-    for root in ("", HERE):
+    for root in ("", ROOT):
         path = os.path.join(root, "data", dataset, name)
         if os.path.isfile(path):
             return path

@@ -8,8 +8,8 @@ CUDA graph and replayed: one launch for its hundreds of kernels.
 
 import torch
 
-import parallel
-from cuda_graph import CUDAGraph
+from nanogpt_plus import parallel
+from nanogpt_plus.cuda_graph import CUDAGraph
 
 
 class TrainStep:

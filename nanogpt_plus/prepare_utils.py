@@ -22,14 +22,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 
-# the project's own modules, one level up: the scripts run from any folder
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from atomic import atomic_write  # noqa: E402
-from errors import UserError, cannot_write, os_errno, reason  # noqa: E402, F401  (os_errno: for token_bins)
-from progress import Progress  # noqa: E402, F401  (the scripts' progress reporter)
+from nanogpt_plus.atomic import atomic_write
+from nanogpt_plus.errors import UserError, cannot_write, os_errno, reason  # noqa: F401  (os_errno: for token_bins)
+from nanogpt_plus.progress import Progress  # noqa: F401  (the scripts' progress reporter)
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # Lets a machine without internet point every shakespeare script at a local copy.
