@@ -19,11 +19,11 @@ import time
 from configurator import configure
 from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.atomic import atomic_write
-from nanogpt_plus.dataloader import dataset_meta
 from nanogpt_plus.errors import UserError, first_line, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.plan import check_device, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.progress import Progress
+from nanogpt_plus.tokenizer import dataset_meta
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 

@@ -16,15 +16,19 @@ from configurator import configure
 from model import ARCH_KEYS
 from nanogpt_plus import checkpoint
 from nanogpt_plus.atomic import atomic_folder
-from nanogpt_plus.dataloader import char_vocabulary, dataset_meta, load_meta
 from nanogpt_plus.errors import UserError, cannot_write, os_errno, report_user_errors
 from nanogpt_plus.huggingface import (
-    GPT2_FILES,
-    GPT2_VOCAB,
-    gpt2_tokenizer_files,
     hf_config,
     hf_state_dict,
     tokenizer_config,
+)
+from nanogpt_plus.tokenizer import (
+    GPT2_FILES,
+    GPT2_VOCAB,
+    char_vocabulary,
+    dataset_meta,
+    gpt2_tokenizer_files,
+    load_meta,
 )
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback

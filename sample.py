@@ -19,11 +19,11 @@ import torch
 
 from configurator import configure
 from nanogpt_plus import checkpoint
-from nanogpt_plus.dataloader import char_vocabulary, dataset_meta, load_meta
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
-from nanogpt_plus.huggingface import GPT2_VOCAB, PRETRAINED, gpt2_encoding, is_model_name, load_pretrained
+from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.plan import default_device, default_dtype, make_plan, prepare_torch
+from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -88,14 +88,7 @@ plan.apply(model)  # compiled in place, if asked: generate's own calls run compi
 dataset, meta_path = dataset_meta(ckpt) if ckpt else (None, None)
 if meta_path:
     print(f"Loading meta from {meta_path}...")
-    meta = load_meta(meta_path, keys=("itos", "stoi"))
-    stoi, itos = meta["stoi"], char_vocabulary(meta, meta_path, model.config.vocab_size)
-    lacking = list(dict.fromkeys(ch for ch in start if ch not in stoi))
-    if lacking:
-        shown = ", ".join(repr(ch) for ch in lacking[:20]) + (", ..." if len(lacking) > 20 else "")
-        raise UserError(f"prompt has characters the vocabulary lacks: {shown}; use characters of {meta_path}")
-    start_ids = [stoi[ch] for ch in start]
-    to_bytes = lambda ids: "".join(itos.get(i, "\ufffd") for i in ids).encode()  # noqa: E731
+    tokenizer = CharTokenizer.load(meta_path, model.config.vocab_size)
 elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's ids would mean other text
     missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl says what they are"
     raise UserError(
@@ -104,10 +97,8 @@ elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's i
     )
 else:
     print("No meta.pkl found, assuming GPT-2 encodings...")
-    enc = gpt2_encoding()
-    start_ids = enc.encode(start, allowed_special={"<|endoftext|>"})
-    # ids beyond GPT-2's 50257 are the padding of a 50304 vocabulary: they have no text
-    to_bytes = lambda ids: enc.decode_bytes([i for i in ids if i < enc.n_vocab])  # noqa: E731
+    tokenizer = GPT2Tokenizer()
+start_ids = tokenizer.encode(start)
 if not start_ids:
     raise UserError("the prompt is empty: give at least one character, e.g. --start='\\n'")
 if max(start_ids) >= model.config.vocab_size:
@@ -131,7 +122,7 @@ class Printer:
     def __call__(self, out, t, final=False):
         if final or time.time() - self.last > 0.05:
             new = out[self.row, self.printed : t].tolist()  # waits for the GPU: only this often
-            sys.stdout.write(self.text.decode(to_bytes(new), final=final))
+            sys.stdout.write(self.text.decode(tokenizer.decode_bytes(new), final=final))
             sys.stdout.flush()
             self.printed, self.last = t, time.time()
             if Printer.first_token_at is None and t > x.size(1):

@@ -26,11 +26,10 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import plot
 from configurator import adopt_saved, configure
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint, hellaswag, parallel
-from nanogpt_plus.dataloader import Batches, find_data_file, load_meta
+from nanogpt_plus.dataloader import Batches, find_data_file
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.muon import require_muon
@@ -43,8 +42,10 @@ from nanogpt_plus.plan import (
     peak_flops,
     prepare_torch,
 )
-from nanogpt_plus.progress import Progress, TimeSplit
+from nanogpt_plus.progress import Progress, TimeLeft, TimeSplit
 from nanogpt_plus.step import TrainStep
+from nanogpt_plus.tokenizer import load_meta
+from nanogpt_plus.training_log import TrainingLog
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
 
@@ -347,45 +348,12 @@ def diverged(what, it):
     )
 
 
-def evals_left(interval):
-    """The evaluations every `interval` iterations still to come, the one at max_iters included."""
-    return max_iters // interval - iter_num // interval + (max_iters % interval != 0)
-
-
-def note_long_run(seconds):
-    """On a CPU, a run of more than an hour says so, once, with the quick recipe."""
-    global long_run_noted
-    if plan.device_type == "cpu" and seconds > 3600 and not long_run_noted:
-        say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
-            "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
-        long_run_noted = True
-
-
-def time_left(dt, steps):
-    """', eta ...' for a log line that timed `steps` steps at dt each: the steps left at the mean time of
-    all steps timed so far (not those of this process's first line: they compile), and the evals left at
-    the last one's duration (before one, as 2 * eval_iters forwards, each a third of a micro-step; the
-    HellaSwag evals at the last one's, once there was one)."""
-    global timed_seconds, timed_steps
-    if timed_steps is None:
-        timed_seconds, timed_steps = 0.0, 0
-        return ""
-    timed_seconds, timed_steps = timed_seconds + dt * steps, timed_steps + steps
-    step = timed_seconds / timed_steps
-    eval_time = eval_seconds or step * 2 * eval_iters / (3 * micro_steps)
-    seconds = (max_iters - iter_num - 1) * step + evals_left(eval_interval) * eval_time
-    if hellaswag_interval:
-        seconds += evals_left(hellaswag_interval) * hellaswag_seconds
-    note_long_run(seconds)
-    return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
-
-
 # -----------------------------------------------------------------------------
 # training loop
 log = None  # train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
 resumed_at = iter_num if init_from == "resume" else None  # what ckpt.pt holds now
 if master_process and not eval_only:
-    log = plot.TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say, resumed_at=resumed_at)
+    log = TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say, resumed_at=resumed_at)
 if wandb_log and master_process:
     import wandb
 
@@ -395,20 +363,17 @@ if not eval_only:  # Ctrl-C says where the run stopped and the command that goes
     on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
-long_run_noted = False
+eta = TimeLeft(max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, plan.device_type == "cpu", say)
 if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, not after its first step
     step_flops = raw_model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
-    flops = step_flops * (max_iters - iter_num + evals_left(eval_interval) * 2 * eval_iters / (3 * micro_steps))
-    if flops > 3600e9:  # (else it ends within the hour even at 1e9 FLOP/s)
-        note_long_run(flops / cpu_matmul_flops())
+    eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
 time_split = TimeSplit(STARTED)  # where the time went, said at the end
 time_split.begin_loop()
-t0, steps_since_log, eval_seconds, hellaswag_seconds = time.time(), 0, 0.0, 0.0
+t0, steps_since_log = time.time(), 0
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
-timed_seconds, timed_steps = 0.0, None  # the steps the time left is measured on
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     # evaluate the loss on train/val sets, log it and write checkpoints: every eval_interval
@@ -417,7 +382,7 @@ while True:
         writer.poll()  # a checkpoint that failed to write stops the run now, not at the end
         t_eval = time.time()
         losses = estimate_loss()
-        eval_seconds = time.time() - t_eval
+        eta.eval_seconds = time.time() - t_eval
         say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if not all(math.isfinite(v) for v in losses.values()):
             raise diverged("eval loss", iter_num)
@@ -425,7 +390,7 @@ while True:
             log.eval_row(iter_num, losses, lr, running_mfu, last=eval_only or iter_num >= max_iters)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-        time_split.add("evaluations", eval_seconds)
+        time_split.add("evaluations", eta.eval_seconds)
         if not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > 0:
@@ -439,8 +404,8 @@ while True:
     if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num >= max_iters or eval_only):
         t_eval = time.time()
         result = hellaswag_eval()
-        hellaswag_seconds = time.time() - t_eval
-        time_split.add("HellaSwag", hellaswag_seconds)
+        eta.hellaswag_seconds = time.time() - t_eval
+        time_split.add("HellaSwag", eta.hellaswag_seconds)
         say(f"step {iter_num}: hellaswag acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}")
         if log:
             log.hellaswag_row(iter_num, result["acc_norm"], last=eval_only or iter_num >= max_iters)
@@ -468,9 +433,8 @@ while True:
         if local_iter_num >= 5 and peak is not None:  # let the training loop settle a bit
             mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, peak)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        left = time_left(dt, steps)
         mfu_text = f", mfu {running_mfu * 100:.2f}%" if running_mfu >= 0 else ""
-        say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms{mfu_text}{left}")
+        say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms{mfu_text}{eta.estimate(iter_num, dt, steps)}")
         log.step_row(iter_num, lossf, lr, dt, running_mfu)
     iter_num += 1
     local_iter_num += 1

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt_plus import prepare_utils as pu
+from nanogpt_plus.tokenizer import char_meta, gpt2_encoding
 
 HERE = Path(__file__).resolve().parent
 
@@ -133,7 +134,7 @@ def last_safe_cut(text: str) -> int:
 
 def gpt2_ids(pieces: Iterable[tuple[int, str]], threads: int) -> Iterator[tuple[int, np.ndarray]]:
     # encode_ordinary: "<|endoftext|>" in the text is plain text, as in data/shakespeare/prepare.py.
-    enc, pieces = pu.gpt2_encoding(), iter(pieces)
+    enc, pieces = gpt2_encoding(), iter(pieces)
     while batch := list(itertools.islice(pieces, threads)):  # one piece per core at a time
         ids = enc.encode_ordinary_batch([text for _, text in batch], num_threads=threads)
         yield from ((split, np.array(piece_ids, dtype=np.int64)) for (split, _), piece_ids in zip(batch, ids))
@@ -146,12 +147,6 @@ def token_ids(pieces: Iterable[tuple[int, str]], tokenizer: str, vocab: np.ndarr
     table = np.zeros(CODE_POINTS, dtype=np.int32)
     table[vocab] = np.arange(len(vocab))
     return ((split, table[code_points(text)]) for split, text in pieces)
-
-
-def char_meta(vocab: np.ndarray) -> dict:
-    """The same plain dict, built the same way, as data/shakespeare_char/prepare.py writes (so the same bytes)."""
-    chars = [chr(c) for c in vocab]
-    return {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {ch: i for i, ch in enumerate(chars)}}
 
 
 def write_splits(ids: Iterable[tuple[int, np.ndarray]], files: tuple) -> list[int]:
@@ -201,7 +196,7 @@ def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1,
                 counts = write_splits(token_ids(pieces, tokenizer, vocab), (train, val))
                 check_splits(counts, block_size, val_fraction)
                 if tokenizer == "char":
-                    pu.write_pickle(char_meta(vocab), out_dir / "meta.pkl")
+                    pu.write_pickle(char_meta([chr(c) for c in vocab]), out_dir / "meta.pkl")
     except BaseException:
         if made_dir and out_dir.is_dir() and not any(out_dir.iterdir()):  # no empty folder left behind either
             out_dir.rmdir()

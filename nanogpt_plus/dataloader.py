@@ -3,18 +3,15 @@
 Batch number `key` of a split always holds the same windows: their starts come from a generator
 seeded by (seed, split, key). So any process can draw any micro-batch, the processes of a DDP run
 together draw exactly the batches one process would, and a resumed run needs no data RNG state.
-A character-level dataset's vocabulary is in its meta.pkl, loaded here without running code.
 """
 
 import hashlib
-import io
 import os
-import pickle
 
 import numpy as np
 import torch
 
-from nanogpt_plus.errors import UserError, first_line, reason
+from nanogpt_plus.errors import UserError, reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, where the scripts are
 
@@ -99,56 +96,3 @@ def to_device(t, device):
     if torch.device(device).type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-# ---------------------------------------------------------------------------- meta.pkl
-
-
-def dataset_meta(ckpt):
-    """The dataset a checkpoint was trained on (its config's) and that dataset's meta.pkl, found as
-    train.py finds it: a character-level model's vocabulary. Either is None where unknown or absent."""
-    dataset = ckpt["config"].get("dataset") if isinstance(ckpt.get("config"), dict) else None
-    return dataset, find_data_file(str(dataset), "meta.pkl") if dataset else None
-
-
-class PlainUnpickler(pickle.Unpickler):
-    """Builds only what pickle makes without importing anything: dicts, lists, str, int, ..."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-
-def load_meta(path, keys=("vocab_size",)):
-    """A character-level dataset's meta.pkl ({'vocab_size', 'itos', 'stoi'}) without running code;
-    it must hold vocab_size and `keys` (train.py needs only the vocab_size, sample.py all three)."""
-    try:
-        with open(path, "rb") as f:
-            meta = PlainUnpickler(io.BytesIO(f.read())).load()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    except Exception as e:
-        if isinstance(e, pickle.UnpicklingError) and "is not allowed" in str(e):
-            raise UserError(f"refusing to load {path}: {e}; a meta.pkl holds only plain dicts, str and int") from None
-        raise UserError(f"{path} is corrupt ({first_line(e)}): rerun the dataset's prepare.py") from None
-    if not isinstance(meta, dict) or not {"vocab_size", *keys} <= set(meta):
-        raise UserError(f"{path} is not a nanoGPT meta.pkl: it needs {', '.join(keys)}")
-    if type(meta["vocab_size"]) is not int or meta["vocab_size"] < 1:
-        raise UserError(f"{path} has an invalid vocab_size {meta['vocab_size']!r}: rerun the dataset's prepare.py")
-    return meta
-
-
-def char_vocabulary(meta, path, vocab_size):
-    """The characters of a meta.pkl by id ({id: str}; nanoGPT's itos is a dict, a list also does),
-    checked to be the vocabulary of a model of vocab_size tokens: a dataset prepared again from
-    other text after training would decode the model's ids as other characters."""
-    itos = dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
-    stoi = meta.get("stoi", {})
-    plain = isinstance(itos, dict) and all(type(i) is int and type(ch) is str for i, ch in itos.items())
-    if not plain or not isinstance(stoi, dict) or not all(type(ch) is str and type(i) is int for ch, i in stoi.items()):
-        raise UserError(f"{path} is not a character vocabulary (its itos and stoi map ids and str): rerun prepare.py")
-    if sorted(itos) != list(range(vocab_size)) or meta["vocab_size"] != vocab_size:
-        raise UserError(
-            f"{path} has {len(itos)} characters but the model has {vocab_size} tokens: the dataset was prepared "
-            "again, from other text; prepare it from the model's own text"
-        )
-    return itos

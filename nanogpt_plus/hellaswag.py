@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from nanogpt_plus.atomic import atomic_write
 from nanogpt_plus.dataloader import ROOT, find_data_file, to_device
 from nanogpt_plus.errors import UserError, first_line, reason
-from nanogpt_plus.huggingface import GPT2_VOCAB, gpt2_encoding
+from nanogpt_plus.tokenizer import GPT2_VOCAB, gpt2_encoding
 
 FILE_NAME = "hellaswag_val.jsonl"  # the validation split, 10,042 items: the one the GPT-2 reproductions report
 # rowanz/hellaswag's copy; NANOGPT_HELLASWAG_URL points elsewhere (a mirror, or a test's local server)

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from model import GPT, MASK_SUFFIXES, GPTConfig, LayerNorm, head_apart_from_embedding
 from nanogpt_plus.errors import UserError, first_line, reason
+from nanogpt_plus.tokenizer import EOT
 
 # OpenAI's GPT-2 checkpoints, by their Hugging Face names
 PRETRAINED = {
@@ -24,16 +25,6 @@ PRETRAINED = {
 
 # the weights Hugging Face keeps as Conv1D, (in, out)
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-GPT2_VOCAB, EOT = 50257, 50256  # GPT-2's tokens, and the id of <|endoftext|>, its only special one
-
-# the files behind tiktoken's gpt2 encoding (tiktoken_ext.openai_public.gpt2): Hugging Face's names,
-# then the URL and sha256 tiktoken fetches and checks them by
-GPT2_BPE = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
-GPT2_FILES = {
-    "vocab.json": (GPT2_BPE + "encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "merges.txt": (GPT2_BPE + "vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-}
 
 
 def is_model_name(name):
@@ -177,29 +168,3 @@ def tokenizer_config(block_size):
     eot = "<|endoftext|>"
     special = dict(bos_token=eot, eos_token=eot, unk_token=eot)
     return dict(tokenizer_class="GPT2Tokenizer", model_max_length=block_size, add_prefix_space=False, **special)
-
-
-def gpt2_encoding():
-    """tiktoken's GPT-2 encoding (downloaded once, or found in TIKTOKEN_CACHE_DIR)."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        raise UserError(
-            f"cannot load tiktoken's gpt2 encoding ({reason(e)}): it is downloaded once, so connect to "
-            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds it"
-        ) from None
-
-
-def gpt2_tokenizer_files():
-    """OpenAI's encoder.json and vocab.bpe as vocab.json and merges.txt, from tiktoken's cache."""
-    from tiktoken.load import read_file_cached
-
-    try:
-        return {name: read_file_cached(url, sha256) for name, (url, sha256) in GPT2_FILES.items()}
-    except Exception as e:
-        raise UserError(
-            f"cannot get GPT-2's tokenizer files ({reason(e)}): tiktoken downloads them once, so connect to "
-            "the internet or set TIKTOKEN_CACHE_DIR to a folder that holds them"
-        ) from None

@@ -223,20 +223,6 @@ def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
     return int(arr.size)
 
 
-def gpt2_encoding():
-    """tiktoken's GPT-2 BPE, with a one-line error when its files cannot be fetched."""
-    import tiktoken  # only the BPE scripts need it
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as exc:  # requests' errors offline, a hash mismatch, an unwritable cache
-        # tiktoken fetches its BPE files on first use; offline machines need a pre-filled cache.
-        raise UserError(
-            f"could not load the GPT-2 tokenizer ({reason(exc)}): connect to the internet once, "
-            "or set TIKTOKEN_CACHE_DIR to a directory that already holds it"
-        ) from None
-
-
 def write_pickle(obj: object, path: Path) -> None:
     with writing(path), atomic_write(path) as f:
         pickle.dump(obj, f)

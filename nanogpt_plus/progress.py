@@ -2,7 +2,8 @@
 
 Nothing is shown for a task done within EVERY_S seconds. From then on, on a terminal the line is
 redrawn in place; elsewhere (a log file, nohup) a line is printed every EVERY_S seconds. Used by
-the data scripts, train.py's long evals and eval_hellaswag.py.
+the data scripts, train.py's long evals and eval_hellaswag.py. Also train.py's own: TimeSplit, where a run's
+time went, and TimeLeft, the time left at the end of its log lines.
 """
 
 import statistics
@@ -97,3 +98,52 @@ class TimeSplit:
                 count = f"{len(durations)} " if part != "checkpoints" else ""
                 parts.append(f"{count}{part} {spent[part]:.1f} s")
         return f"time {now - self.started:.1f} s: " + ", ".join(parts)
+
+
+class TimeLeft:
+    """The time left of a training run, at the end of its log lines (', eta H:MM:SS'), and, on a CPU, the
+    note on a run of more than an hour (once). The steps left go at the mean time of every step timed so
+    far (not those of this process's first log line: they compile); the evals left at the last one's
+    duration, eval_seconds (before one, as 2 * eval_iters forwards, each a third of a micro-step); the
+    HellaSwag evals at the last one's, hellaswag_seconds, once there was one. train.py sets both."""
+
+    def __init__(self, max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, on_cpu, say):
+        self.max_iters, self.eval_interval, self.hellaswag_interval = max_iters, eval_interval, hellaswag_interval
+        self.eval_iters, self.micro_steps = eval_iters, micro_steps
+        self.on_cpu, self.say, self.noted = on_cpu, say, False
+        self.eval_seconds = self.hellaswag_seconds = 0.0
+        self.timed_seconds, self.timed_steps = 0.0, None  # the steps the time left is measured on
+
+    def evals_left(self, iter_num, interval):
+        """The evaluations every `interval` iterations still to come, the one at max_iters included."""
+        return self.max_iters // interval - iter_num // interval + (self.max_iters % interval != 0)
+
+    def note_long_run(self, seconds):
+        """On a CPU, a run of more than an hour says so, once, with the quick recipe."""
+        if self.on_cpu and seconds > 3600 and not self.noted:
+            self.say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
+                     "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
+            self.noted = True
+
+    def note_before_start(self, iter_num, step_flops, cpu_flops):
+        """A model too big for a CPU says so before its first step: the FLOPs left (steps of step_flops, and
+        the evals) at cpu_flops() FLOP/s, a probe run only where the run could last an hour."""
+        evals = self.evals_left(iter_num, self.eval_interval)
+        flops = step_flops * (self.max_iters - iter_num + evals * 2 * self.eval_iters / (3 * self.micro_steps))
+        if flops > 3600e9:  # (else it ends within the hour even at 1e9 FLOP/s)
+            self.note_long_run(flops / cpu_flops())
+
+    def estimate(self, iter_num, dt, steps):
+        """', eta ...' for the log line of iter_num, which timed `steps` steps at dt each ('' for this
+        process's first line)."""
+        if self.timed_steps is None:
+            self.timed_seconds, self.timed_steps = 0.0, 0
+            return ""
+        self.timed_seconds, self.timed_steps = self.timed_seconds + dt * steps, self.timed_steps + steps
+        step = self.timed_seconds / self.timed_steps
+        eval_time = self.eval_seconds or step * 2 * self.eval_iters / (3 * self.micro_steps)
+        seconds = (self.max_iters - iter_num - 1) * step + self.evals_left(iter_num, self.eval_interval) * eval_time
+        if self.hellaswag_interval:
+            seconds += self.evals_left(iter_num, self.hellaswag_interval) * self.hellaswag_seconds
+        self.note_long_run(seconds)
+        return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"

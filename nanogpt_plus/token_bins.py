@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt_plus import prepare_utils as pu
+from nanogpt_plus.tokenizer import gpt2_encoding
 
 # Documents per task: ~10M tokens of web text (20MB as uint16); a worker holds one shard's text and ids at a time.
 SHARD_DOCS = 10_000
@@ -40,7 +41,7 @@ SAMPLE_DOCS = 32
 
 def tokenize_texts(texts) -> np.ndarray:
     """GPT-2 ids of each text, each followed by end-of-text, as one uint16 array."""
-    enc = pu.gpt2_encoding()  # tiktoken caches it after the first call
+    enc = gpt2_encoding()  # tiktoken caches it after the first call
     # One small array per document: a Python list of all the shard's ids would take ~18x the memory.
     docs = [np.array(enc.encode_ordinary(text) + [enc.eot_token], dtype=np.uint32) for text in texts]
     ids = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
@@ -176,7 +177,7 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
         raise pu.UserError(f"--shard-docs={shard_docs} must be at least 1")
     pu.make_out_dir(out_dir)
     splits = text_only(splits)
-    pu.gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
+    gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
     record, expected = out_dir / PROGRESS_NAME, fingerprint(splits, recipe)
     done, todo = resume_points(splits, out_dir, load_progress(record, expected))
     tasks = shard_tasks(splits, done, todo, shard_docs)

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from test_train import TINY, make_dataset, run_train
 
-import plot
 from model import GPT, GPTConfig
-from nanogpt_plus import checkpoint, hellaswag, parallel
+from nanogpt_plus import checkpoint, hellaswag, parallel, tokenizer, training_log
 from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +101,7 @@ def counts(sums, means, examples):
 
 @pytest.fixture(scope="module")
 def enc():
-    return hellaswag.gpt2_encoding()
+    return tokenizer.gpt2_encoding()
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +343,7 @@ def test_train_logs_hellaswag_and_the_plot_draws_it(tmp_path, enc):
     args += [f"--hellaswag_file={path}", "--hellaswag_interval=2", "--n_embd=16"]
     proc = run_train(tmp_path, *args, "--out_dir=out")
     rows = list(csv.DictReader(open(tmp_path / "out" / "train_log.csv", newline="")))
-    assert list(rows[0]) == list(plot.HEADER) and plot.HEADER[-1] == "hellaswag"
+    assert list(rows[0]) == list(training_log.HEADER) and training_log.HEADER[-1] == "hellaswag"
     logged = [(int(r["iter"]), float(r["hellaswag"])) for r in rows if r["hellaswag"]]
     assert [it for it, _ in logged] == [0, 2, 3]
     assert all(r["loss"] == r["val_loss"] == "" for r in rows if r["hellaswag"])
@@ -352,9 +351,9 @@ def test_train_logs_hellaswag_and_the_plot_draws_it(tmp_path, enc):
     want = hellaswag.evaluate(final, hellaswag.tokenize(examples, enc), "cpu", nullcontext())
     assert logged[-1][1] == pytest.approx(want["acc_norm"], abs=1e-6)
     assert f"step 3: hellaswag acc_norm {want['acc_norm']:.4f}, acc {want['acc']:.4f}" in proc.stdout
-    steps, evals, hellaswag_rows = plot.read_log(tmp_path / "out" / "train_log.csv")
+    steps, evals, hellaswag_rows = training_log.read_log(tmp_path / "out" / "train_log.csv")
     assert hellaswag_rows == logged and [it for it, *_ in evals] == [0, 3] and len(steps) == 3
-    fig = plot.draw([str(tmp_path / "out")], str(tmp_path / "again.png"))
+    fig = training_log.draw([str(tmp_path / "out")], str(tmp_path / "again.png"))
     if fig is not None:  # (with matplotlib) HellaSwag on the right-hand axis of the run's panel
         assert (tmp_path / "out" / "loss.png").read_bytes().startswith(b"\x89PNG")  # drawn by train.py
         assert [list(map(tuple, ln.get_xydata().tolist())) for ln in fig.axes[1].lines] == [logged]
@@ -419,16 +418,16 @@ OLD_LOG = "iter,loss,val_loss,lr,time_ms,mfu\n0,3.5,3.6,0.001,,\n0,3.4,,0.001,12
 
 def test_old_logs_still_read_and_a_resumed_run_extends_their_header(tmp_path):
     (tmp_path / "train_log.csv").write_text(OLD_LOG)
-    assert plot.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.2)], [(0, 3.5, 3.6)], [])
-    log = plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=1)
+    assert training_log.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.2)], [(0, 3.5, 3.6)], [])
+    log = training_log.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=1)
     log.step_row(1, 3.1, 0.002, 0.01, -1.0)
     log.hellaswag_row(1, 0.25)
     log.wait()
     lines = (tmp_path / "train_log.csv").read_text().splitlines()
     assert lines == ["iter,loss,val_loss,lr,time_ms,mfu,hellaswag", "0,3.5,3.6,0.001,,,", "0,3.4,,0.001,12.50,,",
                      "1,3.1,,0.002,10.00,,", "1,,,,,,0.250000"]  # fmt: skip
-    assert plot.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.1)], [(0, 3.5, 3.6)], [(1, 0.25)])
-    plot.TrainingLog(str(tmp_path), truncate=False, say=print)  # a log of this version is left as it is
+    assert training_log.read_log(tmp_path / "train_log.csv") == ([(0, 3.4), (1, 3.1)], [(0, 3.5, 3.6)], [(1, 0.25)])
+    training_log.TrainingLog(str(tmp_path), truncate=False, say=print)  # a log of this version is left as it is
     assert (tmp_path / "train_log.csv").read_text().splitlines() == lines
-    plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=1)  # iteration 1 is redone, HellaSwag too
+    training_log.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=1)  # iter 1 redone, HellaSwag too
     assert (tmp_path / "train_log.csv").read_text().splitlines() == lines[:3]

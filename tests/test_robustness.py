@@ -24,7 +24,7 @@ import torch
 from test_train import TINY, make_dataset, run_train
 
 import plot
-from nanogpt_plus import atomic, checkpoint, dataloader, plan
+from nanogpt_plus import atomic, checkpoint, dataloader, plan, tokenizer, training_log
 from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -515,25 +515,21 @@ def test_a_log_with_blank_and_cut_short_lines_is_read_as_its_rows_with_a_note(tm
     """A killed run may leave half a line (here at the end, no newline) and an edited log a blank one:
     a run that appends to it or resumes (and drops the rows after its checkpoint) keeps the whole rows,
     with the column this version adds (hellaswag) empty."""
-    import plot
-
     path = tmp_path / "train_log.csv"
     path.write_text("\n".join(["iter,loss,val_loss,lr,time_ms,mfu", *LOG_ROWS]))
     said = []
-    plot.TrainingLog(str(tmp_path), truncate=False, say=said.append, resumed_at=resumed_at)
+    training_log.TrainingLog(str(tmp_path), truncate=False, say=said.append, resumed_at=resumed_at)
     want = ["iter,loss,val_loss,lr,time_ms,mfu,hellaswag"] + [LOG_ROWS[i] + "," for i in kept]
     assert path.read_text().splitlines() == want
     assert said == [f"note: dropped 2 blank or cut-short line(s) of {path}"]
-    assert plot.read_log(str(path))[1] == [(0, 3.4, 3.5)] + [(2, 3.2, 3.3)]
+    assert training_log.read_log(str(path))[1] == [(0, 3.4, 3.5)] + [(2, 3.2, 3.3)]
 
 
 def test_a_log_that_is_not_ours_is_refused_and_kept(tmp_path):
-    import plot
-
     path = tmp_path / "train_log.csv"
     path.write_text("step,trainloss\n0,3.4\n")
     with pytest.raises(UserError) as e:
-        plot.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=0)
+        training_log.TrainingLog(str(tmp_path), truncate=False, say=print, resumed_at=0)
     assert str(e.value) == (
         f"{path} is not a train.py log (its first line is 'step,trainloss'): move it away, or choose another --out_dir"
     )
@@ -544,9 +540,9 @@ def test_full_disk_while_logging_is_one_line_and_leaves_whole_rows(tmp_path):
     """train_log.csv on a full disk: the row that does not fit is one `error:` line, and the file is cut
     back to the rows before it, each whole (a resumed run then reads every row)."""
     code = (
-        "import sys, plot\nfrom nanogpt_plus import errors\n"
+        "import sys\nfrom nanogpt_plus import errors, training_log\n"
         "errors.report_user_errors()\n"
-        "log = plot.TrainingLog(sys.argv[1], truncate=False, say=print)\n"
+        "log = training_log.TrainingLog(sys.argv[1], truncate=False, say=print)\n"
         "for i in range(100):\n"
         "    log.step_row(i, 1.5 + i / 1000, 1e-3, 0.0123, -1)\n"
     )
@@ -737,7 +733,7 @@ def test_classic_meta_pkl_loads_with_every_protocol(tmp_path, protocol):
     meta = {"vocab_size": len(itos), "itos": itos, "stoi": {c: i for i, c in itos.items()}}
     with open(tmp_path / "meta.pkl", "wb") as f:
         pickle.dump(meta, f, protocol=protocol)
-    assert dataloader.load_meta(str(tmp_path / "meta.pkl")) == meta
+    assert tokenizer.load_meta(str(tmp_path / "meta.pkl")) == meta
 
 
 # ---------------------------------------------------------------------------- the other scripts, run in this process
@@ -860,7 +856,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_dirs, monke
     from test_prepare_text import pt
 
     monkeypatch.chdir(run_dirs)
-    plot.TrainingLog("runs/a", truncate=True, say=print).row(iter=0, loss=3.5, lr=1e-3, time_ms=12.0)
+    training_log.TrainingLog("runs/a", truncate=True, say=print).row(iter=0, loss=3.5, lr=1e-3, time_ms=12.0)
     assert plot.main(["runs/a", "--out", "old.png"]) is None  # (matplotlib's caches are warm now)
     small_text(run_dirs / "in.txt")
     before = snapshot(run_dirs)
@@ -889,9 +885,9 @@ def test_read_log_leaves_out_a_cut_short_last_row_and_blank_rows(tmp_path):
     """A run killed while writing a row leaves it without its newline: the rows before it are the log."""
     log = tmp_path / "train_log.csv"
     log.write_text(LOG_HEADER + "0,4.5,4.6,0.001,,\n\n1,4.25,,0.001,12.5,\n,,,,,\n2,4.0,,0.0")
-    assert plot.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)], [])
+    assert training_log.read_log(str(log)) == ([(1, 4.25)], [(0, 4.5, 4.6)], [])
     log.write_text(LOG_HEADER + "2")  # the first row, cut short
-    assert plot.read_log(str(log)) == ([], [], [])
+    assert training_log.read_log(str(log)) == ([], [], [])
 
 
 @pytest.mark.parametrize(
@@ -1048,12 +1044,12 @@ def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monk
         huggingface.load_pretrained("gpt2")
     assert_one_line(str(e.value), "http://127.0.0.1:9 cannot be reached (ConnectionError); connect once")
     with pytest.raises(UserError) as e:
-        huggingface.gpt2_tokenizer_files()
+        tokenizer.gpt2_tokenizer_files()
     assert_one_line(str(e.value), "cannot get GPT-2's tokenizer files (ProxyError): tiktoken downloads them once")
-    prepare = load_script("shakespeare_char")
     with pytest.raises(UserError) as e:
-        prepare.pu.gpt2_encoding()
-    assert_one_line(str(e.value), "could not load the GPT-2 tokenizer (ProxyError): connect to the internet once")
+        tokenizer.gpt2_encoding()
+    assert_one_line(str(e.value), "cannot load tiktoken's gpt2 encoding (ProxyError): it is downloaded once")
+    prepare = load_script("shakespeare_char")
     with pytest.raises(UserError) as e:
         prepare.prepare(out_dir=tmp_path / "sc")
     assert_one_line(str(e.value), "could not download input.txt from raw.githubusercontent.com (ProxyError)")

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ import torch
 from model import GPT, GPTConfig
 from nanogpt_plus import checkpoint, dataloader
 from nanogpt_plus.plan import make_plan
+from nanogpt_plus.progress import TimeLeft
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"
@@ -85,17 +85,12 @@ def clean_env() -> dict:
 
 def train_function(name, **module_globals):
     """A function of train.py (a script, not importable) with the globals it reads set as given."""
-    return train_functions(name, **module_globals)[name]
-
-
-def train_functions(*names, **module_globals):
-    """Functions of train.py in one scope of globals, set as given; returns the scope."""
     tree = ast.parse(TRAIN.read_text())
-    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-    assert len(nodes) == len(names), names
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    assert len(nodes) == 1, name
     scope = {"math": math, **module_globals}
     exec(compile(ast.Module(nodes, type_ignores=[]), str(TRAIN), "exec"), scope)
-    return scope
+    return scope[name]
 
 
 def read_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -156,27 +151,41 @@ def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
     of the first line, which compile), the evals left at the last one's duration or, before one has run
     (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
     said = []
-    scope = train_functions("time_left", "evals_left", "note_long_run", max_iters=1000, eval_interval=100,
-                            eval_iters=30, micro_steps=2, plan=SimpleNamespace(device_type="cpu"), say=said.append,
-                            long_run_noted=False, timed_seconds=0.0, timed_steps=None, eval_seconds=0.0, iter_num=500,
-                            hellaswag_interval=0, hellaswag_seconds=0.0)  # fmt: skip
-    time_left = scope["time_left"]
-    assert time_left(30.0, 1) == ""  # the first line: its step compiled
-    scope["iter_num"] = 510
+    eta = TimeLeft(max_iters=1000, eval_interval=100, eval_iters=30, micro_steps=2, hellaswag_interval=0, on_cpu=True,
+                   say=said.append)  # fmt: skip
+    assert eta.estimate(500, 30.0, 1) == ""  # the first line: its step compiled
     # 489 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 48.9 + 5 = 53.9 s
-    assert time_left(0.1, 10) == ", eta 0:00:53"
-    scope["iter_num"], scope["eval_seconds"] = 520, 2.0
+    assert eta.estimate(510, 0.1, 10) == ", eta 0:00:53"
+    eta.eval_seconds = 2.0
     # a slow line moves the mean, not the estimate to its own pace: (1 + 10 * 0.5) / 20 = 0.3 s a step;
     # 479 steps at 0.3 s and 5 evals at the last one's 2 s: 143.7 + 10 s
-    assert time_left(0.5, 10) == ", eta 0:02:33"
+    assert eta.estimate(520, 0.5, 10) == ", eta 0:02:33"
     assert said == []  # minutes, not hours: no note
-    scope["max_iters"] = 100000  # 99479 steps at (6 + 3) / 30 s and 995 evals at 2 s: 31833.7 s
-    assert time_left(0.3, 10) == ", eta 8:50:33"
-    assert time_left(0.3, 10).startswith(", eta 8:50:")
+    eta.max_iters = 100000  # 99479 steps at (6 + 3) / 30 s and 995 evals at 2 s: 31833.7 s
+    assert eta.estimate(520, 0.3, 10) == ", eta 8:50:33"
+    assert eta.estimate(520, 0.3, 10).startswith(", eta 8:50:")
     assert said == [
         "note: this run needs about 8.8 hours on this CPU; without a GPU, python train.py "
         "config/train_shakespeare_char.py trains a small model in minutes"
     ]  # once
+
+
+def test_a_run_too_long_for_the_cpu_says_so_before_its_first_step_and_only_once():
+    said, probes = [], []
+    eta = TimeLeft(max_iters=1000, eval_interval=100, eval_iters=30, micro_steps=2, hellaswag_interval=0, on_cpu=True,
+                   say=said.append)  # fmt: skip
+    # 1000 steps and 10 evals of 60 forwards (100 steps' worth) at 1e6 FLOPs a step: within the hour at any speed
+    eta.note_before_start(0, 1e6, lambda: probes.append(1) or 1e9)
+    assert probes == [] and said == []  # (not even probed)
+    eta.note_before_start(0, 1e10, lambda: 1e9)  # 1.1e13 FLOPs at 1e9 FLOP/s: 11,000 s
+    eta.note_long_run(7200)
+    assert said == [
+        "note: this run needs about 3.1 hours on this CPU; without a GPU, python train.py "
+        "config/train_shakespeare_char.py trains a small model in minutes"
+    ]  # once
+    on_gpu = TimeLeft(1000, 100, 30, 2, 0, on_cpu=False, say=said.append)
+    on_gpu.note_long_run(7200)
+    assert len(said) == 1
 
 
 def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
@@ -594,12 +603,12 @@ def test_regional_compile_keeps_the_module_and_its_checkpoint_names():
 def test_loss_png_draws_the_logged_values(trained):
     """out_dir/loss.png is drawn from train_log.csv: its lines hold exactly the logged losses."""
     pytest.importorskip("matplotlib")
-    import plot
+    from nanogpt_plus import training_log
 
     _, out = trained
     assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")  # kept up to date by train.py
     train_rows, eval_rows = read_log(out)
-    fig = plot.draw([str(out)], str(out / "again.png"))
+    fig = training_log.draw([str(out)], str(out / "again.png"))
     steps, train, val = (line.get_xydata().tolist() for line in fig.axes[0].lines)
     assert steps == [[int(r["iter"]), float(r["loss"])] for r in train_rows]
     assert train == [[int(r["iter"]), float(r["loss"])] for r in eval_rows]

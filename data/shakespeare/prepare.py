@@ -12,6 +12,7 @@ from pathlib import Path
 import tiktoken
 
 from nanogpt_plus import prepare_utils as pu
+from nanogpt_plus.tokenizer import gpt2_encoding
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,7 +29,7 @@ def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) ->
     out_dir = Path(out_dir)
     pu.make_out_dir(out_dir)
     text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
-    enc = pu.gpt2_encoding()
+    enc = gpt2_encoding()
     # Split on characters before tokenizing, as classic nanoGPT does; token counts follow from that.
     train_text, val_text = pu.split_text(text)
     n_train = pu.write_tokens(encode(train_text, enc), out_dir / "train.bin")

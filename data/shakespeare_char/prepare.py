@@ -10,26 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanogpt_plus import prepare_utils as pu
+from nanogpt_plus.tokenizer import CharTokenizer, char_meta
 
 HERE = Path(__file__).resolve().parent
 
 SCRIPT = "data/shakespeare_char/prepare.py"
-
-
-def build_vocab(text: str) -> tuple[dict[str, int], dict[int, str]]:
-    """stoi/itos over the sorted distinct characters of the whole text (train and val alike)."""
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    itos = {i: ch for i, ch in enumerate(chars)}
-    return stoi, itos
-
-
-def encode(text: str, stoi: dict[str, int]) -> list[int]:
-    return [stoi[ch] for ch in text]
-
-
-def decode(ids, itos: dict[int, str]) -> str:
-    return "".join(itos[int(i)] for i in ids)
 
 
 def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) -> dict[str, int]:
@@ -37,13 +22,14 @@ def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) ->
     out_dir = Path(out_dir)
     pu.make_out_dir(out_dir)
     text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
-    stoi, itos = build_vocab(text)
+    # the sorted distinct characters of the whole text (train and val alike), in classic nanoGPT's meta.pkl
+    meta = char_meta(sorted(set(text)))
+    chars = CharTokenizer(meta, out_dir / "meta.pkl", meta["vocab_size"])
     train_text, val_text = pu.split_text(text)
-    n_train = pu.write_tokens(encode(train_text, stoi), out_dir / "train.bin")
-    n_val = pu.write_tokens(encode(val_text, stoi), out_dir / "val.bin")
-    # Same plain dict as classic nanoGPT, so sample.py can read meta.pkl from either project.
-    pu.write_pickle({"vocab_size": len(itos), "itos": itos, "stoi": stoi}, out_dir / "meta.pkl")
-    return {"chars": len(text), "vocab_size": len(itos), "train": n_train, "val": n_val}
+    n_train = pu.write_tokens(chars.encode(train_text), out_dir / "train.bin")
+    n_val = pu.write_tokens(chars.encode(val_text), out_dir / "val.bin")
+    pu.write_pickle(meta, out_dir / "meta.pkl")
+    return {"chars": len(text), "vocab_size": meta["vocab_size"], "train": n_train, "val": n_val}
 
 
 def main(argv: list[str] | None = None) -> None:

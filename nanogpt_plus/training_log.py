@@ -1,0 +1,205 @@
+"""A run's training log, out_dir/train_log.csv, and its picture, out_dir/loss.png.
+
+train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu), a
+row per eval (iter, train loss in `loss`, val_loss) and, with --hellaswag_interval, a row per
+HellaSwag eval (iter, hellaswag: its acc_norm); when matplotlib is installed (pip install
+matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag column read alike.
+plot.py draws the logs of finished runs, one or several side by side.
+"""
+
+import contextlib
+import csv
+import io
+import os
+import threading
+import time
+
+from nanogpt_plus.atomic import atomic_write
+from nanogpt_plus.errors import UserError, cannot_write, reason
+
+HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
+
+
+def log_rows(path):
+    """The rows of a train_log.csv as lists of cells, header first, with their line numbers. A last
+    line without its newline was cut short (the run was killed while writing it): it is left out,
+    and so are blank lines."""
+    with open(path, newline="") as f:
+        text = f.read()
+    reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
+    try:
+        return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error:  # e.g. a field beyond the csv module's limit: no log holds one
+        raise ValueError(f"{path} is not a training log: line {reader.line_num} is no CSV row") from None
+
+
+def read_log(path):
+    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the
+    evals, [(iter, acc_norm)] of the HellaSwag evals). A log of an earlier version, without the last
+    columns of HEADER, reads alike; a row that fits no header is a ValueError that names its line."""
+    rows = log_rows(path)
+    header = rows[0][1] if rows else list(HEADER)
+    if header != list(HEADER[: len(header)]) or len(header) < 3:
+        raise ValueError(f"{path} is not a training log: its first line is not {','.join(HEADER)}")
+    steps, evals, hellaswag = [], [], []
+    for n, cells in rows[1:]:
+        try:
+            if len(cells) != len(header):
+                raise ValueError
+            row = dict(zip(header, cells))
+            if row.get("hellaswag"):
+                hellaswag.append((int(row["iter"]), float(row["hellaswag"])))
+            elif row["val_loss"]:
+                evals.append((int(row["iter"]), float(row["loss"]), float(row["val_loss"])))
+            else:
+                steps.append((int(row["iter"]), float(row["loss"])))
+        except ValueError:
+            shown = ",".join(cells)[:40]
+            raise ValueError(f"line {n} of {path} ({shown!r}) is no row of {','.join(header)}: delete it") from None
+    return steps, evals, hellaswag
+
+
+def draw(out_dirs, png_path):
+    """Train and val loss against iteration, one panel per run, side by side, into png_path (with
+    HellaSwag's acc_norm on a right-hand axis where a run has it); returns the matplotlib Figure
+    (None without matplotlib)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(6 * len(out_dirs), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(out_dirs), sharey=True, squeeze=False)[0]
+    for ax, out_dir in zip(axes, out_dirs, strict=True):
+        steps, evals, hellaswag = read_log(os.path.join(out_dir, "train_log.csv"))
+        if steps:
+            ax.plot(*zip(*steps), color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each log line)")
+        if evals:
+            its, train, val = zip(*evals)
+            ax.plot(its, train, "o-", color="tab:blue", label="train (eval)")
+            ax.plot(its, val, "o-", color="tab:orange", label="val (eval)")
+        ax.set(title=out_dir, xlabel="iteration", ylabel="loss")
+        ax.grid(alpha=0.3)
+        lines, legend_ax = ax.get_lines(), ax
+        if hellaswag:
+            legend_ax = ax.twinx()  # (after every panel in fig.axes)
+            legend_ax.plot(*zip(*hellaswag), "s-", color="tab:green", label="HellaSwag acc_norm")
+            legend_ax.set(ylabel="HellaSwag acc_norm")
+            lines += legend_ax.get_lines()
+        legend_ax.legend(handles=lines)  # on the axes drawn last, so that no line covers it
+    fig.tight_layout()
+    with atomic_write(png_path) as f:  # a reader (or a kill) never meets half a picture
+        fig.savefig(f, dpi=100, format="png")
+    return fig
+
+
+class TrainingLog:
+    """train.py's log: rows appended to out_dir/train_log.csv (a new file only when asked to replace
+    a run), and loss.png redrawn after an eval, in a thread so that training need not wait for it:
+    at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end.
+    A run resumed at iteration `resumed_at` redoes what the stopped one did after its checkpoint
+    (saved right after the eval at resumed_at): those rows go, so that none appears twice. So do the
+    blank and cut-short lines a killed run may leave. A file that cannot be written (a full disk) is
+    one line: an error for the log, a note for the picture, which training can go on without."""
+
+    def __init__(self, out_dir, truncate, say, resumed_at=None):
+        self.out_dir, self.say, self.drawing, self.drawn_at, self.draw_failed = out_dir, say, None, 0.0, False
+        self.path = os.path.join(out_dir, "train_log.csv")
+        try:
+            if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+                with atomic_write(self.path, "w") as f:
+                    f.write(",".join(HEADER) + "\n")
+            else:
+                self.tidy(resumed_at)
+        except OSError as e:
+            raise cannot_write(self.path, e, "--out_dir") from None
+
+    def tidy(self, resumed_at):
+        """Rewrite the log atomically, if need be: with every column of HEADER (a log of an earlier
+        version lacks the last ones), without blank and cut-short lines, without the rows past the
+        eval at resumed_at (if given)."""
+        with open(self.path, newline="") as f:
+            lines = f.read().split("\n")
+        rows = log_rows(self.path)
+        header = rows[0][1] if rows else []
+        if not header or header != list(HEADER[: len(header)]) or len(header) < 3:
+            first = lines[0][:40]
+            raise UserError(
+                f"{self.path} is not a train.py log (its first line is {first!r}): move it away, or choose "
+                "another --out_dir"
+            )
+        pad = [""] * (len(HEADER) - len(header))
+        good = [cells + pad for _, cells in rows[1:] if well_formed(cells, header)]
+        keep = [r for r in good if resumed_at is None or int(r[0]) < resumed_at or int(r[0]) == resumed_at and r[2]]
+        dropped = len(lines) - 1 - len(good) - (lines[-1] == "")  # the lines that were no row
+        if dropped:
+            self.say(f"note: dropped {dropped} blank or cut-short line(s) of {self.path}")
+        if dropped or pad or len(keep) < len(good):
+            with atomic_write(self.path, "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerows([HEADER, *keep])
+
+    def row(self, **cells):
+        """Append a row of HEADER's cells; if the disk is full, the file is cut back to the rows before it."""
+        data = (",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise cannot_write(self.path, e, "--out_dir") from None
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise cannot_write(self.path, e, "--out_dir") from None
+        finally:
+            os.close(fd)
+
+    def step_row(self, it, loss, lr, dt, mfu):
+        self.row(iter=it, loss=loss, lr=lr, time_ms=f"{dt * 1000:.2f}", mfu=f"{mfu * 100:.2f}" if mfu >= 0 else None)
+
+    def eval_row(self, it, losses, lr, mfu, last=False):
+        mfu = f"{mfu * 100:.2f}" if mfu >= 0 else None
+        self.row(iter=it, loss=losses["train"], val_loss=losses["val"], lr=lr, mfu=mfu)
+        self.redraw(last)
+
+    def hellaswag_row(self, it, acc_norm, last=False):
+        self.row(iter=it, hellaswag=f"{acc_norm:.6f}")
+        self.redraw(last)
+
+    def redraw(self, last):
+        if last or time.time() - self.drawn_at > 10:
+            first = self.drawing is None
+            self.wait()
+            self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
+            self.drawing.start()
+            self.drawn_at = time.time()
+
+    def draw(self, first):
+        png = os.path.join(self.out_dir, "loss.png")
+        try:
+            drawn = draw([self.out_dir], png)
+        except Exception as e:  # a full disk, say: the run goes on, the picture is drawn again at the next eval
+            if not self.draw_failed:
+                self.say(f"note: could not draw {png} ({reason(e)}); training goes on without it")
+            self.draw_failed = True
+            return
+        if drawn is None and first:
+            self.say(f"note: pip install matplotlib to get {self.out_dir}/loss.png, or run plot.py on it later")
+
+    def wait(self):
+        """Let the last drawing finish."""
+        if self.drawing is not None:
+            self.drawing.join()
+
+
+def well_formed(cells, header=HEADER):
+    """Whether a row of train_log.csv fits its header: an iteration, then numbers or nothing, at least one
+    number (a HellaSwag row has no loss)."""
+    try:
+        int(cells[0]), [float(c) for c in cells[1:] if c]
+    except (ValueError, IndexError):
+        return False
+    return len(cells) == len(header) and any(cells[1:])
