@@ -1,6 +1,7 @@
 """Shared test fixtures: where the offline data lives, and GPU skipping."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,6 +44,54 @@ def shakespeare_input() -> Path:
     if not path.is_file():
         pytest.skip(f"offline data missing: {path} (see ../shared/data/README.md)")
     return path
+
+
+# ---------------------------------------------------------------------------- small runs for the one-line errors
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """data/tiny (vocab 32), data/wide (vocab 64) and out/ckpt.pt of a 2-step run on data/tiny (tests that
+    change it take a copy: work)."""
+    from test_train import make_dataset, run_train
+    from user_errors import TRAIN
+
+    root = tmp_path_factory.mktemp("base")
+    make_dataset(root)
+    make_dataset(root, name="wide", vocab=64)
+    run_train(root, *TRAIN, "--out_dir=out", "--max_iters=2", "--eval_interval=2")
+    (root / "out" / "train_log.csv").unlink()  # so that a resumed run's log is a new file, not a change
+    return root
+
+
+@pytest.fixture
+def work(base, tmp_path):
+    folder = tmp_path / "w"
+    shutil.copytree(base, folder)
+    return folder
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    """runs/a/ckpt.pt (a character-level model on data/toy) beside runs/b, a folder of the user's."""
+    from test_export_hf import save_checkpoint, small_model, write_meta
+
+    write_meta(tmp_path)
+    save_checkpoint(tmp_path, small_model(), dataset="toy")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "out").rename(tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "b").mkdir()
+    (tmp_path / "runs" / "b" / "notes.txt").write_text("mine")
+    return tmp_path
+
+
+@pytest.fixture
+def exported(run_dirs, monkeypatch):
+    """run_dirs with hf/, the export of runs/a."""
+    from user_errors import run_in_process
+
+    assert run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", "--hf_dir=hf"], monkeypatch) is None
+    return run_dirs
 
 
 def pytest_collection_modifyitems(config, items):

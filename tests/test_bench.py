@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from test_train import make_dataset
+from user_errors import BENCH_ARGS, REPO, assert_one_line, case_id, check_bad_input, run_in_process
 
 BENCH = [sys.executable, str(Path(__file__).resolve().parent.parent / "bench.py")]
 SMALL = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16"]
@@ -41,3 +42,41 @@ def test_bench_sample_reports_both_batches(tmp_path):
     assert [rows for rows, _, _ in lines] == ["1", "10"]
     for rows, rate, ms in lines:  # tokens/s is the rows' tokens over the steps' time
         assert float(rate.replace(",", "")) == pytest.approx(int(rows) * 1000 / float(ms), rel=0.01, abs=0.5)
+
+
+# ---------------------------------------------------------------------------- one-line errors
+
+# (id, args, setup, phrase in the message, extra env)
+ERROR_CASES = [
+    ("bench-dataset-missing", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    ("bench-bins-too-short", ["--dataset=tiny", "--block_size=8000"], None, "fewer than block_size", None),
+    ("bench-unknown-dtype", ["--dtype=half", "--real_data=False"], None, "unknown dtype 'half'", None),
+    ("bench-vocab-too-small", ["--dataset=tiny", "--vocab_size=8"], None, "holds token id 31", None),
+    ("bench-compile_mode", ["--compile=True", "--compile_mode=fast"], None, "compile_mode='fast'", None),
+]
+
+
+@pytest.mark.parametrize("name, args, setup, phrase, env", ERROR_CASES, ids=[case_id(c) for c in ERROR_CASES])
+def test_bad_input_is_one_clear_line_and_harmless(work, name, args, setup, phrase, env):
+    check_bad_input(work, "bench", args, setup, phrase, env)
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--repeats=0"], "repeats=0 must be at least 1"),
+        (["--batch_size=0"], "batch_size=0 must be at least 1"),
+        (["--num_steps=0"], "num_steps=0 must be at least 1"),
+        (["--burn_in=-1"], "burn_in=-1 must not be negative"),
+        (["--n_head=3"], "n_embd=16 is not divisible by n_head=3"),
+        (["--block_size=0"], "block_size=0 must be at least 1"),
+        (["--seed=-18446744073709551616"], "seed=-18446744073709551616 is out of range"),
+        (["--burn_in=0"], None),  # (BENCH_ARGS's own: a timed step without a burn-in)
+    ],
+)
+def test_bench_keys_are_checked_before_it_runs(tmp_path, monkeypatch, capsys, args, phrase):
+    message = run_in_process(REPO / "bench.py", tmp_path, [*BENCH_ARGS, "--real_data=False", *args], monkeypatch)
+    if phrase is None:
+        assert message is None and "time per iteration" in capsys.readouterr().out
+    else:
+        assert_one_line(message, phrase)

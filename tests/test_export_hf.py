@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 import torch
 from test_sample import run_sample, samples_of
 from test_train import TINY, make_dataset, run_train
+from user_errors import assert_one_line, run_in_process, snapshot
 
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint
+from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT = REPO / "export_hf.py"
@@ -339,3 +342,84 @@ def test_default_folder_is_beside_out_dir(tmp_path):
     proc = run_export(tmp_path, "--out_dir=out/")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out-hf" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------- overwrite, odd folders, errors
+
+
+@pytest.mark.parametrize(
+    "hf_dir, phrase",
+    [
+        ("runs", "hf_dir runs holds out_dir runs/a, the run being exported"),
+        ("runs/a", "hf_dir runs/a is out_dir runs/a"),
+        (".", "hf_dir . holds out_dir runs/a"),
+        ("runs/b", "runs/b holds 'notes.txt' and is no earlier export"),
+        ("data", "data holds 'toy' and is no earlier export"),
+    ],
+)
+def test_export_overwrite_replaces_only_an_earlier_export(run_dirs, monkeypatch, hf_dir, phrase):
+    before = snapshot(run_dirs)
+    args = ["--out_dir=runs/a", f"--hf_dir={hf_dir}", "--overwrite=True"]
+    assert_one_line(run_in_process(REPO / "export_hf.py", run_dirs, args, monkeypatch), phrase)
+    assert snapshot(run_dirs) == before
+
+
+def test_export_overwrite_replaces_an_earlier_export(run_dirs, monkeypatch, capsys):
+    def export(*args):
+        return run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a", *args], monkeypatch)
+
+    assert export("--hf_dir=hf") is None
+    (run_dirs / "hf" / "config.json").write_text("{}")
+    assert_one_line(export("--hf_dir=hf"), "hf holds an export: choose another --hf_dir, or replace it with")
+    assert export("--hf_dir=hf", "--overwrite=True") is None
+    assert sorted(os.listdir(run_dirs / "hf")) == ["chars.json", "config.json", "model.safetensors"]
+    assert (run_dirs / "hf" / "config.json").read_text() != "{}"
+    (run_dirs / "hf" / "README.md").write_text("my notes on this model")  # no longer an export alone
+    assert_one_line(export("--hf_dir=hf", "--overwrite=True"), "hf holds 'README.md' and is no earlier export")
+    os.symlink("hf", run_dirs / "link")
+    assert_one_line(export("--hf_dir=link", "--overwrite=True"), "hf_dir link is a symbolic link")
+
+
+def test_export_of_out_dir_dot_goes_beside_the_folder(run_dirs, monkeypatch, capsys):
+    shutil.copytree(run_dirs / "data", run_dirs / "runs" / "a" / "data")  # its meta.pkl, found from runs/a
+    assert run_in_process(REPO / "export_hf.py", run_dirs / "runs" / "a", ["--out_dir=."], monkeypatch) is None
+    assert (run_dirs / "runs" / "a-hf" / "model.safetensors").is_file()
+    assert sorted(os.listdir(run_dirs / "runs" / "a")) == ["ckpt.pt", "data"]
+
+
+def test_export_of_a_character_model_whose_checkpoint_names_no_dataset(run_dirs, monkeypatch):
+    ckpt = torch.load(run_dirs / "runs" / "a" / "ckpt.pt", weights_only=True)
+    del ckpt["config"]["dataset"]
+    torch.save(ckpt, run_dirs / "runs" / "a" / "ckpt.pt")
+    message = run_in_process(REPO / "export_hf.py", run_dirs, ["--out_dir=runs/a"], monkeypatch)
+    assert_one_line(message, "the model has 40 tokens, too few for GPT-2's, and its checkpoint names no dataset")
+
+
+def _cut(rel, keep):
+    def setup(root: Path):
+        data = (root / rel).read_bytes()
+        (root / rel).write_bytes(data[: keep(len(data))])
+
+    return setup
+
+
+@pytest.mark.parametrize(
+    "folder, setup, phrase",
+    [
+        ("hf", _cut("hf/model.safetensors", lambda n: n // 2), "hf/model.safetensors is cut short or corrupt"),
+        ("hf", _cut("hf/model.safetensors", lambda n: 100), "hf/model.safetensors is cut short or corrupt"),
+        ("hf", _cut("hf/config.json", lambda n: n // 2), "hf/config.json is cut short or corrupt"),
+        ("runs/a", None, "runs/a holds a training checkpoint, not a Hugging Face model: use --init_from=resume"),
+        ("runs/b", None, "runs/b has no config.json: give a Hugging Face model folder"),
+    ],
+)
+def test_a_broken_model_folder_is_one_line(exported, monkeypatch, folder, setup, phrase):
+    pytest.importorskip("transformers")
+    from nanogpt_plus import huggingface
+
+    monkeypatch.chdir(exported)
+    if setup:
+        setup(exported)
+    with pytest.raises(UserError) as e:
+        huggingface.load_pretrained(folder)
+    assert_one_line(str(e.value), phrase)

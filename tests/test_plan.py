@@ -116,3 +116,14 @@ def test_sampling_holds_the_block_weights_in_the_autocast_dtype_with_the_same_lo
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(idx)[0], reference(idx)[0])
+
+
+def test_bf16_on_a_gpu_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"does not support bfloat16: use --dtype=float16"):
+        plan_module.check_device("cuda", "bfloat16")
+    assert plan_module.check_device("cuda", "float16") == "cuda"
+    assert plan_module.check_device("cpu", "bfloat16") == "cpu"  # the CPU emulates it
+    assert plan_module.default_dtype("cuda") == "float16"

@@ -1,0 +1,110 @@
+"""The data/ scripts (data/<name>/prepare.py, data/prepare_text.py, nanogpt_plus/token_bins.py): every mistake
+and every failure of the network or the disk is one `error:` line, and nothing half-written is left."""
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+from user_errors import (
+    assert_one_line,
+    case_id,
+    check_bad_input,
+    main_error,
+    small_text,
+)
+
+from nanogpt_plus.errors import UserError
+
+# (id, args, setup, phrase in the message, extra env)
+CASES = [
+    (
+        "prepare-download-fails",
+        ["--out-dir", "data/shakespeare_char"],
+        None,
+        "could not download",
+        {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""},
+    ),
+    (
+        "prepare-input-missing",
+        ["nowhere.txt", "--out-dir", "data/sc"],
+        None,
+        "input file not found: nowhere.txt",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("name, args, setup, phrase, env", CASES, ids=[case_id(c) for c in CASES])
+def test_bad_input_is_one_clear_line_and_harmless(work, name, args, setup, phrase, env):
+    check_bad_input(work, "prepare", args, setup, phrase, env)
+
+
+@pytest.mark.parametrize("script", ["prepare_text", "shakespeare_char"])
+def test_prepare_on_a_read_only_filesystem_says_so(tmp_path, monkeypatch, capsys, script):
+    """The folder cannot be made: the message is that, not what the cleanup met afterwards."""
+    from test_data import load_script
+    from test_prepare_text import pt
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.chdir(tmp_path)
+    small_text(tmp_path / "in.txt")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    if script == "prepare_text":
+        message = main_error(pt.main, ["in.txt", "--out_dir", "ro/new", "--block_size=8"], capsys)
+    else:
+        message = main_error(load_script("shakespeare_char").main, ["in.txt", "--out-dir", "ro/new"], capsys)
+    assert_one_line(message, "cannot write ro/new (Read-only file system): choose another --out-dir")
+    assert os.listdir(tmp_path) == ["in.txt"]
+
+
+def test_a_hub_dataset_offline_is_one_line_within_seconds(monkeypatch):
+    """Not cached and the hub unreachable: the datasets library is not even asked (it retries for 30 s)."""
+    import huggingface_hub
+    from test_data import load_script
+
+    class NoDatasets:
+        def load_dataset(self, *args, **kwargs):
+            raise AssertionError("load_dataset was called")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    start = time.monotonic()
+    with pytest.raises(UserError) as e:
+        load_script("openwebtext").pu.from_hub(NoDatasets(), "openwebtext", num_proc=1)
+    assert time.monotonic() - start < 10
+    assert_one_line(str(e.value), "could not get openwebtext: http://127.0.0.1:9 cannot be reached (ConnectionError)")
+
+
+def test_prepare_text_refuses_an_output_folder_inside_its_input(tmp_path, monkeypatch, capsys):
+    """It would read the bins of its last run (and everything else there) as text."""
+    from test_prepare_text import pt
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    small_text(tmp_path / "texts" / "a.txt")
+    message = main_error(pt.main, ["texts", "--out_dir", "texts/data", "--block_size=8"], capsys)
+    assert_one_line(message, "the output folder texts/data is inside the input folder texts: write it elsewhere")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "texts"]
+
+
+def test_shakespeare_input_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from test_data import load_script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    message = main_error(load_script("shakespeare_char").main, ["texts", "--out-dir", "sc"], capsys)
+    assert_one_line(message, "texts is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
+
+
+def test_token_bins_shard_docs_below_one_is_one_line(tmp_path):
+    from test_data import load_script
+
+    with pytest.raises(UserError) as e:
+        load_script("openwebtext").token_bins.write_bins({}, tmp_path / "out", {}, shard_docs=0)
+    assert_one_line(str(e.value), "--shard-docs=0 must be at least 1")
+    assert not (tmp_path / "out").exists()
