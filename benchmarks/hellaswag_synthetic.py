@@ -13,10 +13,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # model.py: not installed
 from model import GPT, GPTConfig  # noqa: E402
 from nanogpt_plus.atomic import atomic_write  # noqa: E402
-from nanogpt_plus.checkpoint import save  # noqa: E402
 
 WORDS = "a man woman dog the ball rope kitchen knife slowly then is are of and to in on with runs jumps".split()
 
@@ -39,5 +38,6 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     model = GPT(GPTConfig(**model_args))
     ckpt = dict(model=model.state_dict(), optimizer={}, model_args=model_args, iter_num=0, best_val_loss=1e9)
-    save(ckpt | {"config": {"dataset": "openwebtext"}}, os.path.join(folder, "ckpt.pt"))
+    with atomic_write(os.path.join(folder, "ckpt.pt")) as f:  # (checkpoint.save, gone from the package)
+        torch.save(ckpt | {"config": {"dataset": "openwebtext"}}, f)
     print(f"wrote {folder}/hellaswag_val.jsonl (10,042 items) and {folder}/ckpt.pt (random GPT-2 124M)")

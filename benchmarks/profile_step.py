@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py --classic=DIR classic  # classic nanoGPT's step, from its model.py
 
 Each variant builds config/train_shakespeare_char.py's model (6 x 384, batch 64 x 256, dropout 0.2,
-vocabulary 65) and times train.py's step (step.py) on random tokens: the median of 3 repeats of 100
+vocabulary 65) and times train.py's step (nanogpt_plus/step.py) on random tokens: the median of 3 repeats of 100
 steps, after 20 untimed ones (compilation included, and timed). Then 5 steps under torch.profiler give
 the GPU time per step by kind of kernel (matmul, attention, Triton's fused kernels, optimizer, other)
 and the top kernels; `eval` variants time one of train.py's evaluations (200 batches of each split,
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model.py: not installed
 from model import GPT, GPTConfig  # noqa: E402
 from nanogpt_plus.plan import make_plan, prepare_torch  # noqa: E402
 from nanogpt_plus.step import TrainStep  # noqa: E402

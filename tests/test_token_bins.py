@@ -1,4 +1,4 @@
-"""The shared tokenizing pipeline (data/token_bins.py) and the big-dataset scripts built on it.
+"""The shared tokenizing pipeline (nanogpt_plus/token_bins.py) and the big-dataset scripts built on it.
 
 Every check is against an independent reference: the GPT-2 stream computed here with tiktoken (encode_ordinary,
 then 50256 after every document), or the bins of an uninterrupted run. The stand-ins are small but in the real

@@ -3,7 +3,7 @@
 Usage: python data/openwebtext/prepare.py [--out-dir DIR] [--num-proc N] [--shard-docs N] [--hf-name NAME]
 Needs the optional Hugging Face `datasets` package (pip install 'nanogpt-plus[datasets]'), network access on first
 run, and lots of disk: ~54GB in the Hugging Face cache plus ~17GB of output. Tokenizing is shared with the other
-large datasets (data/token_bins.py): all cores, bounded memory, and an interrupted run (Ctrl-C, kill, full disk)
+large datasets (nanogpt_plus/token_bins.py): all cores, bounded memory, and an interrupted run (Ctrl-C, kill, full disk)
 goes on from where it stopped when the same command is run again.
 """
 
