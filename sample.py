@@ -9,7 +9,7 @@ Tokens are printed as they are generated; each sample ends with a line of dashes
 
 import time
 
-STARTED = time.perf_counter()  # --verbose counts the time to the first token from here, imports included
+_STARTED = time.perf_counter()  # --verbose counts the time to the first token from here, imports included
 
 import codecs
 import os
@@ -144,6 +144,6 @@ with torch.no_grad(), plan.autocast():
             print("---------------")
 if verbose:
     seconds = time.perf_counter() - began
-    print(f"time to the first token: {Printer.first_token_at - STARTED:.2f} s from the start", file=sys.stderr)
+    print(f"time to the first token: {Printer.first_token_at - _STARTED:.2f} s from the start", file=sys.stderr)
     tokens, how = num_samples * max_new_tokens, "one batch" if batch_samples else "one sample at a time"
     print(f"{tokens:,} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s, {how})", file=sys.stderr)

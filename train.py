@@ -16,7 +16,7 @@ out_dir: a second run into it is refused.
 
 import time
 
-STARTED = time.time()  # the time split printed at the end counts start-up from here, imports included
+_STARTED = time.time()  # the time split printed at the end counts start-up from here, imports included
 
 import importlib.util
 import math
@@ -369,7 +369,7 @@ if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU say
     eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
-time_split = TimeSplit(STARTED)  # where the time went, said at the end
+time_split = TimeSplit(_STARTED)  # where the time went, said at the end
 time_split.begin_loop()
 t0, steps_since_log = time.time(), 0
 local_iter_num = 0  # number of iterations in the lifetime of this process
