@@ -5,7 +5,7 @@
 #
 # CLASSIC_DIR is a checkout of karpathy/nanoGPT that this script may write into (its data/ and
 # out-* folders): a copy, e.g. `cp -r ../shared/classic-nanogpt /tmp/classic`. Run from the root of
-# this project. Stages (default: all, in this order): env pyc data train bench sample. Within each
+# this project. Stages (default: all, in this order): env pyc data train sample bench. Within each
 # stage the two sides alternate, classic first. Tiny Shakespeare comes from $INPUT (default
 # .dev/input.txt), else prepare.py downloads it. Logs go to $OUT (default /tmp/compare_classic); the
 # table comes last. A ratio holds only inside one run of this script: host CPUs differ.
@@ -18,7 +18,7 @@ OURS=$(pwd)
 # modules first, in their folder)
 export PYTHONPATH="$OURS${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/compare_classic}; mkdir -p "$OUT"
-RESULTS="$OUT/results.tsv"
+RESULTS=${RESULTS:-$OUT/results.tsv}  # one line per figure: work, side, value
 INPUT=${INPUT:-.dev/input.txt}
 REPEATS=${REPEATS:-3}  # whole-process repeats of each sample.py run (the median is reported)
 PY=${PYTHON:-python3}
@@ -107,5 +107,5 @@ stage_sample() {  # 10 samples of 500 tokens from each side's own shakespeare_ch
 }
 
 : > "$RESULTS"
-for s in ${*:-env pyc data train bench sample}; do echo "=== $s"; "stage_$s"; done
+for s in ${*:-env pyc data train sample bench}; do echo "=== $s"; "stage_$s"; done
 $PY benchmarks/compare_table.py "$RESULTS" | tee "$OUT/table.md"
