@@ -353,12 +353,12 @@ def diverged(what, it):
 log = None  # train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
 resumed_at = iter_num if init_from == "resume" else None  # what ckpt.pt holds now
 if master_process and not eval_only:
-    log = TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say, resumed_at=resumed_at)
+    log = TrainingLog(out_dir, truncate=fresh_run, say=say, resumed_at=resumed_at)
 if wandb_log and master_process:
     import wandb
 
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-writer = checkpoint.BackgroundWriter(written=resumed_at)
+writer = checkpoint.BackgroundWriter(written=resumed_at, on_written=log.adopt if log else None)  # (a new log's turn)
 if not eval_only:  # Ctrl-C says where the run stopped and the command that goes on from its checkpoint (rank 0)
     on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)

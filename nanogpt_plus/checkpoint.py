@@ -54,9 +54,10 @@ class BackgroundWriter:
     the interpreter finishes a write in flight before it exits.
     """
 
-    def __init__(self, written=None):
+    def __init__(self, written=None, on_written=None):
         self.thread, self.error = None, None
         self.written = written  # the label of the last checkpoint that reached the disk (a resumed run's: its own)
+        self.on_written = on_written  # called with the label of each checkpoint once it is on disk
 
     def submit(self, obj, path, label=None):
         self.wait()
@@ -69,6 +70,8 @@ class BackgroundWriter:
             with atomic_write(path) as f:  # a crash leaves the previous checkpoint or the new one, never half
                 torch.save(obj, f)
             self.written = label
+            if self.on_written:
+                self.on_written(label)
         except Exception as e:  # raised by wait(), in the main thread
             self.error = (path, e)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import make_dataset, run_train
+from test_train import make_dataset, read_log, run_train
 from user_errors import (
     GARBAGE,
     RESUME,
@@ -38,7 +38,7 @@ from user_errors import (
     write_file,
 )
 
-from nanogpt_plus import checkpoint, dataloader, tokenizer
+from nanogpt_plus import checkpoint, dataloader, tokenizer, training_log
 from nanogpt_plus.errors import UserError
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -197,6 +197,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
         kept = ("ckpt.pt", "train_log.csv", "loss.png", checkpoint.LOCK_NAME)  # (the lock file, no lock)
+        kept += (training_log.PENDING_NAME,)  # (a try killed before its first checkpoint, after one that had a log)
         assert all(n in kept or TEMP_NAME.match(n) for n in names), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
@@ -346,3 +347,47 @@ def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes
     with pytest.raises(UserError) as e:
         dataloader.Batches("tiny", 16, 4, "cpu", in_memory_bytes=in_memory_bytes)
     assert_one_line(str(e.value), "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids")
+
+
+# ---------------------------------------------------------------------------- a new run and the old run's log
+
+OLD_LOG = "iter,loss,val_loss,lr,time_ms,mfu,hellaswag\n" + "".join(f"{i},3.5,,0.001,12.0,,\n" for i in range(20))
+
+
+def logged_iters(out_dir: Path) -> tuple[list[int], list[int]]:
+    """(iterations of the log lines, iterations of the evals) in out_dir/train_log.csv."""
+    steps, evals = read_log(out_dir)
+    return [int(r["iter"]) for r in steps], [int(r["iter"]) for r in evals]
+
+
+def test_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run_whole(work):
+    """--overwrite=True, then divergence at the first steps: the old checkpoint keeps its log and picture,
+    and the new run's log does not stay behind."""
+    (work / "out" / "train_log.csv").write_text(OLD_LOG)
+    (work / "out" / "loss.png").write_bytes(b"the old run's picture")
+    before = snapshot(work / "out")
+    proc = run_script("train", work, ["--out_dir=out", "--overwrite=True", "--learning_rate=1e30", "--decay_lr=False"])
+    assert_one_line_error(proc, "is not finite at iter")
+    assert snapshot(work / "out") == before
+    assert sorted(os.listdir(work / "out")) == ["ckpt.pt", "loss.png", "train_log.csv"]
+
+
+def test_overwrite_replaces_the_old_log_with_the_new_runs_once_it_has_a_checkpoint(work):
+    (work / "out" / "train_log.csv").write_text(OLD_LOG)
+    (work / "out" / "loss.png").write_bytes(b"the old run's picture")
+    proc = run_script("train", work, ["--out_dir=out", "--overwrite=True", "--max_iters=4", "--eval_interval=2"])
+    assert proc.returncode == 0, proc.stderr
+    assert logged_iters(work / "out") == ([0, 1, 2, 3], [0, 2, 4])  # an uninterrupted run's log, nothing older
+    assert not (work / "out" / "train_log.new.csv").exists()
+    if importlib.util.find_spec("matplotlib"):  # the picture followed the log
+        assert (work / "out" / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_auto_restarted_before_the_first_checkpoint_logs_each_iteration_once(work):
+    """torchrun --max-restarts with --init_from=auto: the first try was killed at iter 20, before any checkpoint
+    (its log ends with a cut-short line); the restart starts anew, and its log is an uninterrupted run's."""
+    (work / "run").mkdir()
+    (work / "run" / "train_log.csv").write_text(OLD_LOG + "20,3.4")
+    proc = run_script("train", work, ["--out_dir=run", "--init_from=auto", "--max_iters=4", "--eval_interval=2"])
+    assert proc.returncode == 0, proc.stderr
+    assert logged_iters(work / "run") == ([0, 1, 2, 3], [0, 2, 4])
