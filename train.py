@@ -44,7 +44,7 @@ from nanogpt_plus.plan import (
 )
 from nanogpt_plus.progress import Progress, TimeLeft, TimeSplit
 from nanogpt_plus.step import TrainStep
-from nanogpt_plus.tokenizer import load_meta
+from nanogpt_plus.tokenizer import check_resumed_vocabulary, load_meta
 from nanogpt_plus.training_log import TrainingLog
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -152,6 +152,8 @@ if hellaswag_interval and meta_path:
         f"({meta_path}): set --hellaswag_interval=0"
     )
 meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
+if ckpt:  # the data as prepared now must be what the model learned, before anything trains or is saved
+    check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, ckpt["model_args"].get("vocab_size"))
 
 # -----------------------------------------------------------------------------
 # setup: the processes of a torchrun job (DDP), then how this run computes, decided once

@@ -8,6 +8,7 @@ import pickle
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,7 +79,23 @@ CASES = [
         "meta-vocab-too-big",
         [*RESUME, "--dataset=wide"],
         None,
-        "--dataset=wide needs a vocabulary of 64 tokens but the model has vocab_size=32",
+        "--dataset=wide now has 64 characters (data/wide/meta.pkl) but the checkpoint's model has 32 tokens",
+        None,
+    ),
+    (
+        "dataset-prepared-again-with-fewer-characters",
+        RESUME,
+        lambda root: shutil.rmtree(root / "data" / "tiny") or make_dataset(root, vocab=16),
+        "--dataset=tiny now has 16 characters (data/tiny/meta.pkl) but the checkpoint's model has 32 tokens: it is "
+        "not the data the model was trained on (prepared again?); prepare it as before, or start anew with "
+        "--out_dir=NEW_DIR",
+        None,
+    ),
+    (
+        "dataset-prepared-again-as-gpt2",
+        RESUME,
+        remove_file("data/tiny/meta.pkl"),
+        "--dataset=tiny now has GPT-2's tokens (no meta.pkl) but the checkpoint's model has 32 tokens",
         None,
     ),
     ("meta-corrupt", [], write_file("data/tiny/meta.pkl", GARBAGE), "meta.pkl is corrupt", None),
