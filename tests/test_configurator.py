@@ -131,8 +131,34 @@ def test_file_that_sets_a_key_to_its_default_does_not_change_it(tmp_path):
 def test_file_int_for_float_and_wrong_type(tmp_path):
     _, config, _ = run([write(tmp_path, "learning_rate = 1\n")])
     assert config["learning_rate"] == 1.0 and type(config["learning_rate"]) is float
-    with pytest.raises(UserError, match=r"^compile expects bool, got 'no' \(str\)$"):
+    with pytest.raises(UserError, match=r"^compile expects bool, got 'no' \(str\) in config file .*bad\.py$"):
         run([write(tmp_path, "compile = 'no'\n", "bad.py")])
+
+
+def test_file_values_of_other_types_that_mean_the_same_are_taken(tmp_path):
+    text = "import pathlib\nimport numpy as np\nout_dir = pathlib.Path('runs') / 'a'\nbatch_size = np.int64(16)\n"
+    text += "learning_rate = np.float32(0.5)\n"
+    _, config, changed = run([write(tmp_path, text)])
+    assert (config["out_dir"], config["batch_size"], config["learning_rate"]) == (str(Path("runs", "a")), 16, 0.5)
+    assert [type(config[k]) for k in ("out_dir", "batch_size", "learning_rate")] == [str, int, float]
+    assert changed == {"out_dir", "batch_size", "learning_rate"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("out_dir = ('runs', 'a')\n", r"^out_dir expects str, got \('runs', 'a'\) \(tuple\) in config file .*cfg\.py$"),
+        ("import numpy\nbatch_size = numpy.float64(2.5)\n", r"^batch_size expects int, got .*2\.5.* in config file "),
+        ("compile = [False]\n", r"^compile expects bool, got \[False\] \(list\) in config file .*cfg\.py$"),
+        ("import sys\nsys.exit()\n", r"^config file .*cfg\.py called sys\.exit\(None\): a config file only sets keys$"),
+        ("import sys\nsys.exit(0)\n", r"^config file .*cfg\.py called sys\.exit\(0\)"),
+    ],
+)
+def test_file_values_a_key_cannot_take_and_exits_are_one_line(tmp_path, text, message):
+    ns = defaults()
+    with pytest.raises(UserError, match=message):
+        run([write(tmp_path, text)], ns)
+    assert ns == defaults() | {"ARCH": ns["ARCH"], "helper": ns["helper"]}  # nothing was set
 
 
 @pytest.mark.parametrize(
