@@ -22,12 +22,22 @@ PENDING_NAME = "train_log.new.csv"  # a new run's log while the folder's own is 
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
 
 
-def log_rows(path):
-    """The rows of a train_log.csv as lists of cells, header first, with their line numbers. A last
-    line without its newline was cut short (the run was killed while writing it): it is left out,
-    and so are blank lines."""
-    with open(path, newline="") as f:
-        text = f.read()
+def log_text(path):
+    """The text of a train_log.csv; a file that is not UTF-8 text is a ValueError that names it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a training log: it is not text (byte {e.start:,} is no UTF-8)") from None
+
+
+def log_rows(path, text=None):
+    """The rows of a train_log.csv (its text, if read already) as lists of cells, header first, with
+    their line numbers. A last line without its newline was cut short (the run was killed while
+    writing it): it is left out, and so are blank lines. Whatever cannot be read as a log is a
+    ValueError that names the file: plot.py and a resumed run say it in one line."""
+    text = log_text(path) if text is None else text
     reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
     try:
         return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
@@ -129,9 +139,12 @@ class TrainingLog:
         """Rewrite the log atomically, if need be: with every column of HEADER (a log of an earlier
         version lacks the last ones), without blank and cut-short lines, without the rows past the
         eval at resumed_at (if given)."""
-        with open(self.path, newline="") as f:
-            lines = f.read().split("\n")
-        rows = log_rows(self.path)
+        try:
+            text = log_text(self.path)
+            rows = log_rows(self.path, text)
+        except ValueError as e:
+            raise UserError(f"{e}: move it away, or choose another --out_dir") from None
+        lines = text.split("\n")
         header = rows[0][1] if rows else []
         if not header or header != list(HEADER[: len(header)]) or len(header) < 3:
             first = lines[0][:40]
