@@ -103,8 +103,10 @@ def load(path, resume=False):
             "or point --out_dir at the folder that holds ckpt.pt"
         )
     try:
-        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it (torch maps
+        # only its zip format; a file of its legacy format, torch.save(..., _use_new_zipfile_serialization=False),
+        # is read whole)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip(path))
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
             raise UserError(
@@ -120,6 +122,15 @@ def load(path, resume=False):
     if problem:
         raise UserError(f"{path} cannot be {'resumed' if resume else 'loaded'}: {problem}")
     return ckpt
+
+
+def is_zip(path):
+    """Whether the file begins as a zip archive does (torch.save's format since PyTorch 1.6)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return True  # (torch.load then says what is wrong)
 
 
 def structure_problem(ckpt, resume):
