@@ -436,3 +436,25 @@ def test_auto_restarted_before_the_first_checkpoint_logs_each_iteration_once(wor
     proc = run_script("train", work, ["--out_dir=run", "--init_from=auto", "--max_iters=4", "--eval_interval=2"])
     assert proc.returncode == 0, proc.stderr
     assert logged_iters(work / "run") == ([0, 1, 2, 3], [0, 2, 4])
+
+
+def test_sigterm_is_handled_as_ctrl_c(tmp_path):
+    """kill (SIGTERM, as schedulers send): the checkpoint being written is finished, the lock is released, and
+    the one line says which iteration ckpt.pt holds and the command that resumes."""
+    make_dataset(tmp_path)
+    args = [*TRAIN, "--out_dir=out", "--max_iters=1000000", "--eval_interval=2", "--log_interval=1000"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS["train"]), *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=clean_env())  # fmt: skip
+    while not (tmp_path / "out" / "ckpt.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    stopped, held = re.fullmatch(
+        rf"interrupted at iter (\d+); out/ckpt.pt holds iter (\d+): resume with python {SCRIPTS['train']} "
+        r"--init_from=resume --out_dir=out\n",
+        stderr,
+    ).groups()
+    assert proc.returncode != 0 and 0 < int(held) <= int(stopped)
+    assert checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == int(held)
+    assert not (tmp_path / "out" / checkpoint.LOCK_NAME).exists()
