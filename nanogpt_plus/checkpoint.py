@@ -233,8 +233,10 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
     """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
     that does not resume replace the checkpoint of another run there, unless asked to; remove what
     killed runs left half-written."""
+    made = missing_folders(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
+        _made_folders.extend(made)
     except OSError as e:
         raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another --out_dir") from None
     if not os.access(out_dir, os.W_OK):
@@ -247,6 +249,18 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         )
     for name in remove_stale_temps(out_dir):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
+
+
+def missing_folders(path):
+    """The folders of path that do not exist yet, the deepest first."""
+    missing, path = [], os.path.normpath(path)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+_made_folders = []  # what prepare_out_dir created: removed at exit if the run left nothing in them
 
 
 LOCK_NAME = ".train.lock"  # held by the run writing into its folder; it holds that run's pid
@@ -304,6 +318,11 @@ def unlock(path):
 def unlock_all():  # (atexit runs after the interpreter has waited for a checkpoint being written)
     for path in list(_locks):
         unlock(path)
+    for folder in _made_folders:  # a run that failed before it wrote anything leaves no new, empty out_dir
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: this run's work, or someone else's
+            break
 
 
 def interrupt_note(writer, out_dir, it, torchrun):

@@ -458,3 +458,11 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path):
     assert proc.returncode != 0 and 0 < int(held) <= int(stopped)
     assert checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == int(held)
     assert not (tmp_path / "out" / checkpoint.LOCK_NAME).exists()
+
+
+def test_a_run_that_fails_before_it_trains_leaves_no_new_out_dir(work):
+    """n_head does not divide n_embd, found when the model is made, after out_dir was made and locked."""
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    proc = run_script("train", work, ["--out_dir=runs/new", "--n_head=3"])
+    assert_one_line_error(proc, "n_embd=32 is not divisible by n_head=3")
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
