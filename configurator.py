@@ -145,10 +145,11 @@ def help_text(namespace, keys, script):
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = (tok.start[1], tok.string.lstrip("#").strip())
-    key_at = {}  # line number -> the key assigned there
+    key_at = {}  # line number -> the key first assigned there (its default; a script may assign it again later)
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in keys:
-            key_at.setdefault(node.lineno, node.targets[0].id)
+            if node.targets[0].id not in key_at.values():
+                key_at[node.lineno] = node.targets[0].id
     for n in range(min(key_at, default=1) - 1, max(key_at, default=-1) + 1):  # from the heading of the first
         if n in key_at:
             key = key_at[n]
