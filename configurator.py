@@ -12,6 +12,7 @@ a float). --help (or -h) lists every key with its default and the comment beside
 import ast
 import difflib
 import io
+import numbers
 import os
 import sys
 import tokenize
@@ -91,16 +92,35 @@ def apply_file(path, namespace, keys, nullable, script):
         exec(code, scope)
     except Exception as e:  # a config file is user code: say where it failed, briefly
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+    except SystemExit as e:  # else the script would end as if it had done its work
+        raise UserError(f"config file {path} called sys.exit({e.code!r}): a config file only sets keys") from None
     changed = []
     for k, v in scope.items():
-        if k.startswith("_") or not isinstance(v, (*SIMPLE_TYPES, type(None))) or k in namespace and k not in keys:
+        if k in keys:  # whatever its type: a value the key cannot take is an error, never passed over
+            v = plain_value(v, namespace[k])
+        elif k.startswith("_") or not isinstance(v, (*SIMPLE_TYPES, type(None))) or k in namespace:
             continue  # private names, modules and functions, the script's own non-config globals
-        if k not in keys:
+        else:
             raise unknown_key(k, keys, script, where=f" in {path}")
         if not (v is namespace[k] or v == namespace[k] and type(v) is type(namespace[k])):
-            namespace[k] = coerce(k, v, namespace[k], nullable)
+            try:
+                namespace[k] = coerce(k, v, namespace[k], nullable)
+            except UserError as e:
+                raise UserError(f"{e} in config file {path}") from None
             changed.append(k)
     return changed
+
+
+def plain_value(value, default):
+    """A config file's value as the plain type of its key, where it means the same: a path (pathlib.Path) for a
+    string key, an integer of another type (numpy's) for an int or float key, a real number for a float key."""
+    if isinstance(default, str) and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(default) in (int, float) and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return type(default)(value)
+    if type(default) is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def apply_flag(arg, namespace, keys, nullable, script):
@@ -125,10 +145,11 @@ def help_text(namespace, keys, script):
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = (tok.start[1], tok.string.lstrip("#").strip())
-    key_at = {}  # line number -> the key assigned there
+    key_at = {}  # line number -> the key first assigned there (its default; a script may assign it again later)
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in keys:
-            key_at.setdefault(node.lineno, node.targets[0].id)
+            if node.targets[0].id not in key_at.values():
+                key_at[node.lineno] = node.targets[0].id
     for n in range(min(key_at, default=1) - 1, max(key_at, default=-1) + 1):  # from the heading of the first
         if n in key_at:
             key = key_at[n]

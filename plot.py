@@ -29,8 +29,6 @@ def main(argv=None):
             read_log(path)
         except OSError as e:
             sys.exit(f"error: cannot read {path} ({reason(e)})")
-        except UnicodeDecodeError:
-            sys.exit(f"error: {path} is not a training log: it is not text")
         except ValueError as e:
             sys.exit(f"error: {e}")
     folder = os.path.dirname(os.path.abspath(args.out))

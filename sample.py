@@ -144,6 +144,7 @@ with torch.no_grad(), plan.autocast():
             print("---------------")
 if verbose:
     seconds = time.perf_counter() - began
-    print(f"time to the first token: {Printer.first_token_at - _STARTED:.2f} s from the start", file=sys.stderr)
+    if Printer.first_token_at is not None:  # (--max_new_tokens=0 draws none)
+        print(f"time to the first token: {Printer.first_token_at - _STARTED:.2f} s from the start", file=sys.stderr)
     tokens, how = num_samples * max_new_tokens, "one batch" if batch_samples else "one sample at a time"
     print(f"{tokens:,} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s, {how})", file=sys.stderr)

@@ -44,7 +44,7 @@ from nanogpt_plus.plan import (
 )
 from nanogpt_plus.progress import Progress, TimeLeft, TimeSplit
 from nanogpt_plus.step import TrainStep
-from nanogpt_plus.tokenizer import load_meta
+from nanogpt_plus.tokenizer import check_resumed_vocabulary, load_meta
 from nanogpt_plus.training_log import TrainingLog
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -152,6 +152,8 @@ if hellaswag_interval and meta_path:
         f"({meta_path}): set --hellaswag_interval=0"
     )
 meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
+if ckpt:  # the data as prepared now must be what the model learned, before anything trains or is saved
+    check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, ckpt["model_args"].get("vocab_size"))
 
 # -----------------------------------------------------------------------------
 # setup: the processes of a torchrun job (DDP), then how this run computes, decided once
@@ -353,12 +355,12 @@ def diverged(what, it):
 log = None  # train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
 resumed_at = iter_num if init_from == "resume" else None  # what ckpt.pt holds now
 if master_process and not eval_only:
-    log = TrainingLog(out_dir, truncate=fresh_run and overwrite, say=say, resumed_at=resumed_at)
+    log = TrainingLog(out_dir, truncate=fresh_run, say=say, resumed_at=resumed_at)
 if wandb_log and master_process:
     import wandb
 
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-writer = checkpoint.BackgroundWriter(written=resumed_at)
+writer = checkpoint.BackgroundWriter(written=resumed_at, on_written=log.adopt if log else None)  # (a new log's turn)
 if not eval_only:  # Ctrl-C says where the run stopped and the command that goes on from its checkpoint (rank 0)
     on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)

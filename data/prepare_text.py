@@ -1,13 +1,14 @@
 r"""Your own UTF-8 text (a file, or a folder of files) as a dataset: uint16 token ids in train.bin/val.bin.
 
-Usage: python data/prepare_text.py path/to/file.txt --name mydata [--tokenizer=char|gpt2] [--out_dir DIR]
+Usage: python data/prepare_text.py path/to/file.txt --name mydata [--tokenizer=char|gpt2] [--out_dir DIR] [--overwrite]
 Then python train.py config/train_shakespeare_char.py --dataset=mydata --out_dir=out-mydata trains a small model on
 it (the quick recipe without a GPU), and python sample.py --out_dir=out-mydata samples from it, with no further setup.
 
 char (the default) and gpt2 write the same bytes as data/shakespeare_char/prepare.py (with its meta.pkl) and
 data/shakespeare/prepare.py: the first 90% of the characters are train, the rest val; newlines read as in Python's
 text mode (\r\n and \r become \n). A folder is every regular non-hidden file under it, recursively, in sorted
-relative-path order, joined as they are. The text is read twice, a chunk at a time (count the characters and find
+relative-path order, joined as they are. A folder that holds another dataset is replaced only with --overwrite (the
+same text prepared again is fine). The text is read twice, a chunk at a time (count the characters and find
 the vocabulary, then encode and write), so memory follows --chunk_mb, not the size of the text.
 """
 
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import filecmp
 import io
 import itertools
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -169,8 +172,42 @@ def check_splits(counts: list[int], block_size: int, val_fraction: float) -> Non
             )
 
 
-def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0) -> dict[str, int]:
-    """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts."""
+def held_dataset(out_dir: Path) -> str:
+    """What out_dir holds, in a few words: its kind of tokens and the size of its train split."""
+    train = out_dir / "train.bin"
+    size = f"{train.stat().st_size // 2:,} train tokens" if train.is_file() else "no train.bin"
+    kind = "character-level (meta.pkl)" if (out_dir / "meta.pkl").is_file() else "GPT-2 BPE"
+    return f"a {kind} dataset of {size}"
+
+
+def differs(path: Path, new: Path | bytes | None) -> bool:
+    """Whether the file at path exists and writing `new` there (a file's contents, bytes, or None: removing it)
+    would change it."""
+    if not path.is_file():
+        return False
+    if new is None:
+        return True
+    if isinstance(new, bytes):
+        return path.read_bytes() != new
+    return not filecmp.cmp(new, path, shallow=False)
+
+
+def refuse_replacing(out_dir: Path, new: dict[str, Path | bytes | None], overwrite: bool) -> None:
+    """A dataset already in out_dir is the user's work: the same text prepared again may write the same bytes over
+    it, other text may replace it only when asked to (--overwrite)."""
+    replaced = [name for name, contents in new.items() if differs(out_dir / name, contents)]
+    if replaced and not overwrite:
+        raise pu.UserError(
+            f"{out_dir} already holds {held_dataset(out_dir)}, which this text would replace ({', '.join(replaced)}): "
+            "give another --name or --out_dir, or pass --overwrite to replace it"
+        )
+
+
+def prepare(
+    source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0, overwrite=False
+) -> dict[str, int]:
+    """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts. Another dataset there is
+    replaced only if overwrite."""
     source, out_dir = Path(source), Path(out_dir)
     if source.is_dir() and out_dir.resolve().is_relative_to(source.resolve()):  # it would read its own bins
         raise pu.UserError(f"the output folder {out_dir} is inside the input folder {source}: write it elsewhere")
@@ -195,13 +232,19 @@ def prepare(source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1,
             with pu.atomic_write(out_dir / "train.bin") as train, pu.atomic_write(out_dir / "val.bin") as val:
                 counts = write_splits(token_ids(pieces, tokenizer, vocab), (train, val))
                 check_splits(counts, block_size, val_fraction)
-                if tokenizer == "char":
-                    pu.write_pickle(char_meta([chr(c) for c in vocab]), out_dir / "meta.pkl")
+                train.flush(), val.flush()  # (compared below under their temp names)
+                # a gpt2 run removes meta.pkl: one left from a char run would make train.py and sample.py read chars
+                meta = pickle.dumps(char_meta([chr(c) for c in vocab])) if tokenizer == "char" else None
+                refuse_replacing(out_dir, {"train.bin": Path(train.name), "val.bin": Path(val.name), "meta.pkl": meta},
+                                 overwrite)  # fmt: skip
+                if meta is not None:
+                    with pu.atomic_write(out_dir / "meta.pkl") as f:
+                        f.write(meta)
     except BaseException:
         if made_dir and out_dir.is_dir() and not any(out_dir.iterdir()):  # no empty folder left behind either
             out_dir.rmdir()
         raise
-    if tokenizer == "gpt2":  # a meta.pkl from an earlier char run would make train.py and sample.py read chars
+    if tokenizer == "gpt2":
         (out_dir / "meta.pkl").unlink(missing_ok=True)
     return {"files": len(files), "chars": n_chars, "vocab_size": len(vocab), "train": counts[0], "val": counts[1]}
 
@@ -229,6 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--block_size", type=int, default=256, help="each split needs block_size + 1 tokens")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the characters for val.bin")
     parser.add_argument("--chunk_mb", type=float, default=1.0, help="MB read at a time")
+    parser.add_argument("--overwrite", action="store_true", help="replace another dataset already in the folder")
     return parser.parse_args(argv)
 
 
@@ -240,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
                 "--block_size must be at least 1, --val_fraction between 0 and 1, --chunk_mb above 0 and at most 1024"
             )
         out_dir = args.out_dir or dataset_dir(args.name)
-        counts = prepare(args.input, out_dir, args.tokenizer, args.block_size, args.val_fraction, args.chunk_mb)
+        counts = prepare(
+            args.input, out_dir, args.tokenizer, args.block_size, args.val_fraction, args.chunk_mb, args.overwrite
+        )
     print(f"length of dataset in characters: {counts['chars']:,} (from {counts['files']:,} file(s))")
     if args.tokenizer == "char":
         print(f"vocab size: {counts['vocab_size']:,}")

@@ -54,9 +54,10 @@ class BackgroundWriter:
     the interpreter finishes a write in flight before it exits.
     """
 
-    def __init__(self, written=None):
+    def __init__(self, written=None, on_written=None):
         self.thread, self.error = None, None
         self.written = written  # the label of the last checkpoint that reached the disk (a resumed run's: its own)
+        self.on_written = on_written  # called with the label of each checkpoint once it is on disk
 
     def submit(self, obj, path, label=None):
         self.wait()
@@ -69,6 +70,8 @@ class BackgroundWriter:
             with atomic_write(path) as f:  # a crash leaves the previous checkpoint or the new one, never half
                 torch.save(obj, f)
             self.written = label
+            if self.on_written:
+                self.on_written(label)
         except Exception as e:  # raised by wait(), in the main thread
             self.error = (path, e)
 
@@ -100,8 +103,10 @@ def load(path, resume=False):
             "or point --out_dir at the folder that holds ckpt.pt"
         )
     try:
-        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it (torch maps
+        # only its zip format; a file of its legacy format, torch.save(..., _use_new_zipfile_serialization=False),
+        # is read whole)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip(path))
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
             raise UserError(
@@ -117,6 +122,15 @@ def load(path, resume=False):
     if problem:
         raise UserError(f"{path} cannot be {'resumed' if resume else 'loaded'}: {problem}")
     return ckpt
+
+
+def is_zip(path):
+    """Whether the file begins as a zip archive does (torch.save's format since PyTorch 1.6)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return True  # (torch.load then says what is wrong)
 
 
 def structure_problem(ckpt, resume):
@@ -219,8 +233,10 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
     """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
     that does not resume replace the checkpoint of another run there, unless asked to; remove what
     killed runs left half-written."""
+    made = missing_folders(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
+        _made_folders.extend(made)
     except OSError as e:
         raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another --out_dir") from None
     if not os.access(out_dir, os.W_OK):
@@ -233,6 +249,18 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         )
     for name in remove_stale_temps(out_dir):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
+
+
+def missing_folders(path):
+    """The folders of path that do not exist yet, the deepest first."""
+    missing, path = [], os.path.normpath(path)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+_made_folders = []  # what prepare_out_dir created: removed at exit if the run left nothing in them
 
 
 LOCK_NAME = ".train.lock"  # held by the run writing into its folder; it holds that run's pid
@@ -290,6 +318,11 @@ def unlock(path):
 def unlock_all():  # (atexit runs after the interpreter has waited for a checkpoint being written)
     for path in list(_locks):
         unlock(path)
+    for folder in _made_folders:  # a run that failed before it wrote anything leaves no new, empty out_dir
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: this run's work, or someone else's
+            break
 
 
 def interrupt_note(writer, out_dir, it, torchrun):

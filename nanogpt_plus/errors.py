@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import signal
 import sys
 
 
@@ -14,9 +15,15 @@ interrupt_note = None  # a function giving the line Ctrl-C prints instead of "in
 
 
 def on_interrupt(note):
-    """Let Ctrl-C print note() (say, where a run stopped and how to go on) instead of "interrupted"."""
+    """Let Ctrl-C print note() (say, where a run stopped and how to go on) instead of "interrupted"; and
+    let SIGTERM (what `kill` and schedulers send) stop the process as Ctrl-C does, not dead in its tracks."""
     global interrupt_note
     interrupt_note = note
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def report_user_errors():

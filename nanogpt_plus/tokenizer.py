@@ -71,6 +71,24 @@ def char_vocabulary(meta, path, vocab_size):
     return itos
 
 
+def check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, vocab_size):
+    """A resumed model of vocab_size tokens and its dataset as it is now (meta_path: its meta.pkl, if any) must
+    have one vocabulary: a dataset prepared again from other text or with the other tokenizer would be trained
+    on with ids that mean other text, and the checkpoint overwritten."""
+    if vocab_size is None:  # (model_from says what such a checkpoint lacks)
+        return
+    if meta_path and meta_vocab_size != vocab_size:
+        have = f"{meta_vocab_size} characters ({meta_path})"
+    elif not meta_path and vocab_size < GPT2_VOCAB:
+        have = "GPT-2's tokens (no meta.pkl)"
+    else:
+        return
+    raise UserError(
+        f"--dataset={dataset} now has {have} but the checkpoint's model has {vocab_size} tokens: it is not the "
+        "data the model was trained on (prepared again?); prepare it as before, or start anew with --out_dir=NEW_DIR"
+    )
+
+
 class CharTokenizer:
     """A character vocabulary (a meta dict), checked to be that of a model of vocab_size tokens; `path` is
     where it comes from, for the messages."""

@@ -7,6 +7,7 @@ matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag
 plot.py draws the logs of finished runs, one or several side by side.
 """
 
+import atexit
 import contextlib
 import csv
 import io
@@ -17,15 +18,26 @@ import time
 from nanogpt_plus.atomic import atomic_write
 from nanogpt_plus.errors import UserError, cannot_write, reason
 
+PENDING_NAME = "train_log.new.csv"  # a new run's log while the folder's own is an earlier run's
 HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (older logs lack hellaswag)
 
 
-def log_rows(path):
-    """The rows of a train_log.csv as lists of cells, header first, with their line numbers. A last
-    line without its newline was cut short (the run was killed while writing it): it is left out,
-    and so are blank lines."""
-    with open(path, newline="") as f:
-        text = f.read()
+def log_text(path):
+    """The text of a train_log.csv; a file that is not UTF-8 text is a ValueError that names it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a training log: it is not text (byte {e.start:,} is no UTF-8)") from None
+
+
+def log_rows(path, text=None):
+    """The rows of a train_log.csv (its text, if read already) as lists of cells, header first, with
+    their line numbers. A last line without its newline was cut short (the run was killed while
+    writing it): it is left out, and so are blank lines. Whatever cannot be read as a log is a
+    ValueError that names the file: plot.py and a resumed run say it in one line."""
+    text = log_text(path) if text is None else text
     reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
     try:
         return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
@@ -95,9 +107,12 @@ def draw(out_dirs, png_path):
 
 
 class TrainingLog:
-    """train.py's log: rows appended to out_dir/train_log.csv (a new file only when asked to replace
-    a run), and loss.png redrawn after an eval, in a thread so that training need not wait for it:
-    at most every 10 seconds (a drawing takes the Python lock for about 0.1 s) and at the end.
+    """train.py's log: rows appended to out_dir/train_log.csv, and loss.png redrawn after an eval, in
+    a thread so that training need not wait for it: at most every 10 seconds (a drawing takes the
+    Python lock for about 0.1 s) and at the end. A new run (`truncate`) starts a new log; while
+    out_dir holds an earlier one, the new rows go to PENDING_NAME beside it, which takes its place
+    when the new run's first checkpoint is written (adopt()) and is removed if the run ends before:
+    until then the old checkpoint keeps its log and picture, whatever becomes of the new run.
     A run resumed at iteration `resumed_at` redoes what the stopped one did after its checkpoint
     (saved right after the eval at resumed_at): those rows go, so that none appears twice. So do the
     blank and cut-short lines a killed run may leave. A file that cannot be written (a full disk) is
@@ -105,7 +120,12 @@ class TrainingLog:
 
     def __init__(self, out_dir, truncate, say, resumed_at=None):
         self.out_dir, self.say, self.drawing, self.drawn_at, self.draw_failed = out_dir, say, None, 0.0, False
-        self.path = os.path.join(out_dir, "train_log.csv")
+        self.final = os.path.join(out_dir, "train_log.csv")
+        self.pending = truncate and os.path.exists(self.final)
+        self.path = os.path.join(out_dir, PENDING_NAME) if self.pending else self.final
+        self.lock, self.draw_due = threading.RLock(), False  # (adopt() runs in the checkpoint writer's thread)
+        if self.pending:
+            atexit.register(self.discard)
         try:
             if truncate or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
                 with atomic_write(self.path, "w") as f:
@@ -119,9 +139,12 @@ class TrainingLog:
         """Rewrite the log atomically, if need be: with every column of HEADER (a log of an earlier
         version lacks the last ones), without blank and cut-short lines, without the rows past the
         eval at resumed_at (if given)."""
-        with open(self.path, newline="") as f:
-            lines = f.read().split("\n")
-        rows = log_rows(self.path)
+        try:
+            text = log_text(self.path)
+            rows = log_rows(self.path, text)
+        except ValueError as e:
+            raise UserError(f"{e}: move it away, or choose another --out_dir") from None
+        lines = text.split("\n")
         header = rows[0][1] if rows else []
         if not header or header != list(HEADER[: len(header)]) or len(header) < 3:
             first = lines[0][:40]
@@ -139,9 +162,32 @@ class TrainingLog:
             with atomic_write(self.path, "w", newline="") as f:
                 csv.writer(f, lineterminator="\n").writerows([HEADER, *keep])
 
+    def adopt(self, _label=None):
+        """This run's first checkpoint is on disk: its log replaces the earlier run's, and the picture follows."""
+        with self.lock:
+            if not self.pending:
+                return
+            try:
+                os.replace(self.path, self.final)
+            except OSError as e:
+                raise cannot_write(self.final, e, "--out_dir") from None
+            self.path, self.pending = self.final, False
+            if self.draw_due:
+                self.redraw(last=True)
+
+    def discard(self):
+        """At exit, a new log never adopted goes: the folder's log is the one of the checkpoint still there."""
+        if self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
     def row(self, **cells):
         """Append a row of HEADER's cells; if the disk is full, the file is cut back to the rows before it."""
         data = (",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n").encode()
+        with self.lock:
+            self.append(data)
+
+    def append(self, data):
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
@@ -170,12 +216,18 @@ class TrainingLog:
         self.redraw(last)
 
     def redraw(self, last):
-        if last or time.time() - self.drawn_at > 10:
-            first = self.drawing is None
-            self.wait()
-            self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
-            self.drawing.start()
-            self.drawn_at = time.time()
+        with self.lock:
+            if self.pending:  # loss.png is the earlier run's until this one adopts the log
+                self.draw_due = True
+            elif last or time.time() - self.drawn_at > 10:
+                self.start_drawing()
+
+    def start_drawing(self):
+        first = self.drawing is None
+        self.wait()
+        self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
+        self.drawing.start()
+        self.drawn_at = time.time()
 
     def draw(self, first):
         png = os.path.join(self.out_dir, "loss.png")

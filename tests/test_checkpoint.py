@@ -56,6 +56,16 @@ def test_checkpoint_of_plain_values_in_the_wrong_places_is_one_line(base, tmp_pa
         checkpoint.model_from(checkpoint.load(str(tmp_path / "ckpt.pt")))
 
 
+def test_a_checkpoint_in_torchs_legacy_format_loads(base, tmp_path):
+    """torch.save's format before PyTorch 1.6 (not a zip, which torch cannot memory-map) loads as the same dict."""
+    ckpt = torch.load(base / "out" / "ckpt.pt", weights_only=True)
+    torch.save(ckpt, tmp_path / "ckpt.pt", _use_new_zipfile_serialization=False)
+    assert not (tmp_path / "ckpt.pt").read_bytes().startswith(b"PK")
+    loaded = checkpoint.load(str(tmp_path / "ckpt.pt"), resume=True)
+    assert loaded.keys() == ckpt.keys() and loaded["iter_num"] == ckpt["iter_num"]
+    assert all(torch.equal(loaded["model"][k], v) for k, v in ckpt["model"].items())
+
+
 @pytest.mark.parametrize("script", ["sample", "train"])
 def test_crafted_checkpoint_is_refused(work, script):
     marker = work / "payload_ran"

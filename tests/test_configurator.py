@@ -131,8 +131,34 @@ def test_file_that_sets_a_key_to_its_default_does_not_change_it(tmp_path):
 def test_file_int_for_float_and_wrong_type(tmp_path):
     _, config, _ = run([write(tmp_path, "learning_rate = 1\n")])
     assert config["learning_rate"] == 1.0 and type(config["learning_rate"]) is float
-    with pytest.raises(UserError, match=r"^compile expects bool, got 'no' \(str\)$"):
+    with pytest.raises(UserError, match=r"^compile expects bool, got 'no' \(str\) in config file .*bad\.py$"):
         run([write(tmp_path, "compile = 'no'\n", "bad.py")])
+
+
+def test_file_values_of_other_types_that_mean_the_same_are_taken(tmp_path):
+    text = "import pathlib\nimport numpy as np\nout_dir = pathlib.Path('runs') / 'a'\nbatch_size = np.int64(16)\n"
+    text += "learning_rate = np.float32(0.5)\n"
+    _, config, changed = run([write(tmp_path, text)])
+    assert (config["out_dir"], config["batch_size"], config["learning_rate"]) == (str(Path("runs", "a")), 16, 0.5)
+    assert [type(config[k]) for k in ("out_dir", "batch_size", "learning_rate")] == [str, int, float]
+    assert changed == {"out_dir", "batch_size", "learning_rate"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("out_dir = ('runs', 'a')\n", r"^out_dir expects str, got \('runs', 'a'\) \(tuple\) in config file .*cfg\.py$"),
+        ("import numpy\nbatch_size = numpy.float64(2.5)\n", r"^batch_size expects int, got .*2\.5.* in config file "),
+        ("compile = [False]\n", r"^compile expects bool, got \[False\] \(list\) in config file .*cfg\.py$"),
+        ("import sys\nsys.exit()\n", r"^config file .*cfg\.py called sys\.exit\(None\): a config file only sets keys$"),
+        ("import sys\nsys.exit(0)\n", r"^config file .*cfg\.py called sys\.exit\(0\)"),
+    ],
+)
+def test_file_values_a_key_cannot_take_and_exits_are_one_line(tmp_path, text, message):
+    ns = defaults()
+    with pytest.raises(UserError, match=message):
+        run([write(tmp_path, text)], ns)
+    assert ns == defaults() | {"ARCH": ns["ARCH"], "helper": ns["helper"]}  # nothing was set
 
 
 @pytest.mark.parametrize(
@@ -325,18 +351,24 @@ def test_flags_apply_on_top_of_the_quick_recipe(train_config):
 # ---------------------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py", "bench.py"])
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "bench.py", "eval_hellaswag.py", "export_hf.py"])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_every_key_with_its_default_and_comment(script, flag):
     """Each script's --help: every key of its defaults block once, its default as Python writes it,
-    and the comment of its line; exit status 0, nothing else done."""
+    and the comment of its line, under the block's own comment lines as headings (not the script's later
+    comments, nor a key assigned again later); exit status 0, nothing else done."""
     proc = subprocess.run([sys.executable, str(REPO / script), "--dataset=nope", flag], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.startswith(f"usage: python {script} [config_file.py ...] [--key=value ...]")
     source = (REPO / script).read_text()
     block = source[: source.index("configure(globals()")]
     keys = re.findall(r"^([a-z]\w*) = .*?  # (.*)$", block, re.M)  # (a leading _ marks a module's own name)
-    assert len(keys) >= 10
+    assert len(keys) >= 3
+    lines = proc.stdout.splitlines()[2:]  # (after the usage)
+    flags = [line.split("=")[0].strip() for line in lines if line.startswith("  --")]
+    assert len(flags) == len(set(flags)), [f for f in flags if flags.count(f) > 1]
+    headings = [line.removesuffix(":") for line in lines if not line.startswith("  --")]
+    assert all(re.search(rf"^# {re.escape(h)}$", block, re.M) for h in headings), headings
     listed = dict(re.findall(r"^  --(\w+)=.*?  +(.*)$", proc.stdout, re.M))
     if script in ("train.py", "sample.py"):  # init_from takes a local Hugging Face folder too
         assert "Hugging Face folder" in listed["init_from"]

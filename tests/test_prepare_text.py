@@ -286,8 +286,39 @@ def test_bad_options(tmp_path, shakespeare_input):
 
 def test_gpt2_run_removes_a_char_runs_meta(tmp_path, shakespeare_input):
     pt.prepare(shakespeare_input, tmp_path, tokenizer="char")
-    pt.prepare(shakespeare_input, tmp_path, tokenizer="gpt2")
+    pt.prepare(shakespeare_input, tmp_path, tokenizer="gpt2", overwrite=True)
     assert sorted(outputs(tmp_path)) == ["train.bin", "val.bin"]  # else train.py would read BPE ids as characters
+
+
+@pytest.mark.parametrize(
+    "first, again, held",
+    [
+        (("a.txt", "char"), ("b.txt", "char"), "a character-level (meta.pkl) dataset"),
+        (("a.txt", "char"), ("a.txt", "gpt2"), "a character-level (meta.pkl) dataset"),
+        (("a.txt", "gpt2"), ("b.txt", "gpt2"), "a GPT-2 BPE dataset"),
+    ],
+)
+def test_another_dataset_in_the_folder_is_replaced_only_with_overwrite(tmp_path, first, again, held):
+    (tmp_path / "a.txt").write_text("To be, or not to be, that is the question.\n" * 40)
+    (tmp_path / "b.txt").write_text("Now is the winter of our discontent.\n" * 50)
+    made = run(tmp_path / first[0], "--out_dir", tmp_path / "out", "--tokenizer", first[1], "--block_size=8")
+    assert made.returncode == 0, made.stderr
+    before = outputs(tmp_path / "out")
+    held += f" of {len(before['train.bin']) // 2:,} train tokens"
+    args = (tmp_path / again[0], "--out_dir", tmp_path / "out", "--tokenizer", again[1], "--block_size=8")
+    assert_error(run(*args), f"{tmp_path / 'out'} already holds {held}", "pass --overwrite to replace it")
+    assert outputs(tmp_path / "out") == before
+    # --overwrite replaces it with what a fresh folder gets
+    assert run(*args, "--overwrite").returncode == 0
+    assert run(*args[:2], tmp_path / "fresh", *args[3:]).returncode == 0
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "fresh")
+
+
+def test_the_same_text_prepared_again_is_no_error(tmp_path):
+    (tmp_path / "a.txt").write_text("To be, or not to be, that is the question.\n" * 40)
+    for _ in range(2):
+        proc = run(tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--block_size=8")
+        assert proc.returncode == 0, proc.stderr
 
 
 # ---------------------------------------------------------------- end to end: prepare, train, sample

@@ -2,6 +2,7 @@
 a seed out of range, a meta.pkl that is not the model's (export_hf.py too) or is missing."""
 
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from user_errors import (
     case_id,
     check_bad_input,
     run_in_process,
+    run_script,
     snapshot,
     truncate_file,
 )
@@ -82,3 +84,13 @@ def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, mon
     message = run_in_process(REPO / "sample.py", exported, [*args, "--device=cpu", "--start=!"], monkeypatch)
     missing = "no data/toy/meta.pkl was found" if source == "checkpoint" else "no meta.pkl says what they are"
     assert_one_line(message, f"the model has 40 tokens, too few for GPT-2's, and {missing}")
+
+
+@pytest.mark.parametrize("batch_samples", [False, True])
+def test_no_new_tokens_with_verbose_prints_the_prompt_and_the_count(work, batch_samples):
+    """--max_new_tokens=0 --verbose: each sample is the prompt alone, and the count of tokens is 0."""
+    args = ["--out_dir=out", "--start=123", "--num_samples=2", "--max_new_tokens=0", "--verbose=True"]
+    proc = run_script("sample", work, [*args, f"--batch_samples={batch_samples}"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("123\n---------------\n" * 2)
+    assert re.fullmatch(r"0 tokens in [\d.]+ s \(0 tokens/s, one (batch|sample at a time)\)\n", proc.stderr)

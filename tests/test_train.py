@@ -538,8 +538,8 @@ def test_data_with_tokens_beyond_the_model(tmp_path, trained):
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     resume = [*TINY, "--init_from=resume", "--out_dir=out"]
     for args, message in [
-        (["--dataset=wide"], "--dataset=wide needs a vocabulary of 64 tokens but the model has vocab_size=32"),
-        (["--dataset=wide_nometa"], "--dataset=wide_nometa needs a vocabulary of 6[0-4] tokens but the model has "),
+        (["--dataset=wide"], "--dataset=wide now has 64 characters .* but the checkpoint's model has 32 tokens"),
+        (["--dataset=wide_nometa"], "--dataset=wide_nometa now has GPT-2's tokens .* but the checkpoint's model has "),
         (["--block_size=32"], "block_size=32 does not fit the checkpoint, whose block_size is 16"),
     ]:
         proc = run_train(tmp_path, *resume, *args, check=False)

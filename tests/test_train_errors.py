@@ -8,6 +8,7 @@ import pickle
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import make_dataset, run_train
+from test_train import make_dataset, read_log, run_train
 from user_errors import (
     GARBAGE,
     RESUME,
@@ -38,7 +39,7 @@ from user_errors import (
     write_file,
 )
 
-from nanogpt_plus import checkpoint, dataloader, tokenizer
+from nanogpt_plus import checkpoint, dataloader, tokenizer, training_log
 from nanogpt_plus.errors import UserError
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -53,6 +54,34 @@ CASES = [
         ["bad_config.py"],
         write_file("bad_config.py", "n_layer = (\n"),
         "syntax error in config file bad_config.py, line 1",
+        None,
+    ),
+    (
+        "config-sys-exit",
+        ["exit_config.py"],
+        write_file("exit_config.py", "import sys\nsys.exit()\n"),
+        "config file exit_config.py called sys.exit(None): a config file only sets keys",
+        None,
+    ),
+    (
+        "config-tuple-out_dir",
+        ["tuple_config.py"],
+        write_file("tuple_config.py", "out_dir = ('runs', 'a')\n"),
+        "out_dir expects str, got ('runs', 'a') (tuple) in config file tuple_config.py",
+        None,
+    ),
+    (
+        "log-not-utf8",
+        RESUME,
+        write_file("out/train_log.csv", b"iter,loss,val_loss,lr,time_ms,mfu\n0,3.5,,0.001,12.0,\n\xff\xfe\n"),
+        "out/train_log.csv is not a training log: it is not text (byte 53 is no UTF-8): move it away, or choose",
+        None,
+    ),
+    (
+        "log-enormous-line",
+        RESUME,
+        write_file("out/train_log.csv", "iter,loss,val_loss,lr,time_ms,mfu\n" + "1" * 200_000 + "\n"),
+        "out/train_log.csv is not a training log: line 2 is no CSV row: move it away, or choose another --out_dir",
         None,
     ),
     ("dataset-missing", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
@@ -78,7 +107,23 @@ CASES = [
         "meta-vocab-too-big",
         [*RESUME, "--dataset=wide"],
         None,
-        "--dataset=wide needs a vocabulary of 64 tokens but the model has vocab_size=32",
+        "--dataset=wide now has 64 characters (data/wide/meta.pkl) but the checkpoint's model has 32 tokens",
+        None,
+    ),
+    (
+        "dataset-prepared-again-with-fewer-characters",
+        RESUME,
+        lambda root: shutil.rmtree(root / "data" / "tiny") or make_dataset(root, vocab=16),
+        "--dataset=tiny now has 16 characters (data/tiny/meta.pkl) but the checkpoint's model has 32 tokens: it is "
+        "not the data the model was trained on (prepared again?); prepare it as before, or start anew with "
+        "--out_dir=NEW_DIR",
+        None,
+    ),
+    (
+        "dataset-prepared-again-as-gpt2",
+        RESUME,
+        remove_file("data/tiny/meta.pkl"),
+        "--dataset=tiny now has GPT-2's tokens (no meta.pkl) but the checkpoint's model has 32 tokens",
         None,
     ),
     ("meta-corrupt", [], write_file("data/tiny/meta.pkl", GARBAGE), "meta.pkl is corrupt", None),
@@ -197,6 +242,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         proc.stderr.close()
         names = os.listdir(out) if out.is_dir() else []
         kept = ("ckpt.pt", "train_log.csv", "loss.png", checkpoint.LOCK_NAME)  # (the lock file, no lock)
+        kept += (training_log.PENDING_NAME,)  # (a try killed before its first checkpoint, after one that had a log)
         assert all(n in kept or TEMP_NAME.match(n) for n in names), names
         temps_seen += sum(bool(TEMP_NAME.match(n)) for n in names)
         if "ckpt.pt" in names:
@@ -346,3 +392,77 @@ def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes
     with pytest.raises(UserError) as e:
         dataloader.Batches("tiny", 16, 4, "cpu", in_memory_bytes=in_memory_bytes)
     assert_one_line(str(e.value), "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids")
+
+
+# ---------------------------------------------------------------------------- a new run and the old run's log
+
+OLD_LOG = "iter,loss,val_loss,lr,time_ms,mfu,hellaswag\n" + "".join(f"{i},3.5,,0.001,12.0,,\n" for i in range(20))
+
+
+def logged_iters(out_dir: Path) -> tuple[list[int], list[int]]:
+    """(iterations of the log lines, iterations of the evals) in out_dir/train_log.csv."""
+    steps, evals = read_log(out_dir)
+    return [int(r["iter"]) for r in steps], [int(r["iter"]) for r in evals]
+
+
+def test_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run_whole(work):
+    """--overwrite=True, then divergence at the first steps: the old checkpoint keeps its log and picture,
+    and the new run's log does not stay behind."""
+    (work / "out" / "train_log.csv").write_text(OLD_LOG)
+    (work / "out" / "loss.png").write_bytes(b"the old run's picture")
+    before = snapshot(work / "out")
+    proc = run_script("train", work, ["--out_dir=out", "--overwrite=True", "--learning_rate=1e30", "--decay_lr=False"])
+    assert_one_line_error(proc, "is not finite at iter")
+    assert snapshot(work / "out") == before
+    assert sorted(os.listdir(work / "out")) == ["ckpt.pt", "loss.png", "train_log.csv"]
+
+
+def test_overwrite_replaces_the_old_log_with_the_new_runs_once_it_has_a_checkpoint(work):
+    (work / "out" / "train_log.csv").write_text(OLD_LOG)
+    (work / "out" / "loss.png").write_bytes(b"the old run's picture")
+    proc = run_script("train", work, ["--out_dir=out", "--overwrite=True", "--max_iters=4", "--eval_interval=2"])
+    assert proc.returncode == 0, proc.stderr
+    assert logged_iters(work / "out") == ([0, 1, 2, 3], [0, 2, 4])  # an uninterrupted run's log, nothing older
+    assert not (work / "out" / "train_log.new.csv").exists()
+    if importlib.util.find_spec("matplotlib"):  # the picture followed the log
+        assert (work / "out" / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_auto_restarted_before_the_first_checkpoint_logs_each_iteration_once(work):
+    """torchrun --max-restarts with --init_from=auto: the first try was killed at iter 20, before any checkpoint
+    (its log ends with a cut-short line); the restart starts anew, and its log is an uninterrupted run's."""
+    (work / "run").mkdir()
+    (work / "run" / "train_log.csv").write_text(OLD_LOG + "20,3.4")
+    proc = run_script("train", work, ["--out_dir=run", "--init_from=auto", "--max_iters=4", "--eval_interval=2"])
+    assert proc.returncode == 0, proc.stderr
+    assert logged_iters(work / "run") == ([0, 1, 2, 3], [0, 2, 4])
+
+
+def test_sigterm_is_handled_as_ctrl_c(tmp_path):
+    """kill (SIGTERM, as schedulers send): the checkpoint being written is finished, the lock is released, and
+    the one line says which iteration ckpt.pt holds and the command that resumes."""
+    make_dataset(tmp_path)
+    args = [*TRAIN, "--out_dir=out", "--max_iters=1000000", "--eval_interval=2", "--log_interval=1000"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS["train"]), *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=clean_env())  # fmt: skip
+    while not (tmp_path / "out" / "ckpt.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    stopped, held = re.fullmatch(
+        rf"interrupted at iter (\d+); out/ckpt.pt holds iter (\d+): resume with python {SCRIPTS['train']} "
+        r"--init_from=resume --out_dir=out\n",
+        stderr,
+    ).groups()
+    assert proc.returncode != 0 and 0 < int(held) <= int(stopped)
+    assert checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == int(held)
+    assert not (tmp_path / "out" / checkpoint.LOCK_NAME).exists()
+
+
+def test_a_run_that_fails_before_it_trains_leaves_no_new_out_dir(work):
+    """n_head does not divide n_embd, found when the model is made, after out_dir was made and locked."""
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    proc = run_script("train", work, ["--out_dir=runs/new", "--n_head=3"])
+    assert_one_line_error(proc, "n_embd=32 is not divisible by n_head=3")
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
