@@ -146,26 +146,31 @@ def test_time_left_is_printed_and_sane(tmp_path):
     assert sum(ok for ok, _, _ in sane) >= 3, sane
 
 
-def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
-    """The time left at a log line: the steps left at the mean time of all steps timed so far (not those
-    of the first line, which compile), the evals left at the last one's duration or, before one has run
-    (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
+def test_time_left_follows_the_recent_pace_and_counts_the_evals():
+    """The time left at a log line: the steps left at the recent time per step, an average of the log
+    lines' step times in which a line's weight halves with every 20 steps logged after it (the first
+    line, whose steps compile, left out), and the evals left at the last one's duration or, before one
+    has run (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
     said = []
     eta = TimeLeft(max_iters=1000, eval_interval=100, eval_iters=30, micro_steps=2, hellaswag_interval=0, on_cpu=True,
                    say=said.append)  # fmt: skip
     assert eta.estimate(500, 30.0, 1) == ""  # the first line: its step compiled
-    # 489 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 48.9 + 5 = 53.9 s
-    assert eta.estimate(510, 0.1, 10) == ", eta 0:00:53"
+    # 479 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 47.9 + 5 = 52.9 s
+    assert eta.estimate(520, 0.1, 20) == ", eta 0:00:52"
     eta.eval_seconds = 2.0
-    # a slow line moves the mean, not the estimate to its own pace: (1 + 10 * 0.5) / 20 = 0.3 s a step;
-    # 479 steps at 0.3 s and 5 evals at the last one's 2 s: 143.7 + 10 s
-    assert eta.estimate(520, 0.5, 10) == ", eta 0:02:33"
+    # 20 steps later the 0.1 s count for half: 0.5 * 0.1 + 0.5 * 0.5 = 0.3 s a step;
+    # 459 steps at 0.3 s and 5 evals at the last one's 2 s: 137.7 + 10 s
+    assert eta.estimate(540, 0.5, 20) == ", eta 0:02:27"
+    # the machine got faster: after 40 steps at 0.05 s the earlier 0.3 s count for a quarter:
+    # 0.25 * 0.3 + 0.75 * 0.05 = 0.1125 s a step (the mean of every step, 0.175 s, would say 1:23);
+    # 419 steps at 0.1125 s and 5 evals at 2 s: 47.1375 + 10 s
+    assert eta.estimate(580, 0.05, 40) == ", eta 0:00:57"
     assert said == []  # minutes, not hours: no note
-    eta.max_iters = 100000  # 99479 steps at (6 + 3) / 30 s and 995 evals at 2 s: 31833.7 s
-    assert eta.estimate(520, 0.3, 10) == ", eta 8:50:33"
-    assert eta.estimate(520, 0.3, 10).startswith(", eta 8:50:")
+    eta.max_iters = 100000  # 99419 steps at 0.1125 s and 995 evals at 2 s: 11184.6 + 1990 = 13174.6 s
+    assert eta.estimate(580, 0.1125, 20) == ", eta 3:39:34"
+    assert eta.estimate(580, 0.1125, 20) == ", eta 3:39:34"
     assert said == [
-        "note: this run needs about 8.8 hours on this CPU; without a GPU, python train.py "
+        "note: this run needs about 3.7 hours on this CPU; without a GPU, python train.py "
         "config/train_shakespeare_char.py trains a small model in minutes"
     ]  # once
 
