@@ -253,6 +253,12 @@ def micro_batch(it, k):
     return batches.get("train", it * gradient_accumulation_steps + procs.rank * micro_steps + k)
 
 
+eta = TimeLeft(max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, plan.device_type == "cpu", say)
+if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, before anything compiles
+    step_flops = model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
+    eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
+
+
 # -----------------------------------------------------------------------------
 # optimizer, the plan applied (attention, head and loss, compilation), the wrapper and the step
 raw_model = model  # the plain module, whatever wraps it below: what is saved
@@ -363,10 +369,6 @@ if not eval_only:  # Ctrl-C says where the run stopped and the command that goes
     on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
-eta = TimeLeft(max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, plan.device_type == "cpu", say)
-if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, not after its first step
-    step_flops = raw_model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
-    eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
 time_split = TimeSplit(_STARTED)  # where the time went, said at the end

@@ -13,6 +13,18 @@ import time
 EVERY_S = 10.0  # seconds between lines where the line cannot be redrawn in place
 
 
+def duration(seconds):
+    """A long duration in the unit a person reads it in: '50 minutes', '5.2 hours', '12 days', '348 years'."""
+    minutes, hours, days = seconds / 60, seconds / 3600, seconds / 86400
+    if minutes < 90:
+        return f"{minutes:.0f} minutes"
+    if hours < 48:
+        return f"{hours:.1f} hours"
+    if days < 730:
+        return f"{days:,.0f} days"
+    return f"{days / 365.25:,.0f} years"
+
+
 def clock(seconds):
     """Seconds as H:MM:SS."""
     seconds = max(0, int(seconds))
@@ -100,6 +112,7 @@ class TimeSplit:
         return f"time {now - self.started:.1f} s: " + ", ".join(parts)
 
 
+HOPELESS_S = 7 * 86400  # a run that needs more than a week on a CPU is no run to start there
 HALF_LIFE_STEPS = 20  # the time left follows the pace of about the last few dozen steps
 
 
@@ -125,10 +138,15 @@ class TimeLeft:
         return self.max_iters // interval - iter_num // interval + (self.max_iters % interval != 0)
 
     def note_long_run(self, seconds):
-        """On a CPU, a run of more than an hour says so, once, with the quick recipe."""
+        """On a CPU, a run of more than an hour says so, once, with the quick recipe; one of more than a week
+        says plainly that it needs a GPU."""
         if self.on_cpu and seconds > 3600 and not self.noted:
-            self.say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
-                     "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
+            quick = "python train.py config/train_shakespeare_char.py trains a small model in minutes"
+            if seconds > HOPELESS_S:
+                self.say(f"note: this run needs about {duration(seconds)} on this CPU, far too long to train here: "
+                         f"it needs a GPU. Without one, {quick}")  # fmt: skip
+            else:
+                self.say(f"note: this run needs about {duration(seconds)} on this CPU; without a GPU, {quick}")
             self.noted = True
 
     def note_before_start(self, iter_num, step_flops, cpu_flops):

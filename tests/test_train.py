@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from nanogpt_plus import checkpoint, dataloader
+from nanogpt_plus import checkpoint, dataloader, progress
 from nanogpt_plus.plan import make_plan
 from nanogpt_plus.progress import TimeLeft
 
@@ -191,6 +191,45 @@ def test_a_run_too_long_for_the_cpu_says_so_before_its_first_step_and_only_once(
     on_gpu = TimeLeft(1000, 100, 30, 2, 0, on_cpu=False, say=said.append)
     on_gpu.note_long_run(7200)
     assert len(said) == 1
+
+
+@pytest.mark.parametrize(
+    "seconds, said",
+    [(3000, "50 minutes"), (5.2 * 3600, "5.2 hours"), (47 * 3600, "47.0 hours"), (12 * 86400, "12 days"),
+     (729 * 86400, "729 days"), (3053491.2 * 3600, "348 years"), (2e12 * 86400 * 365.25, "2,000,000,000,000 years")],
+)  # fmt: skip
+def test_long_durations_are_said_in_the_unit_a_person_reads(seconds, said):
+    assert progress.duration(seconds) == said
+
+
+def test_a_run_hopeless_on_a_cpu_says_so_plainly():
+    said = []
+    eta = TimeLeft(1000, 100, 30, 2, 0, on_cpu=True, say=said.append)
+    eta.note_long_run(3053491.2 * 3600)  # the issue's "about 3053491.2 hours"
+    assert said == [
+        "note: this run needs about 348 years on this CPU, far too long to train here: it needs a GPU. Without one, "
+        "python train.py config/train_shakespeare_char.py trains a small model in minutes"
+    ]
+
+
+def test_train_py_says_a_run_is_hopeless_on_a_cpu_before_its_first_eval(tmp_path):
+    """10**13 iterations of the tiny model: over 10**20 FLOPs, years at any CPU's speed."""
+    make_dataset(tmp_path)
+    cmd = [sys.executable, str(TRAIN), *TINY, "--max_iters=10000000000000", "--lr_decay_iters=10000000000000"]
+    proc = subprocess.Popen([*cmd, "--out_dir=out"], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("step 0:"):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    notes = [n for n, line in enumerate(lines) if line.startswith("note: this run needs about ")]
+    assert len(notes) == 1 and notes[0] < len(lines) - 1, lines
+    assert re.fullmatch(r"note: this run needs about [\d,]+ years on this CPU, far too long to train here: it needs a "
+                        r"GPU\. Without one, .*", lines[notes[0]])  # fmt: skip
 
 
 def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
