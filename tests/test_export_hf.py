@@ -423,3 +423,15 @@ def test_a_broken_model_folder_is_one_line(exported, monkeypatch, folder, setup,
     with pytest.raises(UserError) as e:
         huggingface.load_pretrained(folder)
     assert_one_line(str(e.value), phrase)
+
+
+def test_an_export_has_the_permissions_of_any_new_file(exported):
+    """Every file of the folder, model.safetensors included (safetensors writes 0600), and the folder
+    itself: as open() and mkdir() make them here, under this umask, like train.py's ckpt.pt."""
+    (exported / "reference").mkdir()
+    (exported / "reference" / "file").write_text("")
+    file_mode = (exported / "reference" / "file").stat().st_mode & 0o777
+    folder_mode = (exported / "reference").stat().st_mode & 0o777
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (exported / "hf").iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, file_mode)
+    assert (exported / "hf").stat().st_mode & 0o777 == folder_mode

@@ -338,3 +338,15 @@ def test_train_and_sample_on_prepared_text(shakespeare_input, tmp_path, tokenize
     else:
         assert "No meta.pkl found, assuming GPT-2 encodings" in sample.stdout
         assert "\nROMEO:" in sample.stdout
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_a_prepared_dataset_has_the_permissions_of_any_new_file(tmp_path, capsys, tokenizer):
+    """train.bin, val.bin and meta.pkl are written through temp files (atomic.py): they get what open() gives
+    a new file here, under this umask, not a temp file's 0600."""
+    (tmp_path / "in.txt").write_text("To be, or not to be, that is the question.\n" * 20)
+    pt.main([str(tmp_path / "in.txt"), "--out_dir", str(tmp_path / "data"), "--tokenizer", tokenizer, "--block_size=8"])
+    (tmp_path / "reference").write_text("")
+    reference = (tmp_path / "reference").stat().st_mode & 0o777
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "data").iterdir()}
+    assert {"train.bin", "val.bin"} <= set(modes) and modes == dict.fromkeys(modes, reference)
