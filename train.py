@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import adopt_saved, configure
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint, hellaswag, parallel
-from nanogpt_plus.dataloader import Batches, find_data_file
+from nanogpt_plus.dataloader import Batches, find_data_file, how_to_prepare
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.muon import require_muon
@@ -142,7 +142,7 @@ micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.wo
 if wandb_log and importlib.util.find_spec("wandb") is None:
     raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)")
 if find_data_file(dataset, "train.bin") is None:
-    raise UserError(f"no training data for dataset {dataset!r}: run python data/{dataset}/prepare.py first")
+    raise UserError(f"no training data for dataset {dataset!r}: {how_to_prepare(dataset)}")
 if hellaswag_interval < 0:
     raise UserError(f"hellaswag_interval={hellaswag_interval} must not be negative (0 turns HellaSwag off)")
 meta_path = find_data_file(dataset, "meta.pkl")  # a character-level dataset's, with its vocabulary size

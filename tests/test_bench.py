@@ -49,7 +49,14 @@ def test_bench_sample_reports_both_batches(tmp_path):
 
 # (id, args, setup, phrase in the message, extra env)
 ERROR_CASES = [
-    ("bench-dataset-missing", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    (
+        "bench-dataset-missing",
+        ["--dataset=nope"],
+        None,
+        "data/nope/train.bin is missing; check --dataset, or make "
+        "it from your text: python data/prepare_text.py FILE --name nope (there is no data/nope/prepare.py)",
+        None,
+    ),
     ("bench-bins-too-short", ["--dataset=tiny", "--block_size=8000"], None, "fewer than block_size", None),
     ("bench-unknown-dtype", ["--dtype=half", "--real_data=False"], None, "unknown dtype 'half'", None),
     ("bench-vocab-too-small", ["--dataset=tiny", "--vocab_size=8"], None, "holds token id 31", None),

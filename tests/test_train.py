@@ -592,12 +592,19 @@ def test_data_with_tokens_beyond_the_model(tmp_path, trained):
 
 
 def test_error_is_one_line_without_traceback(tmp_path):
-    proc = run_train(tmp_path, *TINY, "--dataset=missing", check=False)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "error: no training data for dataset 'missing': run python data/missing/prepare.py first"
-    ]
+    """A dataset with a prepare.py of its own (here data/mine/'s) is made by it; one without (a misspelled name,
+    your own text) by data/prepare_text.py."""
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    (tmp_path / "data" / "mine" / "prepare.py").write_text("")
+    for dataset, fix in [
+        ("mine", "run python data/mine/prepare.py first"),
+        ("missing", "check --dataset, or make it from your text: python data/prepare_text.py FILE --name missing "
+                    "(there is no data/missing/prepare.py)"),
+    ]:  # fmt: skip
+        proc = run_train(tmp_path, *TINY, f"--dataset={dataset}", check=False)
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: no training data for dataset {dataset!r}: {fix}"]
 
 
 # ---------------------------------------------------------------------------- data
