@@ -164,6 +164,10 @@ plan = make_plan(
     processes=procs.world_size, fsdp=fsdp,
 )  # fmt: skip
 say(f"plan: {plan.describe()}")
+if plan.device_type == "cpu":  # on a machine busy with other work, a thread per core can run many times slower
+    threads = torch.get_num_threads()
+    say(f"threads: torch uses {threads} thread{'s' * (threads != 1)} on this CPU; OMP_NUM_THREADS=N sets it (on a "
+        "machine busy with other work, fewer threads can be much faster)")  # fmt: skip
 if fsdp and not procs.enabled:
     say("note: fsdp=True ignored: it shards over the processes of a torchrun job, and this is one process")
 fresh_run = init_from != "resume" and not eval_only

@@ -724,3 +724,18 @@ def test_readme_first_command_trains_the_quick_recipe_without_a_gpu(tmp_path, sh
     assert len(samples) == 11 and samples[-1] == ""  # 10 samples, each closed by its line of dashes
     words = re.findall(r"[a-z]+", " ".join(samples).lower())
     assert sum(w in ("the", "and", "to", "of", "i", "you", "my", "that", "is", "not") for w in words) > 0.1 * len(words)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_cpu_run_says_once_how_many_threads_torch_uses_and_what_sets_it(tmp_path, threads):
+    make_dataset(tmp_path)
+    env = clean_env() | {"OMP_NUM_THREADS": threads}
+    cmd = [sys.executable, str(TRAIN), *TINY, "--max_iters=1", "--eval_interval=1", "--out_dir=out"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "thread" in line]
+    plural = "" if threads == "1" else "s"
+    assert said == [
+        f"threads: torch uses {threads} thread{plural} on this CPU; OMP_NUM_THREADS=N sets it (on a machine busy with "
+        "other work, fewer threads can be much faster)"
+    ]
