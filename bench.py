@@ -2,13 +2,14 @@
 
     python bench.py                          # GPT-2 124M, batch 12, on the best device there is
     python bench.py --batch_size=32          # the README's comparison point
-    python bench.py --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
+    python bench.py --device=cpu --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
     python bench.py --sample=True            # sampling as sample.py runs it: decode tokens/s, time to the first token
 
 The step runs as train.py would run it on this machine (the plan it prints: on one GPU each block
-compiled and the micro-step replayed as a CUDA graph). Prints the time per iteration (the median
-of the timed repeats), tokens per second, MFU against the device's own peak, and the peak GPU memory.
+compiled and the micro-step replayed as a CUDA graph; on a CPU not compiled, as the CPU recipe trains,
+unless --compile=True is given). Prints the time per iteration (the median of the timed repeats), tokens
+per second, MFU against the device's own peak, and the peak GPU memory.
 """
 
 import statistics
@@ -21,7 +22,7 @@ from model import GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
-from nanogpt_plus.plan import default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from nanogpt_plus.plan import check_device, default_device, default_dtype, make_plan, peak_flops, prepare_torch
 from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -35,7 +36,7 @@ dataset = "openwebtext"  # the dataset of real_data
 seed = 1337  # the random seed
 device = default_device()  # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1', etc., or 'mps'
 dtype = default_dtype(device)  # 'float32', 'bfloat16' or 'float16'
-compile = True  # use PyTorch 2.0 to compile the model to be faster (with sample=True: False unless given)
+compile = True  # use PyTorch 2.0 to compile the model to be faster (on a CPU or with sample=True: False unless given)
 compile_mode = "auto"  # as train.py's: 'auto', 'regional' or a torch.compile mode, e.g. 'max-autotune-no-cudagraphs'
 profile = False  # write a torch.profiler trace to ./bench_log instead of timing
 n_layer = 12  # transformer blocks (GPT-2 124M)
@@ -53,8 +54,9 @@ repeats = 3  # timed repeats; the median is reported
 config, changed = configure(globals())
 if "dtype" not in changed:  # the default dtype follows the device finally chosen
     dtype = default_dtype(device)
-if sample and "compile" not in changed:  # as sample.py: its decode steps replay CUDA graphs, uncompiled
-    compile = False
+if "compile" not in changed and (sample or check_device(device, dtype) == "cpu"):
+    compile = False  # as sample.py, whose decode steps replay CUDA graphs uncompiled; on a CPU compiling costs
+    # minutes and gains little on a small model (config/train_shakespeare_char.py trains uncompiled there)
 # -----------------------------------------------------------------------------
 # what cannot work is an error now, before anything is built or run
 for key in ("batch_size", "num_steps", "repeats"):
@@ -100,6 +102,14 @@ if not sample:
 plan.apply(model.eval() if sample else model)
 
 
+def say_compiling():
+    """One line before the first call of a compiled model, which waits (minutes on a CPU) while it compiles."""
+    if plan.compile != "none":
+        what = "each block" if plan.compile == "blocks" else "the model"
+        slow = "; minutes on a CPU" if device_type == "cpu" else ""
+        print(f"compiling {what} at its first call (torch.compile{slow})...", flush=True)
+
+
 def sync():
     if device_type == "cuda":
         torch.cuda.synchronize()
@@ -128,7 +138,11 @@ def time_sampling(rows):
     dt, to_first = statistics.median(c[0] for c in calls[1:]), statistics.median(c[1] for c in calls[1:])
     line = f"sampling {rows} x {max_new_tokens} tokens: {rows * max_new_tokens / dt:,.0f} tokens/s"
     line += f" ({dt / max_new_tokens * 1000:.3f} ms per step), first token after {to_first * 1000:.1f} ms"
-    print(line + f"; the first call, which records the CUDA graphs: {calls[0][0]:.2f} s")
+    if plan.cuda_graph:
+        line += "; the first call, which records the CUDA graphs"
+    else:
+        line += "; the first call" + (", which compiles" if plan.compile != "none" else "")
+    print(line + f": {calls[0][0]:.2f} s")
 
 
 def timed_steps(first, n):
@@ -141,6 +155,7 @@ def timed_steps(first, n):
     return (time.perf_counter() - t0) / n, lossf
 
 
+say_compiling()
 if sample:
     for rows in (1, 10):
         time_sampling(rows)
@@ -161,7 +176,8 @@ else:
     t0 = time.perf_counter()
     if burn_in:
         timed_steps(0, burn_in)
-    print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s (compilation included)")
+    compiled = " (compilation included)" if plan.compile != "none" and burn_in else ""
+    print(f"burn-in: {burn_in} steps in {time.perf_counter() - t0:.1f} s{compiled}")
     times = []
     for r in range(repeats):
         dt, lossf = timed_steps(burn_in + r * num_steps, num_steps)

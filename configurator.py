@@ -57,6 +57,17 @@ def unknown_key(key, keys, script, where=""):
     return UserError(f"unknown config key {key!r}{where}: {guess}(python {script} --help lists every key)")
 
 
+def flag_without_dashes(arg, keys, script):
+    """The UserError for a bare 'max_iters=10' that is no file: a --key=value typed without its dashes."""
+    key, _, value = arg.lstrip("-").partition("=")
+    if key in keys:
+        return UserError(f"config file {arg} not found: to set {key}, write --{key}={value}")
+    close = difflib.get_close_matches(key, keys, n=1)
+    every = f"python {script} --help lists every key"
+    fix = f"did you mean --{close[0]}={value}? ({every})" if close else every
+    return UserError(f"config file {arg} not found, and {key!r} is no config key: {fix}")
+
+
 def not_a_config(path, why, script):
     """A bare argument that is no config file: often a run's folder or checkpoint, meant as --out_dir."""
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
@@ -74,6 +85,8 @@ def apply_file(path, namespace, keys, nullable, script):
         with open(path, "rb") as f:  # bytes: Python reads a source's encoding from the source itself
             source = f.read()
     except FileNotFoundError:
+        if "=" in path and path.lstrip("-").partition("=")[0].isidentifier():
+            raise flag_without_dashes(path, keys, script) from None
         raise UserError(f"config file {path} not found: check the path (configs live in config/)") from None
     except IsADirectoryError:
         raise not_a_config(path, "it is a folder", script) from None

@@ -15,7 +15,7 @@ import os
 from configurator import configure
 from model import ARCH_KEYS
 from nanogpt_plus import checkpoint
-from nanogpt_plus.atomic import atomic_folder
+from nanogpt_plus.atomic import atomic_folder, usual_permissions
 from nanogpt_plus.errors import UserError, cannot_write, os_errno, report_user_errors
 from nanogpt_plus.huggingface import (
     hf_config,
@@ -108,7 +108,9 @@ def write_folder(folder, model, chars, tokenizer_files):
         data = content if isinstance(content, bytes) else json.dumps(content, indent=2).encode() + b"\n"
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-    save_file(hf_state_dict(model), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    weights = os.path.join(folder, "model.safetensors")
+    save_file(hf_state_dict(model), weights, metadata={"format": "pt"})
+    usual_permissions(weights)  # (safetensors makes it its owner's alone)
 
 
 check_target()

@@ -1,11 +1,12 @@
 """The loss curves of training runs, from their out_dir/train_log.csv, as a PNG picture.
 
-    python plot.py out-shakespeare-char                  # one run's curves, into loss.png
-    python plot.py out-a out-b --out compare.png         # several runs side by side
+    python plot.py out-shakespeare-char                  # one run's curves, into out-shakespeare-char/loss.png
+    python plot.py out-a out-b                           # both runs on the same axes, into ./loss-compare.png
+    python plot.py out-a out-b --out ab.png              # the same, into ab.png
 
 train.py writes train_log.csv and, when matplotlib is installed (pip install matplotlib), redraws
 out_dir/loss.png at each eval (nanogpt_plus/training_log.py); this draws the same picture afterwards,
-of one run or of several side by side.
+or several runs' curves overlaid, to compare them.
 """
 
 import argparse
@@ -15,12 +16,21 @@ import sys
 from nanogpt_plus.errors import cannot_write, reason
 from nanogpt_plus.training_log import draw, read_log
 
+COMPARE_PNG = "loss-compare.png"  # several runs' picture belongs to none of them: it goes where plot.py runs
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Draw the train and val loss of one or more runs side by side.")
+    parser = argparse.ArgumentParser(
+        description="Draw the train and val loss of a run, or of several runs on the same axes to compare them."
+    )
     parser.add_argument("out_dirs", nargs="+", help="the out_dir of each run (it holds train_log.csv)")
-    parser.add_argument("--out", default="loss.png", help="the picture to write (default: loss.png)")
+    parser.add_argument(
+        "--out",
+        help=f"the picture to write (default: OUT_DIR/loss.png for one run, ./{COMPARE_PNG} for several)",
+    )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(args.out_dirs[0], "loss.png") if len(args.out_dirs) == 1 else COMPARE_PNG
     for out_dir in args.out_dirs:
         path = os.path.join(out_dir, "train_log.csv")
         if not os.path.isfile(path):

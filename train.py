@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import adopt_saved, configure
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint, hellaswag, parallel
-from nanogpt_plus.dataloader import Batches, find_data_file
+from nanogpt_plus.dataloader import Batches, find_data_file, how_to_prepare
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.muon import require_muon
@@ -142,7 +142,7 @@ micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.wo
 if wandb_log and importlib.util.find_spec("wandb") is None:
     raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)")
 if find_data_file(dataset, "train.bin") is None:
-    raise UserError(f"no training data for dataset {dataset!r}: run python data/{dataset}/prepare.py first")
+    raise UserError(f"no training data for dataset {dataset!r}: {how_to_prepare(dataset)}")
 if hellaswag_interval < 0:
     raise UserError(f"hellaswag_interval={hellaswag_interval} must not be negative (0 turns HellaSwag off)")
 meta_path = find_data_file(dataset, "meta.pkl")  # a character-level dataset's, with its vocabulary size
@@ -166,6 +166,10 @@ plan = make_plan(
     processes=procs.world_size, fsdp=fsdp,
 )  # fmt: skip
 say(f"plan: {plan.describe()}")
+if plan.device_type == "cpu":  # on a machine busy with other work, a thread per core can run many times slower
+    threads = torch.get_num_threads()
+    say(f"threads: torch uses {threads} thread{'s' * (threads != 1)} on this CPU; OMP_NUM_THREADS=N sets it (on a "
+        "machine busy with other work, fewer threads can be much faster)")  # fmt: skip
 if fsdp and not procs.enabled:
     say("note: fsdp=True ignored: it shards over the processes of a torchrun job, and this is one process")
 fresh_run = init_from != "resume" and not eval_only
@@ -253,6 +257,12 @@ def micro_batch(it, k):
     """Micro-batch k of this process at iteration it: the processes of a DDP run draw between
     them exactly the batches that one process accumulating over all of them would."""
     return batches.get("train", it * gradient_accumulation_steps + procs.rank * micro_steps + k)
+
+
+eta = TimeLeft(max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, plan.device_type == "cpu", say)
+if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, before anything compiles
+    step_flops = model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
+    eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
 
 
 # -----------------------------------------------------------------------------
@@ -365,10 +375,6 @@ if not eval_only:  # Ctrl-C says where the run stopped and the command that goes
     on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
-eta = TimeLeft(max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, plan.device_type == "cpu", say)
-if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, not after its first step
-    step_flops = raw_model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
-    eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
 first_iter, t_start = iter_num, time.time()
 time_split = TimeSplit(_STARTED)  # where the time went, said at the end

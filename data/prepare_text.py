@@ -50,6 +50,9 @@ def input_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
+        special = pu.not_a_text_file(path)
+        if special:
+            raise pu.UserError(f"{special} or a folder of them")
         raise pu.UserError(f"input not found: {path}; pass a UTF-8 text file or a folder of them")
     files = []
     for root, dirs, names in os.walk(path, onerror=unreadable):

@@ -32,6 +32,12 @@ def temp_beside(path, folder=False):
     return tmp
 
 
+def usual_permissions(path):
+    """Give a file another library wrote as its owner's alone (safetensors writes 0600) the permissions
+    of any output: read-write for all, less the umask, as open() and torch.save give."""
+    os.chmod(path, 0o666 & ~UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", **open_kwargs):
     """Open a temp file beside path for writing; when the block ends cleanly the file is synced

@@ -26,6 +26,15 @@ def find_data_file(dataset, name):
     return None
 
 
+def how_to_prepare(dataset):
+    """What makes data/<dataset>/'s bins: its prepare.py, or, where there is none (a misspelled name, or your
+    own text), data/prepare_text.py."""
+    if find_data_file(dataset, "prepare.py"):
+        return f"run python data/{dataset}/prepare.py first"
+    return (f"check --dataset, or make it from your text: python data/prepare_text.py FILE --name {dataset} "
+            f"(there is no data/{dataset}/prepare.py)")  # fmt: skip
+
+
 def stream_seed(*parts):
     """A 63-bit seed that depends on every part (ints and strings) and on nothing else."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -47,7 +56,7 @@ class Batches:
             if path is None:
                 raise UserError(
                     f"no {split} data for dataset {dataset!r}: data/{dataset}/{split}.bin is missing; "
-                    f"run python data/{dataset}/prepare.py first"
+                    + how_to_prepare(dataset)
                 )
             size = os.path.getsize(path)
             if size % 2:  # a file cut short, or no token file: read on, every token after a cut is wrong

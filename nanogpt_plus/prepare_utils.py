@@ -13,6 +13,7 @@ import filecmp
 import os
 import pickle
 import shutil
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -157,6 +158,19 @@ def copy_input(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, f)
 
 
+def not_a_text_file(path: Path) -> UserError | None:
+    """The UserError for a path that exists but is neither a file nor a folder (/dev/null, a named pipe,
+    a socket): something that is there, not something not found. None for anything else."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a named pipe",
+             stat.S_ISSOCK: "a socket"}  # fmt: skip
+    kind = next((name for test, name in kinds.items() if test(mode)), None)
+    return UserError(f"{path} is {kind}, not a text file: pass a UTF-8 text file") if kind else None
+
+
 def given_input(given: str | os.PathLike | None, script: str) -> Path | None:
     """The user's local input file (argument first, then the env var), checked to exist."""
     if given is None or str(given) == "":
@@ -167,6 +181,9 @@ def given_input(given: str | os.PathLike | None, script: str) -> Path | None:
     if source.is_dir():
         raise UserError(f"{source} is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
     if not source.is_file():
+        special = not_a_text_file(source)
+        if special:
+            raise special
         raise UserError(
             f"input file not found: {source}; pass an existing text file as the first argument "
             f"(python {script} path/to/input.txt) or via {INPUT_ENV}"

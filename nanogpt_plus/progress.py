@@ -13,6 +13,18 @@ import time
 EVERY_S = 10.0  # seconds between lines where the line cannot be redrawn in place
 
 
+def duration(seconds):
+    """A long duration in the unit a person reads it in: '50 minutes', '5.2 hours', '12 days', '348 years'."""
+    minutes, hours, days = seconds / 60, seconds / 3600, seconds / 86400
+    if minutes < 90:
+        return f"{minutes:.0f} minutes"
+    if hours < 48:
+        return f"{hours:.1f} hours"
+    if days < 730:
+        return f"{days:,.0f} days"
+    return f"{days / 365.25:,.0f} years"
+
+
 def clock(seconds):
     """Seconds as H:MM:SS."""
     seconds = max(0, int(seconds))
@@ -100,29 +112,41 @@ class TimeSplit:
         return f"time {now - self.started:.1f} s: " + ", ".join(parts)
 
 
+HOPELESS_S = 7 * 86400  # a run that needs more than a week on a CPU is no run to start there
+HALF_LIFE_STEPS = 20  # the time left follows the pace of about the last few dozen steps
+
+
 class TimeLeft:
     """The time left of a training run, at the end of its log lines (', eta H:MM:SS'), and, on a CPU, the
-    note on a run of more than an hour (once). The steps left go at the mean time of every step timed so
-    far (not those of this process's first log line: they compile); the evals left at the last one's
-    duration, eval_seconds (before one, as 2 * eval_iters forwards, each a third of a micro-step); the
-    HellaSwag evals at the last one's, hellaswag_seconds, once there was one. train.py sets both."""
+    note on a run of more than an hour (once). The steps left go at the recent time per step: an average
+    of the log lines' step times in which a line's weight halves with every HALF_LIFE_STEPS steps logged
+    after it, so that the estimate follows a change of speed (a busy machine, a freed one) within a few
+    dozen steps; this process's first log line is left out (its steps compile). The evals left go at the
+    last one's duration, eval_seconds (before one, as 2 * eval_iters forwards, each a third of a
+    micro-step); the HellaSwag evals at the last one's, hellaswag_seconds, once there was one. train.py
+    sets both."""
 
     def __init__(self, max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, on_cpu, say):
         self.max_iters, self.eval_interval, self.hellaswag_interval = max_iters, eval_interval, hellaswag_interval
         self.eval_iters, self.micro_steps = eval_iters, micro_steps
         self.on_cpu, self.say, self.noted = on_cpu, say, False
         self.eval_seconds = self.hellaswag_seconds = 0.0
-        self.timed_seconds, self.timed_steps = 0.0, None  # the steps the time left is measured on
+        self.first_line_seen, self.step_seconds = False, None  # the recent time per step, once measured
 
     def evals_left(self, iter_num, interval):
         """The evaluations every `interval` iterations still to come, the one at max_iters included."""
         return self.max_iters // interval - iter_num // interval + (self.max_iters % interval != 0)
 
     def note_long_run(self, seconds):
-        """On a CPU, a run of more than an hour says so, once, with the quick recipe."""
+        """On a CPU, a run of more than an hour says so, once, with the quick recipe; one of more than a week
+        says plainly that it needs a GPU."""
         if self.on_cpu and seconds > 3600 and not self.noted:
-            self.say(f"note: this run needs about {seconds / 3600:.1f} hours on this CPU; without a GPU, "
-                     "python train.py config/train_shakespeare_char.py trains a small model in minutes")  # fmt: skip
+            quick = "python train.py config/train_shakespeare_char.py trains a small model in minutes"
+            if seconds > HOPELESS_S:
+                self.say(f"note: this run needs about {duration(seconds)} on this CPU, far too long to train here: "
+                         f"it needs a GPU. Without one, {quick}")  # fmt: skip
+            else:
+                self.say(f"note: this run needs about {duration(seconds)} on this CPU; without a GPU, {quick}")
             self.noted = True
 
     def note_before_start(self, iter_num, step_flops, cpu_flops):
@@ -136,14 +160,23 @@ class TimeLeft:
     def estimate(self, iter_num, dt, steps):
         """', eta ...' for the log line of iter_num, which timed `steps` steps at dt each ('' for this
         process's first line)."""
-        if self.timed_steps is None:
-            self.timed_seconds, self.timed_steps = 0.0, 0
+        if not self.first_line_seen:
+            self.first_line_seen = True
             return ""
-        self.timed_seconds, self.timed_steps = self.timed_seconds + dt * steps, self.timed_steps + steps
-        step = self.timed_seconds / self.timed_steps
+        self.step_seconds = recent_average(self.step_seconds, dt, steps)
+        step = self.step_seconds
         eval_time = self.eval_seconds or step * 2 * self.eval_iters / (3 * self.micro_steps)
         seconds = (self.max_iters - iter_num - 1) * step + self.evals_left(iter_num, self.eval_interval) * eval_time
         if self.hellaswag_interval:
             seconds += self.evals_left(iter_num, self.hellaswag_interval) * self.hellaswag_seconds
         self.note_long_run(seconds)
         return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def recent_average(average, dt, steps):
+    """The average time per step after a log line of `steps` steps at dt each: the earlier average
+    counts for half after every HALF_LIFE_STEPS steps (None: no earlier one)."""
+    if average is None:
+        return dt
+    keep = 0.5 ** (steps / HALF_LIFE_STEPS)
+    return keep * average + (1 - keep) * dt

@@ -4,7 +4,7 @@ train.py appends a row per log line (iter, loss of the last micro-batch, lr, tim
 row per eval (iter, train loss in `loss`, val_loss) and, with --hellaswag_interval, a row per
 HellaSwag eval (iter, hellaswag: its acc_norm); when matplotlib is installed (pip install
 matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag column read alike.
-plot.py draws the logs of finished runs, one or several side by side.
+plot.py draws the logs of finished runs, one, or several on the same axes.
 """
 
 import atexit
@@ -72,34 +72,36 @@ def read_log(path):
 
 
 def draw(out_dirs, png_path):
-    """Train and val loss against iteration, one panel per run, side by side, into png_path (with
-    HellaSwag's acc_norm on a right-hand axis where a run has it); returns the matplotlib Figure
-    (None without matplotlib)."""
+    """Train and val loss against iteration into png_path, one run's or several runs' on the same axes (to
+    compare them: each run in a colour of its own, val dashed), with a legend, and HellaSwag's acc_norm on
+    a right-hand axis where a run has it; returns the matplotlib Figure (None without matplotlib)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    fig = Figure(figsize=(6 * len(out_dirs), 4.5))
+    fig = Figure(figsize=(8, 5))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(out_dirs), sharey=True, squeeze=False)[0]
-    for ax, out_dir in zip(axes, out_dirs, strict=True):
+    ax, right = fig.subplots(), None
+    several = len(out_dirs) > 1
+    for k, out_dir in enumerate(out_dirs):
         steps, evals, hellaswag = read_log(os.path.join(out_dir, "train_log.csv"))
+        run = f"{out_dir}: " if several else ""
+        train, val, score = (f"C{k % 10}",) * 3 if several else ("tab:blue", "tab:orange", "tab:green")
         if steps:
-            ax.plot(*zip(*steps), color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each log line)")
+            ax.plot(*zip(*steps), color=train, alpha=0.35, linewidth=0.8, label=f"{run}train (each log line)")
         if evals:
-            its, train, val = zip(*evals)
-            ax.plot(its, train, "o-", color="tab:blue", label="train (eval)")
-            ax.plot(its, val, "o-", color="tab:orange", label="val (eval)")
-        ax.set(title=out_dir, xlabel="iteration", ylabel="loss")
-        ax.grid(alpha=0.3)
-        lines, legend_ax = ax.get_lines(), ax
+            its, train_loss, val_loss = zip(*evals)
+            ax.plot(its, train_loss, "o-", color=train, label=f"{run}train (eval)")
+            ax.plot(its, val_loss, "o--" if several else "o-", color=val, label=f"{run}val (eval)")
         if hellaswag:
-            legend_ax = ax.twinx()  # (after every panel in fig.axes)
-            legend_ax.plot(*zip(*hellaswag), "s-", color="tab:green", label="HellaSwag acc_norm")
-            legend_ax.set(ylabel="HellaSwag acc_norm")
-            lines += legend_ax.get_lines()
-        legend_ax.legend(handles=lines)  # on the axes drawn last, so that no line covers it
+            right = right or ax.twinx()  # (after the loss axes in fig.axes)
+            right.plot(*zip(*hellaswag), "s:" if several else "s-", color=score, label=f"{run}HellaSwag acc_norm")
+            right.set(ylabel="HellaSwag acc_norm")
+    ax.set(title=", ".join(out_dirs), xlabel="iteration", ylabel="loss")
+    ax.grid(alpha=0.3)
+    lines = ax.get_lines() + (right.get_lines() if right else [])
+    (right or ax).legend(handles=lines, fontsize="small")  # on the axes drawn last, so that no line covers it
     fig.tight_layout()
     with atomic_write(png_path) as f:  # a reader (or a kill) never meets half a picture
         fig.savefig(f, dpi=100, format="png")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_train import make_dataset
 from user_errors import BENCH_ARGS, REPO, assert_one_line, case_id, check_bad_input, run_in_process
 
@@ -48,7 +49,14 @@ def test_bench_sample_reports_both_batches(tmp_path):
 
 # (id, args, setup, phrase in the message, extra env)
 ERROR_CASES = [
-    ("bench-dataset-missing", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    (
+        "bench-dataset-missing",
+        ["--dataset=nope"],
+        None,
+        "data/nope/train.bin is missing; check --dataset, or make "
+        "it from your text: python data/prepare_text.py FILE --name nope (there is no data/nope/prepare.py)",
+        None,
+    ),
     ("bench-bins-too-short", ["--dataset=tiny", "--block_size=8000"], None, "fewer than block_size", None),
     ("bench-unknown-dtype", ["--dtype=half", "--real_data=False"], None, "unknown dtype 'half'", None),
     ("bench-vocab-too-small", ["--dataset=tiny", "--vocab_size=8"], None, "holds token id 31", None),
@@ -80,3 +88,42 @@ def test_bench_keys_are_checked_before_it_runs(tmp_path, monkeypatch, capsys, ar
         assert message is None and "time per iteration" in capsys.readouterr().out
     else:
         assert_one_line(message, phrase)
+
+
+# ---------------------------------------------------------------------------- on a CPU: no compiling unasked, no CUDA
+
+BENCH_ON_CPU = [a for a in BENCH_ARGS if not a.startswith("--compile=")] + ["--real_data=False", "--burn_in=1"]
+
+
+@pytest.fixture
+def compiled_models(monkeypatch):
+    """The models torch.compile was asked to compile (each left as it is: the tests count the calls, not
+    the compiler's speed)."""
+    models = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: models.append(self))
+    return models
+
+
+def test_bench_on_a_cpu_compiles_only_when_asked_and_says_so_first(tmp_path, monkeypatch, capsys, compiled_models):
+    """As train.py's CPU recipe, no compiling on a CPU unless --compile=True is given; then one line says
+    so before the first (compiling) step, which the burn-in's line counts as compilation."""
+    assert run_in_process(REPO / "bench.py", tmp_path, BENCH_ON_CPU, monkeypatch) is None
+    out = capsys.readouterr().out
+    assert "plan: cpu float32, not compiled, " in out and compiled_models == []
+    assert "compil" not in out.replace("not compiled", "")
+    assert run_in_process(REPO / "bench.py", tmp_path, [*BENCH_ON_CPU, "--compile=True"], monkeypatch) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert "plan: cpu float32, model compiled (mode default), " in "\n".join(lines) and len(compiled_models) == 1
+    said = lines.index("compiling the model at its first call (torch.compile; minutes on a CPU)...")
+    assert lines[said + 1].startswith("burn-in: 1 steps in ") and lines[said + 1].endswith(" s (compilation included)")
+
+
+@pytest.mark.parametrize("compile", [[], ["--compile=True"]])
+def test_bench_sample_on_a_cpu_speaks_of_no_cuda_graphs(tmp_path, monkeypatch, capsys, compiled_models, compile):
+    args = [*BENCH_ON_CPU, "--sample=True", "--max_new_tokens=4", *compile]
+    assert run_in_process(REPO / "bench.py", tmp_path, args, monkeypatch) is None
+    out = capsys.readouterr().out
+    assert "plan: cpu float32, " in out and "CUDA" not in out and "graph" not in out
+    lines = [line for line in out.splitlines() if line.startswith("sampling ")]
+    first_call = "; the first call, which compiles: " if compile else "; the first call: "
+    assert len(lines) == 2 and all(first_call in line for line in lines), lines

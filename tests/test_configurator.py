@@ -180,6 +180,29 @@ def test_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("batch_size=32", "config file batch_size=32 not found: to set batch_size, write --batch_size=32"),
+        ("-batch_size=32", "config file -batch_size=32 not found: to set batch_size, write --batch_size=32"),
+        ("batch_sise=32", "config file batch_sise=32 not found, and 'batch_sise' is no config key: did you mean "
+                          "--batch_size=32? (python train.py --help lists every key)"),
+        ("zzz=1", "config file zzz=1 not found, and 'zzz' is no config key: python train.py --help lists every key"),
+    ],
+)  # fmt: skip
+def test_a_flag_typed_without_its_dashes_is_shown_with_them(tmp_path, monkeypatch, arg, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        run([arg])
+    assert str(e.value) == message
+
+
+def test_a_config_file_whose_name_holds_an_equals_sign_is_still_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "batch_size=32").write_text("batch_size = 16\n")
+    assert run(["batch_size=32"])[1]["batch_size"] == 16
+
+
+@pytest.mark.parametrize(
     "arg, script, message",
     [  # a run's checkpoint or folder given where a config file goes: the user meant --out_dir
         ("out/ckpt.pt", "sample.py", "out/ckpt.pt is not a config file (it is binary): did you mean --out_dir=out?"),

@@ -423,3 +423,30 @@ def test_a_broken_model_folder_is_one_line(exported, monkeypatch, folder, setup,
     with pytest.raises(UserError) as e:
         huggingface.load_pretrained(folder)
     assert_one_line(str(e.value), phrase)
+
+
+def test_an_export_has_the_permissions_of_any_new_file(exported):
+    """Every file of the folder, model.safetensors included (safetensors writes 0600), and the folder
+    itself: as open() and mkdir() make them here, under this umask, like train.py's ckpt.pt."""
+    (exported / "reference").mkdir()
+    (exported / "reference" / "file").write_text("")
+    file_mode = (exported / "reference" / "file").stat().st_mode & 0o777
+    folder_mode = (exported / "reference").stat().st_mode & 0o777
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (exported / "hf").iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, file_mode)
+    assert (exported / "hf").stat().st_mode & 0o777 == folder_mode
+
+
+def test_the_readme_says_what_hugging_face_generate_does_past_block_size(exported):
+    """The README's claim, checked on an export (block_size 8): Hugging Face's GPT-2 generates up to n_positions
+    tokens and past them raises the error the README names, where sample.py slides its window."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2LMHeadModel.from_pretrained(exported / "hf").eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    settings = dict(do_sample=False, pad_token_id=0)
+    assert model.generate(prompt, max_new_tokens=5, **settings).shape == (1, 8)  # up to n_positions: fine
+    with pytest.raises(Exception) as e:
+        model.generate(prompt, max_new_tokens=10, **settings)
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    said = f"fails with `{type(e.value).__name__}: {e.value}`"
+    assert said in readme, said

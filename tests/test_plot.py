@@ -116,3 +116,57 @@ def test_plot_py_out_not_a_png_is_one_line(tmp_path, monkeypatch, capsys):
     message = main_error(plot.main, ["run", "--out", "loss.pdf"], capsys)
     assert_one_line(message, "--out loss.pdf: plot.py draws PNG pictures; give a file name ending in .png")
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+# ---------------------------------------------------------------------------- where plot.py draws, and what
+
+
+def write_run(folder, evals, steps=()):
+    """folder/train_log.csv with these eval rows (iter, train, val) and log-line rows (iter, loss)."""
+    folder.mkdir()
+    rows = [f"{i},{loss},,0.001,12.0," for i, loss in steps] + [f"{i},{t},{v},0.001,," for i, t, v in evals]
+    (folder / "train_log.csv").write_text(LOG_HEADER + "".join(row + "\n" for row in rows))
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plot.main draws, as training_log.draw returns them."""
+    pytest.importorskip("matplotlib")
+    figures = []
+    monkeypatch.setattr(plot, "draw", lambda *args: figures.append(training_log.draw(*args)) or figures[-1])
+    return figures
+
+
+def test_plot_py_draws_a_run_into_its_own_folder(tmp_path, monkeypatch, capsys, drawn):
+    """As train.py does: OUT_DIR/loss.png, the current folder left alone."""
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "run", [(0, 4.5, 4.6), (10, 3.0, 3.25)], steps=[(1, 4.25), (2, 4.0)])
+    assert main_error(plot.main, ["run"], capsys) is None
+    assert capsys.readouterr().out == f"wrote {os.path.join('run', 'loss.png')}\n"
+    assert os.listdir(tmp_path) == ["run"] and sorted(os.listdir(tmp_path / "run")) == ["loss.png", "train_log.csv"]
+    assert (tmp_path / "run" / "loss.png").read_bytes().startswith(b"\x89PNG")
+    (ax,) = drawn[0].axes
+    curves = {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()}
+    assert curves == {"train (each log line)": [[1, 4.25], [2, 4.0]], "train (eval)": [[0, 4.5], [10, 3.0]],
+                      "val (eval)": [[0, 4.6], [10, 3.25]]}  # fmt: skip
+
+
+def test_plot_py_overlays_several_runs_on_one_set_of_axes(tmp_path, monkeypatch, capsys, drawn):
+    """Comparing runs: the train and val curves of each on the same axes, each run in a colour of its own,
+    with a legend, into ./loss-compare.png (or --out)."""
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "a", [(0, 4.5, 4.6), (10, 3.0, 3.25)])
+    write_run(tmp_path / "b", [(0, 4.0, 4.125), (20, 2.5, 2.75)])
+    assert main_error(plot.main, ["a", "b"], capsys) is None
+    assert capsys.readouterr().out == "wrote loss-compare.png\n"
+    assert (tmp_path / "loss-compare.png").read_bytes().startswith(b"\x89PNG")
+    assert os.listdir(tmp_path / "a") == os.listdir(tmp_path / "b") == ["train_log.csv"]
+    (ax,) = drawn[0].axes
+    curves = {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()}
+    assert curves == {"a: train (eval)": [[0, 4.5], [10, 3.0]], "a: val (eval)": [[0, 4.6], [10, 3.25]],
+                      "b: train (eval)": [[0, 4.0], [20, 2.5]], "b: val (eval)": [[0, 4.125], [20, 2.75]]}  # fmt: skip
+    colour = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    assert colour["a: train (eval)"] == colour["a: val (eval)"] != colour["b: train (eval)"] == colour["b: val (eval)"]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == list(curves)
+    assert main_error(plot.main, ["a", "b", "--out", "ab.png"], capsys) is None
+    assert (tmp_path / "ab.png").read_bytes().startswith(b"\x89PNG")

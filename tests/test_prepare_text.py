@@ -2,6 +2,7 @@
 bounded memory, one-line errors that leave nothing behind, and a dataset that train.py and sample.py use as is."""
 
 import importlib.util
+import os
 import pickle
 import random
 import re
@@ -369,3 +370,29 @@ def test_train_and_sample_on_prepared_text(shakespeare_input, tmp_path, tokenize
     else:
         assert "No meta.pkl found, assuming GPT-2 encodings" in sample.stdout
         assert "\nROMEO:" in sample.stdout
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_a_prepared_dataset_has_the_permissions_of_any_new_file(tmp_path, capsys, tokenizer):
+    """train.bin, val.bin and meta.pkl are written through temp files (atomic.py): they get what open() gives
+    a new file here, under this umask, not a temp file's 0600."""
+    (tmp_path / "in.txt").write_text("To be, or not to be, that is the question.\n" * 20)
+    pt.main([str(tmp_path / "in.txt"), "--out_dir", str(tmp_path / "data"), "--tokenizer", tokenizer, "--block_size=8"])
+    (tmp_path / "reference").write_text("")
+    reference = (tmp_path / "reference").stat().st_mode & 0o777
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "data").iterdir()}
+    assert {"train.bin", "val.bin"} <= set(modes) and modes == dict.fromkeys(modes, reference)
+
+
+@pytest.mark.parametrize("script", ["prepare_text", "shakespeare_char"])
+@pytest.mark.parametrize("kind", ["character device", "named pipe"])
+def test_an_input_that_is_no_file_is_said_to_be_what_it_is(tmp_path, script, kind):
+    """/dev/null is there, not 'not found': the message says what it is, and no file is written."""
+    source = Path("/dev/null") if kind == "character device" else tmp_path / "pipe"
+    if kind == "named pipe":
+        os.mkfifo(source)
+    path = SCRIPT if script == "prepare_text" else REPO / "data" / "shakespeare_char" / "prepare.py"
+    proc = run(source, "--out_dir" if script == "prepare_text" else "--out-dir", tmp_path / "out", script=path)
+    what = "text file or a folder of them" if script == "prepare_text" else "text file"
+    assert_error(proc, f"error: {source} is a {kind}, not a text file: pass a UTF-8 {what}\n")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # (shakespeare's makes the folder first)

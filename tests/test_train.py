@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from nanogpt_plus import checkpoint, dataloader
+from nanogpt_plus import checkpoint, dataloader, progress
 from nanogpt_plus.plan import make_plan
 from nanogpt_plus.progress import TimeLeft
 
@@ -146,26 +146,31 @@ def test_time_left_is_printed_and_sane(tmp_path):
     assert sum(ok for ok, _, _ in sane) >= 3, sane
 
 
-def test_time_left_is_the_mean_of_every_step_timed_and_counts_the_evals():
-    """The time left at a log line: the steps left at the mean time of all steps timed so far (not those
-    of the first line, which compile), the evals left at the last one's duration or, before one has run
-    (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
+def test_time_left_follows_the_recent_pace_and_counts_the_evals():
+    """The time left at a log line: the steps left at the recent time per step, an average of the log
+    lines' step times in which a line's weight halves with every 20 steps logged after it (the first
+    line, whose steps compile, left out), and the evals left at the last one's duration or, before one
+    has run (a resumed run), at 2 * eval_iters forwards of a third of a micro-step each. Worked by hand."""
     said = []
     eta = TimeLeft(max_iters=1000, eval_interval=100, eval_iters=30, micro_steps=2, hellaswag_interval=0, on_cpu=True,
                    say=said.append)  # fmt: skip
     assert eta.estimate(500, 30.0, 1) == ""  # the first line: its step compiled
-    # 489 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 48.9 + 5 = 53.9 s
-    assert eta.estimate(510, 0.1, 10) == ", eta 0:00:53"
+    # 479 steps at 0.1 s, and 5 evals (600 ... 1000) of 60 forwards at 0.1 / 6 s each: 47.9 + 5 = 52.9 s
+    assert eta.estimate(520, 0.1, 20) == ", eta 0:00:52"
     eta.eval_seconds = 2.0
-    # a slow line moves the mean, not the estimate to its own pace: (1 + 10 * 0.5) / 20 = 0.3 s a step;
-    # 479 steps at 0.3 s and 5 evals at the last one's 2 s: 143.7 + 10 s
-    assert eta.estimate(520, 0.5, 10) == ", eta 0:02:33"
+    # 20 steps later the 0.1 s count for half: 0.5 * 0.1 + 0.5 * 0.5 = 0.3 s a step;
+    # 459 steps at 0.3 s and 5 evals at the last one's 2 s: 137.7 + 10 s
+    assert eta.estimate(540, 0.5, 20) == ", eta 0:02:27"
+    # the machine got faster: after 40 steps at 0.05 s the earlier 0.3 s count for a quarter:
+    # 0.25 * 0.3 + 0.75 * 0.05 = 0.1125 s a step (the mean of every step, 0.175 s, would say 1:23);
+    # 419 steps at 0.1125 s and 5 evals at 2 s: 47.1375 + 10 s
+    assert eta.estimate(580, 0.05, 40) == ", eta 0:00:57"
     assert said == []  # minutes, not hours: no note
-    eta.max_iters = 100000  # 99479 steps at (6 + 3) / 30 s and 995 evals at 2 s: 31833.7 s
-    assert eta.estimate(520, 0.3, 10) == ", eta 8:50:33"
-    assert eta.estimate(520, 0.3, 10).startswith(", eta 8:50:")
+    eta.max_iters = 100000  # 99419 steps at 0.1125 s and 995 evals at 2 s: 11184.6 + 1990 = 13174.6 s
+    assert eta.estimate(580, 0.1125, 20) == ", eta 3:39:34"
+    assert eta.estimate(580, 0.1125, 20) == ", eta 3:39:34"
     assert said == [
-        "note: this run needs about 8.8 hours on this CPU; without a GPU, python train.py "
+        "note: this run needs about 3.7 hours on this CPU; without a GPU, python train.py "
         "config/train_shakespeare_char.py trains a small model in minutes"
     ]  # once
 
@@ -186,6 +191,45 @@ def test_a_run_too_long_for_the_cpu_says_so_before_its_first_step_and_only_once(
     on_gpu = TimeLeft(1000, 100, 30, 2, 0, on_cpu=False, say=said.append)
     on_gpu.note_long_run(7200)
     assert len(said) == 1
+
+
+@pytest.mark.parametrize(
+    "seconds, said",
+    [(3000, "50 minutes"), (5.2 * 3600, "5.2 hours"), (47 * 3600, "47.0 hours"), (12 * 86400, "12 days"),
+     (729 * 86400, "729 days"), (3053491.2 * 3600, "348 years"), (2e12 * 86400 * 365.25, "2,000,000,000,000 years")],
+)  # fmt: skip
+def test_long_durations_are_said_in_the_unit_a_person_reads(seconds, said):
+    assert progress.duration(seconds) == said
+
+
+def test_a_run_hopeless_on_a_cpu_says_so_plainly():
+    said = []
+    eta = TimeLeft(1000, 100, 30, 2, 0, on_cpu=True, say=said.append)
+    eta.note_long_run(3053491.2 * 3600)  # the issue's "about 3053491.2 hours"
+    assert said == [
+        "note: this run needs about 348 years on this CPU, far too long to train here: it needs a GPU. Without one, "
+        "python train.py config/train_shakespeare_char.py trains a small model in minutes"
+    ]
+
+
+def test_train_py_says_a_run_is_hopeless_on_a_cpu_before_its_first_eval(tmp_path):
+    """10**13 iterations of the tiny model: over 10**20 FLOPs, years at any CPU's speed."""
+    make_dataset(tmp_path)
+    cmd = [sys.executable, str(TRAIN), *TINY, "--max_iters=10000000000000", "--lr_decay_iters=10000000000000"]
+    proc = subprocess.Popen([*cmd, "--out_dir=out"], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("step 0:"):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    notes = [n for n, line in enumerate(lines) if line.startswith("note: this run needs about ")]
+    assert len(notes) == 1 and notes[0] < len(lines) - 1, lines
+    assert re.fullmatch(r"note: this run needs about [\d,]+ years on this CPU, far too long to train here: it needs a "
+                        r"GPU\. Without one, .*", lines[notes[0]])  # fmt: skip
 
 
 def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
@@ -548,12 +592,19 @@ def test_data_with_tokens_beyond_the_model(tmp_path, trained):
 
 
 def test_error_is_one_line_without_traceback(tmp_path):
-    proc = run_train(tmp_path, *TINY, "--dataset=missing", check=False)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "error: no training data for dataset 'missing': run python data/missing/prepare.py first"
-    ]
+    """A dataset with a prepare.py of its own (here data/mine/'s) is made by it; one without (a misspelled name,
+    your own text) by data/prepare_text.py."""
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    (tmp_path / "data" / "mine" / "prepare.py").write_text("")
+    for dataset, fix in [
+        ("mine", "run python data/mine/prepare.py first"),
+        ("missing", "check --dataset, or make it from your text: python data/prepare_text.py FILE --name missing "
+                    "(there is no data/missing/prepare.py)"),
+    ]:  # fmt: skip
+        proc = run_train(tmp_path, *TINY, f"--dataset={dataset}", check=False)
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: no training data for dataset {dataset!r}: {fix}"]
 
 
 # ---------------------------------------------------------------------------- data
@@ -673,3 +724,18 @@ def test_readme_first_command_trains_the_quick_recipe_without_a_gpu(tmp_path, sh
     assert len(samples) == 11 and samples[-1] == ""  # 10 samples, each closed by its line of dashes
     words = re.findall(r"[a-z]+", " ".join(samples).lower())
     assert sum(w in ("the", "and", "to", "of", "i", "you", "my", "that", "is", "not") for w in words) > 0.1 * len(words)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_cpu_run_says_once_how_many_threads_torch_uses_and_what_sets_it(tmp_path, threads):
+    make_dataset(tmp_path)
+    env = clean_env() | {"OMP_NUM_THREADS": threads}
+    cmd = [sys.executable, str(TRAIN), *TINY, "--max_iters=1", "--eval_interval=1", "--out_dir=out"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "thread" in line]
+    plural = "" if threads == "1" else "s"
+    assert said == [
+        f"threads: torch uses {threads} thread{plural} on this CPU; OMP_NUM_THREADS=N sets it (on a machine busy with "
+        "other work, fewer threads can be much faster)"
+    ]

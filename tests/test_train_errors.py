@@ -84,7 +84,14 @@ CASES = [
         "out/train_log.csv is not a training log: line 2 is no CSV row: move it away, or choose another --out_dir",
         None,
     ),
-    ("dataset-missing", ["--dataset=nope"], None, "run python data/nope/prepare.py", None),
+    (
+        "dataset-missing",
+        ["--dataset=nope"],
+        None,
+        "no training data for dataset 'nope': check --dataset, or make it "
+        "from your text: python data/prepare_text.py FILE --name nope (there is no data/nope/prepare.py)",
+        None,
+    ),
     ("init_from-unknown", ["--init_from=gpt3"], None, "unknown init_from='gpt3'", None),
     ("grad-accum-zero", ["--gradient_accumulation_steps=0"], None, "must be at least 1", None),
     (
@@ -99,7 +106,8 @@ CASES = [
         "val-bin-missing",
         [],
         remove_file("data/tiny/val.bin"),
-        "no val data for dataset 'tiny': data/tiny/val.bin is missing; run python data/tiny/prepare.py first",
+        "no val data for dataset 'tiny': data/tiny/val.bin is missing; check --dataset, or make it from your text: "
+        "python data/prepare_text.py FILE --name tiny (there is no data/tiny/prepare.py)",
         None,
     ),
     ("bins-too-short", ["--block_size=2000"], None, "fewer than block_size + 1 = 2001", None),
