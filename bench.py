@@ -94,7 +94,7 @@ else:
 model = GPT(gpt_config).to(device)
 if not sample:
     optimizer = model.configure_optimizers(
-        weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type
+        weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type, fused=plan.fused_optimizer
     )
     step = TrainStep(model, optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
 plan.apply(model.eval() if sample else model)

@@ -82,7 +82,7 @@ else:  # init from a given GPT-2 model
     model = load_pretrained(init_from)
 model.eval()
 model.to(device)
-plan.apply(model)  # compiled in place, if asked: generate's own calls run compiled too
+plan.apply(model)  # compiled in place, if asked: the Sampler's calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
 dataset, meta_path = dataset_meta(ckpt) if ckpt else (None, None)

@@ -2,16 +2,20 @@
 
 make_plan turns the config's device, dtype, compile, compile_mode, head_loss and attention (each
 'auto' or a concrete choice) and the number of processes and micro-steps into a frozen Plan of
-concrete choices; train.py, bench.py and sample.py make one, print plan.describe() and follow it.
-Also here: the device and dtype defaults and checks, autocast, and the GPU peaks behind MFU.
+concrete choices; train.py, bench.py, sample.py and eval_hellaswag.py make one, print
+plan.describe() and follow it: Plan.apply sets the model's attention path and head and loss and
+compiles it, the optimizer is fused where plan.fused_optimizer says. Also here: the device and
+dtype defaults and checks, autocast, and the GPU peaks behind MFU.
 """
 
+import functools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from model import full_logits_loss
 from nanogpt_plus.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -120,6 +124,8 @@ class Plan:
     processes: int = 1  # processes of a torchrun job
     fsdp: bool = False  # shard over them instead of DDP
     task: str = "train"  # 'train', 'sample' or 'eval' (forward passes only)
+    chunk_step_compiled: bool = False  # the chunked loss's step as compiled kernels (CUDA) or as written
+    fused_optimizer: bool = False  # AdamW's fused kernel (where torch has one), else torch's default
 
     @property
     def training(self):
@@ -156,9 +162,15 @@ class Plan:
         return not self.training and self.dtype != "float32"
 
     def apply(self, model):
-        """Give model this plan's attention and head_loss (how its math runs, not what it computes),
-        and compile it in place (its state dict keeps its names)."""
-        model.config.attention, model.config.head_loss = self.attention, self.head_loss
+        """Give model this plan's attention and head and loss (how its math runs, not what it
+        computes), and compile it in place (its state dict keeps its names)."""
+        model.set_attention(self.attention)
+        if self.head_loss == "chunked":  # (imported here: chunked_loss loads torch's compiler, which takes seconds)
+            from nanogpt_plus import chunked_loss
+
+            model.head_loss = functools.partial(chunked_loss.head_loss, compile_step=self.chunk_step_compiled)
+        else:
+            model.head_loss = full_logits_loss  # nanoGPT's, model.py's own
         if self.cast_blocks:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
             for module in model.transformer.h.modules():
                 if isinstance(module, torch.nn.Linear):
@@ -181,7 +193,8 @@ def make_plan(
     accumulation each block is compiled and the whole micro-step is recorded as a CUDA graph
     (float16's gradient scaler is not recorded); elsewhere torch.compile's default mode.
     head_loss 'auto': chunked on CUDA for a vocabulary of 8,192 or more (measured slower on the
-    CPU). attention 'auto': SDPA on CUDA, the masked softmax elsewhere."""
+    CPU), its chunk step compiled on CUDA. attention 'auto': SDPA on CUDA, the masked softmax
+    elsewhere. AdamW fused on CUDA and the CPU."""
     device_type, training = check_device(device, dtype), task == "train"
     for key, value, choices in (
         ("head_loss", head_loss, ("chunked", "full")),
@@ -217,7 +230,11 @@ def make_plan(
         head_loss = "chunked" if device_type == "cuda" and vocab_size >= 8192 else "full"
     if attention == "auto":
         attention = "sdpa" if device_type == "cuda" else "manual"
-    return Plan(device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, task)
+    return Plan(
+        device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, task,
+        chunk_step_compiled=head_loss == "chunked" and device_type == "cuda",  # (measured slower on the CPU)
+        fused_optimizer=device_type in ("cuda", "cpu"),  # (on MPS: torch's default)
+    )  # fmt: skip
 
 
 def prepare_torch(seed):

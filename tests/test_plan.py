@@ -1,10 +1,12 @@
 """plan.py: every 'auto' decided once into concrete choices, what cannot work refused in one line,
-and the plan followed as it says (the model's attention and head, compiled blocks)."""
+and the plan followed as it says (the model's attention and head, compiled blocks, the fused
+optimizer)."""
 
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, full_logits_loss
+from nanogpt_plus import chunked_loss
 from nanogpt_plus import plan as plan_module
 from nanogpt_plus.errors import UserError
 from nanogpt_plus.plan import make_plan
@@ -80,13 +82,15 @@ def test_apply_sets_the_math_path_and_compiles_each_block_in_place(on_cuda, monk
     model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=3, n_head=2, n_embd=16))
     names = list(model.state_dict())
     make_plan("cuda", "bfloat16", compile=True, head_loss="chunked", attention="manual").apply(model)
-    assert (model.config.head_loss, model.config.attention) == ("chunked", "manual")
-    assert model.transformer.h[0].attn.config.attention == "manual"  # every block reads the same config
+    assert [block.attn.attention for block in model.transformer.h] == ["manual"] * 3
+    assert model.head_loss.func is chunked_loss.head_loss and model.head_loss.keywords == {"compile_step": True}
     assert compiled == [("Block", {"dynamic": False})] * 3
     assert list(model.state_dict()) == names  # in place: a checkpoint keeps nanoGPT's names
     compiled.clear()
-    make_plan("cuda", "bfloat16", compile=True, micro_steps=2).apply(model)
+    make_plan("cuda", "bfloat16", compile=True, micro_steps=2, vocab_size=64).apply(model)
     assert compiled == [("GPT", {"mode": "default", "dynamic": False})]
+    assert model.head_loss is full_logits_loss  # model.py's own again
+    assert [block.attn.attention for block in model.transformer.h] == ["sdpa"] * 3
 
 
 def test_a_plan_followed_on_the_cpu_gives_the_same_loss_either_way():
@@ -107,8 +111,9 @@ def test_sampling_holds_the_block_weights_in_the_autocast_dtype_with_the_same_lo
     """Autocast casts each Linear weight at every step; a sampling plan casts the blocks' once: the
     same values, so the same logits, bit for bit. LayerNorm and the (tied) embedding stay float32."""
     torch.manual_seed(1)
-    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=4, n_embd=32, attention="manual"))
+    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=4, n_embd=32))
     reference = GPT(model.config).eval()
+    reference.set_attention("manual")
     reference.load_state_dict(model.state_dict())
     make_plan("cpu", "bfloat16", attention="manual", task="sample").apply(model.eval())
     assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
@@ -127,3 +132,23 @@ def test_bf16_on_a_gpu_without_it(monkeypatch):
     assert plan_module.check_device("cuda", "float16") == "cuda"
     assert plan_module.check_device("cpu", "bfloat16") == "cpu"  # the CPU emulates it
     assert plan_module.default_dtype("cuda") == "float16"
+
+
+def test_the_plan_says_whether_adamw_is_fused_and_the_optimizer_follows(on_cuda):
+    """Fused on CUDA and the CPU, torch's default elsewhere: the plan decides, configure_optimizers
+    (called as train.py and bench.py call it) does as told."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    for device, fused in (("cuda", True), ("cuda:1", True), ("cpu", True), ("mps", False)):
+        plan = make_plan(device, "float32")
+        assert plan.fused_optimizer is fused, device
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), plan.device_type, fused=plan.fused_optimizer)
+        assert opt.defaults["fused"] is (True if fused else None), device
+
+
+def test_the_plan_says_whether_the_chunked_loss_step_is_compiled(on_cuda):
+    assert make_plan("cuda", "bfloat16").chunk_step_compiled is True
+    assert make_plan("cuda", "bfloat16", vocab_size=65).chunk_step_compiled is False  # the full head: no step
+    assert make_plan("cpu", "float32", head_loss="chunked").chunk_step_compiled is False  # as written on the CPU
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    make_plan("cpu", "float32", head_loss="chunked").apply(model)
+    assert (model.head_loss.func, model.head_loss.keywords) == (chunked_loss.head_loss, {"compile_step": False})
