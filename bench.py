@@ -21,7 +21,7 @@ from model import GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
-from nanogpt_plus.plan import default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, peak_flops, prepare_torch
 from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -51,8 +51,7 @@ num_steps = 20  # steps per timed repeat
 repeats = 3  # timed repeats; the median is reported
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = default_dtype(device)
+dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 if sample and "compile" not in changed:  # as sample.py: its decode steps replay CUDA graphs, uncompiled
     compile = False
 # -----------------------------------------------------------------------------

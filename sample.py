@@ -22,7 +22,7 @@ from nanogpt_plus import checkpoint
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
-from nanogpt_plus.plan import default_device, default_dtype, make_plan, prepare_torch
+from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -44,8 +44,7 @@ batch_samples = False  # draw all num_samples at once, as one batch: faster on a
 verbose = False  # say on stderr how the time went: to the first token, and the tokens per second
 # -----------------------------------------------------------------------------
 config, changed = configure(globals(), nullable={"top_k"})
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = default_dtype(device)
+dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before the model is loaded

@@ -35,6 +35,7 @@ from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.muon import muon_and_adamw, require_muon
 from nanogpt_plus.plan import (
     check_device,
+    chosen_dtype,
     cpu_matmul_flops,
     default_device,
     default_dtype,
@@ -115,8 +116,7 @@ if init_from == "auto":  # torchrun --max-restarts: resume if out_dir holds this
 THIS_COMMAND = ("init_from", "out_dir", "eval_only", "overwrite", "device", "dtype")
 if ckpt:
     config = adopt_saved(globals(), ckpt.get("config", {}), changed, keep=THIS_COMMAND)
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = config["dtype"] = default_dtype(device)
+dtype = config["dtype"] = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before anything is set up or written

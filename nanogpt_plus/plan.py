@@ -4,13 +4,16 @@ make_plan turns the config's device, dtype, compile, compile_mode, head_loss and
 'auto' or a concrete choice) and the number of processes and micro-steps into a frozen Plan of
 concrete choices; train.py, bench.py, sample.py and eval_hellaswag.py make one, print
 plan.describe() and follow it: Plan.apply sets the model's attention path and head and loss and
-compiles it, the optimizer is fused where plan.fused_optimizer says. Also here: the device and
-dtype defaults and checks, autocast, and the GPU peaks behind MFU.
+compiles it, the optimizer is fused where plan.fused_optimizer says, the Sampler replays CUDA
+graphs where plan.cuda_graph says. Also decided here, for every script: the device and its
+default dtype, the device of each process of a torchrun job, how HellaSwag's forward passes run
+(scoring), autocast, and the GPU peaks behind MFU.
 """
 
 import functools
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +60,22 @@ def default_dtype(device):
     return "float32"
 
 
+def chosen_dtype(device, dtype, changed):
+    """The dtype a script runs in: the one a config file or flag gave (dtype in changed), else the
+    default of the device finally chosen (the config block's default was made for the default device)."""
+    return dtype if "dtype" in changed else default_dtype(device)
+
+
+def device_for_rank(device, local_rank):
+    """The device of the process with this LOCAL_RANK in a torchrun job (parallel.init asks): its own
+    GPU, cuda:LOCAL_RANK, whichever CUDA device was asked for; elsewhere the device asked for."""
+    if torch.device(device).type != "cuda":
+        return device
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return f"cuda:{local_rank}"
+
+
 def check_device(device, dtype):
     """Fail with one line if the device or dtype cannot be used here; return the device type."""
     try:
@@ -85,6 +104,22 @@ def autocast(device_type, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=DTYPES[dtype], cache_enabled=False)
+
+
+@contextmanager
+def scoring(model):
+    """How HellaSwag's forward passes run, whatever the script's plan: in eval mode (no dropout), and
+    compiled parts as their plain Python, since they would recompile for every new batch length
+    (torch.compiler.set_stance, from torch 2.6 on; nothing can be compiled before torch's compiler is
+    imported, and importing it takes seconds: only then). The model's mode is put back after."""
+    was_training = model.training
+    model.eval()
+    eager = "torch._dynamo" in sys.modules and hasattr(torch.compiler, "set_stance")
+    try:
+        with torch.compiler.set_stance("force_eager") if eager else nullcontext():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def cpu_matmul_flops(n=1024):

@@ -481,6 +481,18 @@ def test_a_reused_sampler_replays_its_graphs_for_new_prompts():
 
 
 @pytest.mark.gpu
+def test_on_cuda_the_sampler_replays_graphs_where_the_plan_says_and_only_there():
+    """CUDA graphs are the plan's decision, not the Sampler's: on a GPU, a Sampler not told records none."""
+    model = make_model(seed=2, std=0.1).cuda()
+    idx = prompt(2, 5).cuda()
+    plan = make_plan("cuda", "float32", task="sample")
+    told = engine.Sampler(model, 2, 5, 40, temperature=0, cuda_graph=plan.cuda_graph)
+    not_told = engine.Sampler(model, 2, 5, 40, temperature=0)
+    assert torch.equal(told(idx), not_told(idx))
+    assert told.replays and not_told.replays == {}
+
+
+@pytest.mark.gpu
 def test_cuda_graph_sampling():
     model = make_model(seed=6, std=0.1).cuda()
     idx = prompt(2, 2, seed=7).cuda()

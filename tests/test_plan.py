@@ -1,12 +1,12 @@
 """plan.py: every 'auto' decided once into concrete choices, what cannot work refused in one line,
 and the plan followed as it says (the model's attention and head, compiled blocks, the fused
-optimizer)."""
+optimizer, the Sampler's CUDA graphs, the dtype, the device of each rank, HellaSwag's eval mode)."""
 
 import pytest
 import torch
 
 from model import GPT, GPTConfig, full_logits_loss
-from nanogpt_plus import chunked_loss
+from nanogpt_plus import chunked_loss, engine, hellaswag, parallel
 from nanogpt_plus import plan as plan_module
 from nanogpt_plus.errors import UserError
 from nanogpt_plus.plan import make_plan
@@ -152,3 +152,50 @@ def test_the_plan_says_whether_the_chunked_loss_step_is_compiled(on_cuda):
     model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     make_plan("cpu", "float32", head_loss="chunked").apply(model)
     assert (model.head_loss.func, model.head_loss.keywords) == (chunked_loss.head_loss, {"compile_step": False})
+
+
+def test_the_default_dtype_follows_the_device_finally_chosen(monkeypatch):
+    """The config block's default dtype is made for the default device; a --device flag changes the
+    device, and the dtype follows it unless a dtype was given too (train.py, sample.py, bench.py,
+    eval_hellaswag.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert plan_module.chosen_dtype("cpu", "bfloat16", changed={"device"}) == "float32"
+    assert plan_module.chosen_dtype("cuda", "float32", changed=set()) == "bfloat16"
+    assert plan_module.chosen_dtype("cpu", "bfloat16", changed={"device", "dtype"}) == "bfloat16"
+
+
+def test_each_process_of_a_torchrun_job_gets_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert plan_module.device_for_rank("cuda", 2) == "cuda:2"
+    assert plan_module.device_for_rank("cuda:0", 3) == "cuda:3"  # whichever CUDA device was asked for
+    assert plan_module.device_for_rank("cpu", 3) == "cpu"  # gloo's processes share the CPU
+    with pytest.raises(UserError, match=r"LOCAL_RANK=4 but this machine has 4 GPU\(s\)"):
+        plan_module.device_for_rank("cuda", 4)
+    assert parallel.device_for_rank is plan_module.device_for_rank  # what parallel.init asks
+
+
+def test_hellaswag_scores_in_the_mode_the_plan_says(monkeypatch):
+    """plan.scoring: eval mode for the passes (no dropout), the model's own mode back afterwards,
+    even after an error; hellaswag.evaluate runs its passes inside it."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
+    with plan_module.scoring(model):
+        assert not model.training
+    assert model.training
+    with pytest.raises(RuntimeError), plan_module.scoring(model.eval()):
+        raise RuntimeError
+    assert not model.training
+    assert hellaswag.scoring is plan_module.scoring
+
+
+def test_the_sampler_replays_cuda_graphs_only_where_told():
+    """Sampling's CUDA graphs are the plan's decision (plan.cuda_graph: sampling on CUDA): a Sampler
+    records none unless told, and refuses to where it cannot (tests/test_generate.py replays them on a GPU)."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    plan = make_plan("cpu", "float32", task="sample")
+    assert plan.cuda_graph is False
+    sampler = engine.Sampler(model, 1, 2, 10, cuda_graph=plan.cuda_graph)
+    sampler(torch.zeros((1, 2), dtype=torch.long))
+    assert sampler.graph_device is None and sampler.replays == {}
+    with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
+        engine.Sampler(model, 1, 2, 10, cuda_graph=True)
