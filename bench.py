@@ -51,7 +51,7 @@ num_steps = 20  # steps per timed repeat
 repeats = 3  # timed repeats; the median is reported
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())
-dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 if sample and "compile" not in changed:  # as sample.py: its decode steps replay CUDA graphs, uncompiled
     compile = False
 # -----------------------------------------------------------------------------

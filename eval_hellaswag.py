@@ -39,7 +39,7 @@ backend = "nccl"  # torchrun's process group on GPUs: 'nccl', 'gloo', etc. (gloo
 attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())
-dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before anything is loaded

@@ -44,7 +44,7 @@ batch_samples = False  # draw all num_samples at once, as one batch: faster on a
 verbose = False  # say on stderr how the time went: to the first token, and the tokens per second
 # -----------------------------------------------------------------------------
 config, changed = configure(globals(), nullable={"top_k"})
-dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before the model is loaded

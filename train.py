@@ -116,7 +116,7 @@ if init_from == "auto":  # torchrun --max-restarts: resume if out_dir holds this
 THIS_COMMAND = ("init_from", "out_dir", "eval_only", "overwrite", "device", "dtype")
 if ckpt:
     config = adopt_saved(globals(), ckpt.get("config", {}), changed, keep=THIS_COMMAND)
-dtype = config["dtype"] = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before anything is set up or written
