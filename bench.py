@@ -22,7 +22,15 @@ from model import GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
-from nanogpt_plus.plan import check_device, default_device, default_dtype, make_plan, peak_flops, prepare_torch
+from nanogpt_plus.plan import (
+    check_device,
+    chosen_dtype,
+    default_device,
+    default_dtype,
+    make_plan,
+    peak_flops,
+    prepare_torch,
+)  # fmt: skip
 from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -52,8 +60,7 @@ num_steps = 20  # steps per timed repeat
 repeats = 3  # timed repeats; the median is reported
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = default_dtype(device)
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 if "compile" not in changed and (sample or check_device(device, dtype) == "cpu"):
     compile = False  # as sample.py, whose decode steps replay CUDA graphs uncompiled; on a CPU compiling costs
     # minutes and gains little on a small model (config/train_shakespeare_char.py trains uncompiled there)
@@ -96,7 +103,7 @@ else:
 model = GPT(gpt_config).to(device)
 if not sample:
     optimizer = model.configure_optimizers(
-        weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type
+        weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type, fused=plan.fused_optimizer
     )
     step = TrainStep(model, optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
 plan.apply(model.eval() if sample else model)

@@ -21,7 +21,7 @@ from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.atomic import atomic_write
 from nanogpt_plus.errors import UserError, first_line, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
-from nanogpt_plus.plan import check_device, default_device, default_dtype, make_plan, prepare_torch
+from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.progress import Progress
 from nanogpt_plus.tokenizer import dataset_meta
 
@@ -39,8 +39,7 @@ backend = "nccl"  # torchrun's process group on GPUs: 'nccl', 'gloo', etc. (gloo
 attention = "auto"  # 'sdpa' (flash attention), 'manual' (the masked softmax), 'auto': sdpa on CUDA only
 # -----------------------------------------------------------------------------
 config, changed = configure(globals())
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = default_dtype(device)
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before anything is loaded

@@ -1,7 +1,13 @@
 """The GPT-2 language model, with nanoGPT's math and parameter names.
 
 Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT. Training, evaluation
-and every sampling step go through GPT.forward; sampling (engine.py) passes it a KVCache.
+and every sampling step go through GPT.forward; fast sampling (nanogpt_plus/engine.py) passes it a
+KV cache. This file imports torch and the standard library only.
+
+GPTConfig is the architecture. How the same math runs is set on the model from outside, by the
+scripts' plan (nanogpt_plus/plan.py): the attention path of every block (GPT.set_attention) and
+the head and loss of forward(idx, targets) (GPT.head_loss, a function; the default here is
+nanoGPT's full logits, chunked_loss.py has the chunked one). Neither enters a checkpoint.
 """
 
 import math
@@ -10,9 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-from nanogpt_plus import engine
-from nanogpt_plus.muon import MuonAndAdamW
 
 
 class LayerNorm(nn.Module):
@@ -35,16 +38,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.config = config  # read at every call: config.attention picks the path (plan.py sets it)
-        self.layer = layer  # which slice of a KVCache is ours
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.layer = layer  # which slice of a KV cache is ours
+        # how attention runs: 'sdpa' (flash attention and its kin) or 'manual' (the masked softmax);
+        # GPT.set_attention sets it in every block
+        self.attention = "sdpa"
         # the causal mask of the masked-softmax path; not persistent, so state dicts hold
         # parameters only, like nanoGPT's on its flash path
         mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
         self.register_buffer("bias", mask, persistent=False)
 
     def forward(self, x, cache=None):
-        B, T, C = x.size()
-        nh = self.config.n_head
+        B, T, C = x.size()  # batch, sequence length, embedding width (n_embd)
+        nh = self.n_head  # heads, each of size hs = C // nh
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
@@ -61,8 +68,8 @@ class CausalSelfAttention(nn.Module):
         """softmax(q k^T / sqrt(hs) + mask) v for queries (B, nh, T, hs) over keys and values
         (B, nh, S, hs), where mask (T, S) is 0 for the keys a query may see and -inf for the others
         (None: causal)."""
-        dropout = self.config.dropout if self.training else 0.0
-        if self.config.attention == "sdpa":  # flash attention and its kin: the (T, S) scores never reach memory
+        dropout = self.dropout if self.training else 0.0
+        if self.attention == "sdpa":  # flash attention and its kin: the (T, S) scores never reach memory
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         T, S = q.size(-2), k.size(-2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
@@ -108,12 +115,6 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # 0 for pretraining; 0.1+ helps when finetuning on little data
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit better and faster
-    # The two fields below choose how the same math runs, not the architecture: they never enter a
-    # checkpoint's model_args, and the scripts set them from their plan (plan.py).
-    attention: str = "sdpa"  # 'sdpa' (flash attention and its kin) or 'manual' (the masked softmax)
-    # head_loss: how forward(idx, targets) makes the loss: 'full' makes the (B, T, V) logits, 'chunked'
-    # goes chunk by chunk without them (chunked_loss.py) and returns None for them
-    head_loss: str = "full"
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -125,10 +126,6 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.attention not in ("sdpa", "manual"):
-            raise ValueError(f"attention={self.attention!r}: choose sdpa or manual")
-        if self.head_loss not in ("chunked", "full"):
-            raise ValueError(f"head_loss={self.head_loss!r}: choose chunked or full")
 
 
 # The GPTConfig fields that make a checkpoint's architecture (nanoGPT's model_args, less dropout)
@@ -144,6 +141,15 @@ def head_apart_from_embedding(state):
     two into one tensor, so loading both would keep only one of them."""
     head, wte = state.get("lm_head.weight"), state.get("transformer.wte.weight")
     return head is not None and wte is not None and not torch.equal(head, wte)
+
+
+def full_logits_loss(x, lm_head, targets):
+    """nanoGPT's head and loss: the logits (B, T, V) of the final hidden states x (B, T, C), and
+    their mean cross-entropy against targets (B, T), where -1 marks a position to leave out."""
+    logits = lm_head(x)  # (B, T, V)
+    # over the B*T positions at once: logits (B*T, V) against targets (B*T,)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+    return logits, loss
 
 
 class GPT(nn.Module):
@@ -162,6 +168,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the token embedding and the output projection are one tensor
         self.transformer.wte.weight = self.lm_head.weight
+        # how forward(idx, targets) makes its logits and loss: head_loss(x, lm_head, targets) returns
+        # (logits or None, loss). A plan may install another, e.g. chunked_loss.py's (no whole logits).
+        self.head_loss = full_logits_loss
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
         for name, p in self.named_parameters():
@@ -176,6 +185,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def set_attention(self, kind):
+        """Run every block's attention as 'sdpa' (flash attention and its kin, the default) or 'manual'
+        (the masked softmax written out): the same math, another path."""
+        if kind not in ("sdpa", "manual"):
+            raise ValueError(f"attention={kind!r}: choose sdpa or manual")
+        for block in self.transformer.h:
+            block.attn.attention = kind
+
     def get_num_params(self, non_embedding=True):
         """The parameter count, by default without the position embeddings; the token embeddings
         stay in, since they are also the weights of lm_head."""
@@ -186,9 +203,9 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """Logits (B, T, V) and the mean cross-entropy against targets (B, T), where -1 marks a
-        position to leave out (logits None when config.head_loss is 'chunked'); without targets,
-        the last position's logits (B, 1, V) only. With a cache, idx continues the tokens already
-        stored in it."""
+        position to leave out, as self.head_loss makes them (logits None for a head that never makes
+        them whole); without targets, the last position's logits (B, 1, V) only. With a cache
+        (engine.KVCache), idx continues the tokens already stored in it."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
@@ -206,13 +223,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:  # inference: only the last position's logits are needed
             return self.lm_head(x[:, -1:, :]), None  # (B, 1, V)
-        if self.config.head_loss == "chunked":
-            from nanogpt_plus import chunked_loss  # here, not at the top: it loads torch's compiler
-
-            return None, chunked_loss.linear_cross_entropy(x, self.lm_head.weight, targets)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.head_loss(x, self.lm_head, targets)
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to finetune GPT-2 (1024) on shorter blocks."""
@@ -223,35 +234,18 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.bias = block.attn.bias[:block_size, :block_size]
 
-    @classmethod
-    def from_pretrained(cls, model_type, override_args=None):
-        """OpenAI's GPT-2 weights ('gpt2', ..., 'gpt2-xl') or a local Hugging Face folder, through
-        Hugging Face transformers (huggingface.py converts them)."""
-        from nanogpt_plus import huggingface
-
-        return huggingface.from_pretrained(model_type, override_args)
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=None):
         """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
-        and LayerNorm gains; the fused kernel where torch has one for the device. Given muon (the
-        keyword arguments of torch.optim.Muon), Muon takes the 2-D weights inside the transformer
-        blocks instead, and the two come as one optimizer (muon.py)."""
-        matrices = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
-        taken = set(map(id, matrices))
-        params = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]  # the tied weight once
+        and LayerNorm gains. device_type is nanoGPT's argument, kept so that its calls work; whether
+        the fused kernel runs is the caller's to say (fused=True; the scripts' plan decides it),
+        torch's default otherwise. Muon for the blocks' matrices: nanogpt_plus/muon.py."""
+        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight once
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = device_type in ("cuda", "cpu") or None  # None: torch's default (foreach) elsewhere
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-        if not muon:
-            return adamw
-        # Muon's lr follows the same schedule, scaled to its own peak (step.py applies lr_scale)
-        lr_scale = muon["lr"] / learning_rate if learning_rate > 0 else 0.0
-        return MuonAndAdamW(
-            adamw, torch.optim.Muon([{"params": matrices, "lr_scale": lr_scale}], nesterov=True, **muon)
-        )
+        # (fused=False would mean the for-loop kernel; None leaves the choice to torch: foreach where it can)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True if fused else None)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilisation: FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as
@@ -261,10 +255,26 @@ class GPT(nn.Module):
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, on_tokens=None, **options):
-        """Extend idx (B, T) by max_new_tokens sampled tokens and return all of them, (B, T + new).
-        Put the model in eval() first. Each step samples the next token from the logits of the last
-        block_size tokens, as nanoGPT's loop does, through a KV cache and CUDA graphs where they
-        apply (engine.py holds the loop and its options)."""
-        sampler = engine.Sampler(self, *idx.shape, max_new_tokens, temperature, top_k, **options)
-        return sampler(idx, on_tokens)
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """nanoGPT's sampling loop: extend idx (B, T) by max_new_tokens tokens, each drawn from the
+        logits of the last block_size tokens, scaled by 1/temperature (0: the most likely token) and
+        cut to the top_k; returns (B, T + max_new_tokens). Put the model in eval() first. It runs the
+        whole context at every step; engine.Sampler draws the same tokens through a KV cache and
+        CUDA graphs (sample.py uses it)."""
+        for _ in range(max_new_tokens):
+            # crop the context to the last block_size tokens if it has grown longer
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :]  # (B, V): the last position's
+            if temperature == 0:
+                idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("Inf")
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx

@@ -22,7 +22,7 @@ from nanogpt_plus import checkpoint
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
-from nanogpt_plus.plan import default_device, default_dtype, make_plan, prepare_torch
+from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -44,8 +44,7 @@ batch_samples = False  # draw all num_samples at once, as one batch: faster on a
 verbose = False  # say on stderr how the time went: to the first token, and the tokens per second
 # -----------------------------------------------------------------------------
 config, changed = configure(globals(), nullable={"top_k"})
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = default_dtype(device)
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before the model is loaded
@@ -82,7 +81,7 @@ else:  # init from a given GPT-2 model
     model = load_pretrained(init_from)
 model.eval()
 model.to(device)
-plan.apply(model)  # compiled in place, if asked: generate's own calls run compiled too
+plan.apply(model)  # compiled in place, if asked: the Sampler's calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
 dataset, meta_path = dataset_meta(ckpt) if ckpt else (None, None)

@@ -32,9 +32,10 @@ from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.dataloader import Batches, find_data_file, how_to_prepare
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
-from nanogpt_plus.muon import require_muon
+from nanogpt_plus.muon import muon_and_adamw, require_muon
 from nanogpt_plus.plan import (
     check_device,
+    chosen_dtype,
     cpu_matmul_flops,
     default_device,
     default_dtype,
@@ -115,8 +116,7 @@ if init_from == "auto":  # torchrun --max-restarts: resume if out_dir holds this
 THIS_COMMAND = ("init_from", "out_dir", "eval_only", "overwrite", "device", "dtype")
 if ckpt:
     config = adopt_saved(globals(), ckpt.get("config", {}), changed, keep=THIS_COMMAND)
-if "dtype" not in changed:  # the default dtype follows the device finally chosen
-    dtype = config["dtype"] = default_dtype(device)
+config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dtype follows the device finally chosen
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before anything is set up or written
@@ -270,8 +270,13 @@ if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU say
 raw_model = model  # the plain module, whatever wraps it below: what is saved
 if plan.fsdp:  # before the optimizer exists: it must hold the sharded parameters
     parallel.shard(model, plan.device_type)
-muon_args = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if use_muon else None
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), plan.device_type, muon=muon_args)
+if use_muon:  # torch.optim.Muon for the blocks' matrices, AdamW for the rest (muon.py)
+    muon_args = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay)
+    optimizer = muon_and_adamw(model, weight_decay, learning_rate, (beta1, beta2), plan.fused_optimizer, muon_args)
+else:  # nanoGPT's AdamW, fused where the plan says
+    optimizer = model.configure_optimizers(
+        weight_decay, learning_rate, (beta1, beta2), plan.device_type, plan.fused_optimizer
+    )
 plan.apply(model)  # compiled in place: the first step and the first eval take longer
 if procs.enabled and not plan.fsdp:
     device_ids = [procs.local_rank] if plan.device_type == "cuda" else None

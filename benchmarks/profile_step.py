@@ -128,7 +128,7 @@ def train_variant(name, classic_dir):
             torch._inductor.config.coordinate_descent_tuning = True
         if name == "autotune":  # each block compiled with Triton's matmul templates tried too
             plan = replace(plan, compile="none")
-        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda")
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda", fused=plan.fused_optimizer)
         plan.apply(model)
         if name == "autotune":
             for block in model.transformer.h:

@@ -5,6 +5,9 @@ the logits are made, their loss and its gradient (softmax minus the one-hot targ
 one pass in float32, and the gradients of x and weight are taken right there; backward only
 scales them. For GPT-2's 50,304-token vocabulary at batch 32 x 1024 the logits alone are 3.3 GB
 in bfloat16, and an unfused step keeps them, their float32 softmax and their gradient.
+
+head_loss is the form GPT.head_loss takes; the plan (plan.py) installs it, and says whether the
+chunk step runs compiled (on CUDA) or as written.
 """
 
 import functools
@@ -41,12 +44,12 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of x (N, C) @ weight (V, C).T against targets (N,), ignoring -1."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, want_grads):
+    def forward(ctx, x, weight, targets, want_grads, compile_step):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         xs, w = x.to(dtype), weight.to(dtype)  # cast once, not in every chunk's matmuls
         acc = torch.promote_types(dtype, torch.float32)  # sums in float32, or float64 for float64 inputs
-        step = compiled_chunk_loss_and_grad() if x.is_cuda else chunk_loss_and_grad
+        step = compiled_chunk_loss_and_grad() if compile_step else chunk_loss_and_grad
         want_grads = want_grads and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         grad_x = torch.empty_like(x) if want_grads else None
         grad_w = torch.zeros_like(weight, dtype=acc) if want_grads else None
@@ -66,12 +69,21 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None
 
 
 @torch.compiler.disable  # inside a compiled model this runs as written; its chunk step is compiled on its own
-def linear_cross_entropy(x, weight, targets):
-    """The mean cross-entropy of the logits x @ weight.T (x: (..., C)) against targets (...)."""
+def linear_cross_entropy(x, weight, targets, compile_step=False):
+    """The mean cross-entropy of the logits x @ weight.T (x: (..., C)) against targets (...); with
+    compile_step, each chunk's loss and gradient run as one compiled kernel set (torch.compile)."""
     # (forward runs with autograd off: whether anyone wants the gradients is asked here, so that
     # an evaluation under torch.no_grad() does not work them out)
-    return LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), torch.is_grad_enabled())
+    x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)  # (N, C), (N,): every position as one row
+    return LinearCrossEntropy.apply(x, weight, targets, torch.is_grad_enabled(), compile_step)
+
+
+def head_loss(x, lm_head, targets, compile_step=False):
+    """GPT.head_loss chunk by chunk: no logits (None), and the mean cross-entropy of lm_head(x)
+    (x: (B, T, C)) against targets (B, T), -1 left out. plan.py installs it as
+    functools.partial(head_loss, compile_step=...)."""
+    return None, linear_cross_entropy(x, lm_head.weight, targets, compile_step)

@@ -1,7 +1,7 @@
 """CUDAGraph: a function recorded once as a CUDA graph and replayed, one launch for all its kernels.
 
 A small model's step launches hundreds of short kernels, and the GPU waits on the launches. Used by
-train.py for its micro-step and by GPT.generate for its decode steps, through torch's own API
+train.py for its micro-step and by engine.Sampler for its decode steps, through torch's own API
 (torch.cuda.graph); the recorded function is the very code that runs eagerly elsewhere.
 """
 

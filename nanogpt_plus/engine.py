@@ -110,8 +110,9 @@ class Sampler:
     """Continuations of prompts of one shape: (B, T) tokens extended by max_new_tokens sampled from
     model (in eval mode), again and again. The output buffer, the KV cache and the recorded CUDA
     graphs are made at the first call and reused by the next ones: sample.py draws all of its
-    samples through one. use_cache=False recomputes every step; CUDA graphs are used where
-    cuda_graph is None or True and no generator is given.
+    samples through one. use_cache=False recomputes every step. cuda_graph is the plan's decision
+    (plan.cuda_graph: sampling on CUDA): with it, the decode and window steps are recorded as CUDA
+    graphs and replayed; it needs the model on a CUDA device and no generator.
 
     Under autocast each call casts the Linear weights to its dtype once, and every step runs the
     model with those (torch.func.functional_call): autocast would cast them again at every step,
@@ -120,15 +121,13 @@ class Sampler:
 
     def __init__(
         self, model, batch_size, prompt_len, max_new_tokens, temperature=1.0, top_k=None, use_cache=True,
-        cuda_graph=None, generator=None,
+        cuda_graph=False, generator=None,
     ):  # fmt: skip
         check_sampling(max_new_tokens, temperature, top_k)
         if prompt_len < 1:
             raise ValueError("idx must hold at least one token per row to start from")
         device = model.lm_head.weight.device
-        if cuda_graph is None:
-            cuda_graph = device.type == "cuda" and generator is None
-        elif cuda_graph and not (device.type == "cuda" and generator is None):
+        if cuda_graph and not (device.type == "cuda" and generator is None):
             raise ValueError("cuda_graph=True needs the model on a CUDA device and generator=None")
         self.model, self.B, self.T, self.end = model, batch_size, prompt_len, prompt_len + max_new_tokens
         self.temperature, self.top_k, self.generator = temperature, top_k, generator

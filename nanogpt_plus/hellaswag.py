@@ -11,8 +11,6 @@ context first, and the ending's first tokens only if the ending alone is that lo
 
 import json
 import os
-import sys
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -21,6 +19,7 @@ from torch.nn import functional as F
 from nanogpt_plus.atomic import atomic_write
 from nanogpt_plus.dataloader import ROOT, find_data_file, to_device
 from nanogpt_plus.errors import UserError, first_line, reason
+from nanogpt_plus.plan import scoring
 from nanogpt_plus.tokenizer import GPT2_VOCAB, gpt2_encoding
 
 FILE_NAME = "hellaswag_val.jsonl"  # the validation split, 10,042 items: the one the GPT-2 reproductions report
@@ -210,26 +209,16 @@ def scores(model, items, device, autocast_ctx):
     return sums.view(-1, 4), (sums / counts).view(-1, 4)
 
 
-def eagerly():
-    """A context in which compiled modules run their plain Python (from torch 2.6 on). Nothing can
-    be compiled before torch's compiler is imported, and importing it takes seconds: only then."""
-    if "torch._dynamo" in sys.modules and hasattr(torch.compiler, "set_stance"):
-        return torch.compiler.set_stance("force_eager")
-    return nullcontext()
-
-
 def evaluate(model, items, device, autocast_ctx, batch_items=BATCH_ITEMS, rank=0, world_size=1, progress=None):
     """acc and acc_norm over the items, with their counts: items, correct (acc), correct_norm
     (acc_norm), cropped. Rank r of world_size scores items r, r + world_size, ... and the counts are
-    summed over the ranks (a collective when world_size > 1). The model is put in eval mode for it
-    and runs eagerly: compiled parts would recompile for every new length. `progress`, a
-    progress.Progress over len(items), is updated as batches finish."""
+    summed over the ranks (a collective when world_size > 1). The model runs as plan.scoring says
+    (eval mode, compiled parts eagerly). `progress`, a progress.Progress over len(items), is
+    updated as batches finish."""
     mine = sorted(items[rank::world_size], key=Item.longest, reverse=True)  # similar lengths together: less padding
     block_size = model.config.block_size
     counts = torch.zeros(4, dtype=torch.long, device=device)  # items, correct, correct_norm, cropped
-    was_training = model.training
-    model.eval()
-    with eagerly():
+    with scoring(model):
         for i in range(0, len(mine), batch_items):
             batch = mine[i : i + batch_items]
             sums, means = scores(model, batch, device, autocast_ctx)
@@ -240,7 +229,6 @@ def evaluate(model, items, device, autocast_ctx, batch_items=BATCH_ITEMS, rank=0
             counts[3] += count_cropped(batch, block_size)
             if progress is not None:
                 progress.update(min(len(items), (i + len(batch)) * world_size))
-    model.train(was_training)
     if world_size > 1:
         torch.distributed.all_reduce(counts)
     n, correct, correct_norm, cropped = counts.tolist()

@@ -54,8 +54,9 @@ def load_hf_state_dict(model, hf_sd):
 
 
 def from_pretrained(model_type, override_args=None):
-    """A GPT with OpenAI's GPT-2 weights through transformers: a name of PRETRAINED, or a local
-    folder that GPT2LMHeadModel.from_pretrained reads."""
+    """nanoGPT's GPT.from_pretrained, which lives here: a GPT with OpenAI's GPT-2 weights through
+    transformers, from a name of PRETRAINED or a local folder that GPT2LMHeadModel.from_pretrained
+    reads; override_args may set dropout only. The scripts call load_pretrained."""
     override_args = override_args or {}
     if set(override_args) - {"dropout"}:
         raise ValueError(f"only 'dropout' can be overridden for pretrained models, not {sorted(override_args)}")

@@ -2,8 +2,9 @@
 
 Muon steps each 2-D weight along its momentum orthogonalised by a Newton-Schulz iteration; the
 embeddings (wte, tied to lm_head, and wpe), LayerNorm gains and biases stay with AdamW, as in the
-public speedruns. MuonAndAdamW holds the two and is what train.py steps, zeroes, clips,
-GradScaler-steps and saves, as it would one torch optimizer. Under FSDP the parameters and
+public speedruns. muon_and_adamw builds the two from a GPT (GPT.configure_optimizers makes
+AdamW alone); MuonAndAdamW holds them and is what train.py steps, zeroes, clips, GradScaler-steps
+and saves, as it would one torch optimizer. Under FSDP the parameters and
 gradients are DTensors sharded on dim 0: Muon's Newton-Schulz matmuls run on them as DTensor ops,
 which compute the product of the whole matrices (their collectives gather what each needs).
 """
@@ -20,6 +21,24 @@ def require_muon():
             f"optimizer='muon' needs torch.optim.Muon, new in PyTorch 2.9 (this is {torch.__version__}): "
             "upgrade torch, or use --optimizer=adamw"
         )
+
+
+def muon_and_adamw(model, weight_decay, learning_rate, betas, fused, muon):
+    """Muon for the 2-D weights inside the transformer blocks (muon: the keyword arguments of
+    torch.optim.Muon: lr, momentum, weight_decay), and for every other parameter AdamW as
+    GPT.configure_optimizers makes it (decay on dim >= 2 only; fused as the caller says), as one
+    optimizer: AdamW's two groups, then Muon's."""
+    matrices = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+    taken = set(map(id, matrices))
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]  # the tied weight once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True if fused else None)
+    # Muon's lr follows the same schedule, scaled to its own peak (step.py applies lr_scale)
+    lr_scale = muon["lr"] / learning_rate if learning_rate > 0 else 0.0
+    return MuonAndAdamW(adamw, torch.optim.Muon([{"params": matrices, "lr_scale": lr_scale}], nesterov=True, **muon))
 
 
 class MuonAndAdamW:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from nanogpt_plus.errors import UserError, first_line
+from nanogpt_plus.plan import device_for_rank
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,14 @@ def split_grad_accum(gradient_accumulation_steps, world_size):
 
 
 def init(backend, device):
-    """Join the torchrun job's process group, if there is one; return it and this process's device:
-    cuda:LOCAL_RANK with the configured backend (nccl), or the CPU with gloo whatever it says."""
+    """Join the torchrun job's process group, if there is one; return it and this process's device,
+    as plan.device_for_rank picks it: cuda:LOCAL_RANK with the configured backend (nccl), or the CPU
+    with gloo whatever it says. The GPU is made current before the group starts (NCCL binds to it)."""
     if torchrun_rank() is None:
         return Processes(), device
     rank, local_rank, processes = torchrun_rank(), int(os.environ.get("LOCAL_RANK", 0)), world_size()
+    device = device_for_rank(device, local_rank)
     if device.startswith("cuda"):
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s)")
-        device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     elif backend != "gloo":
         if rank == 0:

@@ -2,16 +2,23 @@
 
 make_plan turns the config's device, dtype, compile, compile_mode, head_loss and attention (each
 'auto' or a concrete choice) and the number of processes and micro-steps into a frozen Plan of
-concrete choices; train.py, bench.py and sample.py make one, print plan.describe() and follow it.
-Also here: the device and dtype defaults and checks, autocast, and the GPU peaks behind MFU.
+concrete choices; train.py, bench.py, sample.py and eval_hellaswag.py make one, print
+plan.describe() and follow it: Plan.apply sets the model's attention path and head and loss and
+compiles it, the optimizer is fused where plan.fused_optimizer says, the Sampler replays CUDA
+graphs where plan.cuda_graph says. Also decided here, for every script: the device and its
+default dtype, the device of each process of a torchrun job, how HellaSwag's forward passes run
+(scoring), autocast, and the GPU peaks behind MFU.
 """
 
+import functools
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from model import full_logits_loss
 from nanogpt_plus.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,6 +60,22 @@ def default_dtype(device):
     return "float32"
 
 
+def chosen_dtype(device, dtype, changed):
+    """The dtype a script runs in: the one a config file or flag gave (dtype in changed), else the
+    default of the device finally chosen (the config block's default was made for the default device)."""
+    return dtype if "dtype" in changed else default_dtype(device)
+
+
+def device_for_rank(device, local_rank):
+    """The device of the process with this LOCAL_RANK in a torchrun job (parallel.init asks): its own
+    GPU, cuda:LOCAL_RANK, whichever CUDA device was asked for; elsewhere the device asked for."""
+    if torch.device(device).type != "cuda":
+        return device
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return f"cuda:{local_rank}"
+
+
 def check_device(device, dtype):
     """Fail with one line if the device or dtype cannot be used here; return the device type."""
     try:
@@ -81,6 +104,22 @@ def autocast(device_type, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=DTYPES[dtype], cache_enabled=False)
+
+
+@contextmanager
+def scoring(model):
+    """How HellaSwag's forward passes run, whatever the script's plan: in eval mode (no dropout), and
+    compiled parts as their plain Python, since they would recompile for every new batch length
+    (torch.compiler.set_stance, from torch 2.6 on; nothing can be compiled before torch's compiler is
+    imported, and importing it takes seconds: only then). The model's mode is put back after."""
+    was_training = model.training
+    model.eval()
+    eager = "torch._dynamo" in sys.modules and hasattr(torch.compiler, "set_stance")
+    try:
+        with torch.compiler.set_stance("force_eager") if eager else nullcontext():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def cpu_matmul_flops(n=1024):
@@ -120,6 +159,8 @@ class Plan:
     processes: int = 1  # processes of a torchrun job
     fsdp: bool = False  # shard over them instead of DDP
     task: str = "train"  # 'train', 'sample' or 'eval' (forward passes only)
+    chunk_step_compiled: bool = False  # the chunked loss's step as compiled kernels (CUDA) or as written
+    fused_optimizer: bool = False  # AdamW's fused kernel (where torch has one), else torch's default
 
     @property
     def training(self):
@@ -156,9 +197,15 @@ class Plan:
         return not self.training and self.dtype != "float32"
 
     def apply(self, model):
-        """Give model this plan's attention and head_loss (how its math runs, not what it computes),
-        and compile it in place (its state dict keeps its names)."""
-        model.config.attention, model.config.head_loss = self.attention, self.head_loss
+        """Give model this plan's attention and head and loss (how its math runs, not what it
+        computes), and compile it in place (its state dict keeps its names)."""
+        model.set_attention(self.attention)
+        if self.head_loss == "chunked":  # (imported here: chunked_loss loads torch's compiler, which takes seconds)
+            from nanogpt_plus import chunked_loss
+
+            model.head_loss = functools.partial(chunked_loss.head_loss, compile_step=self.chunk_step_compiled)
+        else:
+            model.head_loss = full_logits_loss  # nanoGPT's, model.py's own
         if self.cast_blocks:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
             for module in model.transformer.h.modules():
                 if isinstance(module, torch.nn.Linear):
@@ -181,7 +228,8 @@ def make_plan(
     accumulation each block is compiled and the whole micro-step is recorded as a CUDA graph
     (float16's gradient scaler is not recorded); elsewhere torch.compile's default mode.
     head_loss 'auto': chunked on CUDA for a vocabulary of 8,192 or more (measured slower on the
-    CPU). attention 'auto': SDPA on CUDA, the masked softmax elsewhere."""
+    CPU), its chunk step compiled on CUDA. attention 'auto': SDPA on CUDA, the masked softmax
+    elsewhere. AdamW fused on CUDA and the CPU."""
     device_type, training = check_device(device, dtype), task == "train"
     for key, value, choices in (
         ("head_loss", head_loss, ("chunked", "full")),
@@ -217,7 +265,11 @@ def make_plan(
         head_loss = "chunked" if device_type == "cuda" and vocab_size >= 8192 else "full"
     if attention == "auto":
         attention = "sdpa" if device_type == "cuda" else "manual"
-    return Plan(device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, task)
+    return Plan(
+        device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, task,
+        chunk_step_compiled=head_loss == "chunked" and device_type == "cuda",  # (measured slower on the CPU)
+        fused_optimizer=device_type in ("cuda", "cpu"),  # (on MPS: torch's default)
+    )  # fmt: skip
 
 
 def prepare_torch(seed):

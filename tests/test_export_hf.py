@@ -20,6 +20,7 @@ from user_errors import assert_one_line, run_in_process, snapshot
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint
 from nanogpt_plus.errors import UserError
+from nanogpt_plus.huggingface import from_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT = REPO / "export_hf.py"
@@ -140,7 +141,7 @@ def random_batches(model, n=3):
 def test_weights_come_back_through_from_pretrained(bpe_run, char_run, cropped_run):
     for root, folder in (bpe_run, char_run[:2], cropped_run):
         model = our_model(root)
-        back = GPT.from_pretrained(str(folder))
+        back = from_pretrained(str(folder))
         assert back.config.block_size == model.config.block_size and back.config.vocab_size == model.config.vocab_size
         ours = model.state_dict()
         biases = 0

@@ -1,4 +1,5 @@
-"""GPT.generate with its KV cache against the classic recompute loop, on CPU in float32.
+"""engine.Sampler (sample.py's sampling: a KV cache, CUDA graphs) against nanoGPT's loop, GPT.generate,
+and against itself recomputing every step, on CPU in float32 (and on a GPU where there is one).
 
 The cached path must pick the same tokens as recomputing the whole (cropped) context every
 step, including once the sequence has grown past block_size, for both attention paths.
@@ -10,6 +11,7 @@ from torch.nn import functional as F
 
 from model import GPT, GPTConfig
 from nanogpt_plus import engine
+from nanogpt_plus.plan import make_plan
 
 VOCAB = 50
 BLOCK = 16
@@ -46,6 +48,12 @@ def make_model(seed=0, std=0.3, bias=True, block_size=BLOCK, vocab_size=VOCAB, n
     return model.eval()
 
 
+def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, **options):
+    """What engine.Sampler draws after idx (B, T), as sample.py draws it; options: use_cache,
+    cuda_graph (the plan's decision: sampling on CUDA), generator."""
+    return engine.Sampler(model, *idx.shape, max_new_tokens, temperature, top_k, **options)(idx)
+
+
 def prompt(batch, length, seed=1, vocab_size=VOCAB):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, length), generator=g)
@@ -70,15 +78,15 @@ CASES = [(1, 1, 10), (1, 5, 40), (3, 5, 40), (2, 16, 6), (2, 23, 9), (1, 15, 2),
 @pytest.mark.parametrize("batch,length,new", CASES)
 def test_greedy_cached_equals_recompute(attention, batch, length, new):
     model = make_model()
-    model.config.attention = attention
+    model.set_attention(attention)
     idx = prompt(batch, length)
-    cached = model.generate(idx, new, top_k=1)
-    recomputed = model.generate(idx, new, top_k=1, use_cache=False)
+    cached = sample(model, idx, new, top_k=1)
+    recomputed = sample(model, idx, new, top_k=1, use_cache=False)
     assert cached.shape == (batch, length + new)
     assert torch.equal(cached[:, :length], idx)
     assert torch.equal(cached, recomputed)
-    assert torch.equal(model.generate(idx, new, temperature=0.0), recomputed)
-    assert torch.equal(model.generate(idx, new, temperature=0.0, use_cache=False), recomputed)
+    assert torch.equal(sample(model, idx, new, temperature=0.0), recomputed)
+    assert torch.equal(sample(model, idx, new, temperature=0.0, use_cache=False), recomputed)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -87,8 +95,10 @@ def test_top_k_1_is_argmax_decoding(seed, use_cache):
     model = make_model(seed=seed, bias=bool(seed % 2))
     idx = prompt(2, 4, seed=seed + 10)
     expected = greedy_by_hand(model, idx, 30)
-    assert torch.equal(model.generate(idx, 30, top_k=1, use_cache=use_cache), expected)
-    assert torch.equal(model.generate(idx, 30, temperature=0, use_cache=use_cache), expected)
+    assert torch.equal(model.generate(idx, 30, top_k=1), expected)  # nanoGPT's loop
+    assert torch.equal(model.generate(idx, 30, temperature=0), expected)
+    assert torch.equal(sample(model, idx, 30, top_k=1, use_cache=use_cache), expected)
+    assert torch.equal(sample(model, idx, 30, temperature=0, use_cache=use_cache), expected)
     assert len(set(expected[0, 4:].tolist())) > 3  # not a degenerate repeat of one token
 
 
@@ -96,7 +106,7 @@ def test_greedy_with_gpt2_init():
     """The same holds for GPT-2's own small init, where logits are nearly flat."""
     model = make_model(std=None, n_layer=3, n_head=4, n_embd=64, vocab_size=97)
     idx = prompt(2, 3, vocab_size=97)
-    assert torch.equal(model.generate(idx, 40, top_k=1), greedy_by_hand(model, idx, 40))
+    assert torch.equal(sample(model, idx, 40, top_k=1), greedy_by_hand(model, idx, 40))
 
 
 @pytest.mark.parametrize("attention", ["manual", "sdpa"])
@@ -106,14 +116,14 @@ def test_decode_attends_over_the_smallest_power_of_two_span_and_still_equals_rec
     run, then the window; the tokens are those of the recompute loop."""
     monkeypatch.setattr(engine, "MIN_SPAN", 64)
     model = make_model(seed=6, block_size=256, n_embd=16)
-    model.config.attention = attention
+    model.set_attention(attention)
     idx = prompt(2, 3, seed=7)
     seen = []  # (span, newest position) of each forward through the cache
     begin = engine.KVCache.begin
     monkeypatch.setattr(
         engine.KVCache, "begin", lambda self, pos: (seen.append((self.span, int(pos[-1]))), begin(self, pos))[1]
     )
-    cached = model.generate(idx, 280, top_k=1)
+    cached = sample(model, idx, 280, top_k=1)
     assert torch.equal(cached, greedy_by_hand(model, idx, 280))
     assert seen[0] == (256, 2)  # the prompt, through the whole block
     by_hand = [(64 if p < 64 else 128 if p < 128 else 256, p) for p in range(3, 256)]
@@ -137,13 +147,13 @@ class Recorder:
 @pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 7, 30), (2, 20, 5)])
 def test_cached_logits_equal_recompute_logits_every_step(attention, batch, length, new, monkeypatch):
     model = make_model(seed=3)
-    model.config.attention = attention
+    model.set_attention(attention)
     idx = prompt(batch, length, seed=4)
     forced = prompt(batch, new, seed=5)
     per_path = {}
     paths = {
-        "cached": lambda: model.generate(idx, new),
-        "recompute": lambda: model.generate(idx, new, use_cache=False),
+        "cached": lambda: sample(model, idx, new),
+        "recompute": lambda: sample(model, idx, new, use_cache=False),
     }
     for name, run in paths.items():
         recorder = Recorder(forced)
@@ -173,32 +183,21 @@ def edited_forwards(monkeypatch, where, device="cpu"):
         monkeypatch.setattr(GPT, "forward", forward)
 
 
-def classic_loop(model, idx, max_new_tokens, temperature, top_k, seed):
-    """nanoGPT's sampling loop written out: crop to block_size, forward, scale, top-k, draw, append."""
-    torch.manual_seed(seed)
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -model.config.block_size :])[0][:, -1, :] / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float("Inf")
-        probs = F.softmax(logits, dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
-    return idx
-
-
 @pytest.mark.parametrize("where", ["Block", "GPT"])
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_an_edited_forward_changes_what_every_sampling_path_draws(monkeypatch, where, use_cache):
     """Prefill, the cached decode step, the growing context and the sliding window all run the model's
-    own forward: edit it, and every sampled token follows the edit exactly as the classic loop's."""
+    own forward: edit it, and every sampled token follows the edit exactly as nanoGPT's loop
+    (GPT.generate: crop, forward, scale, top-k, multinomial) draws it from the same seed."""
     model = make_model(seed=12, std=0.1)
     idx = prompt(2, 3, seed=13)
-    draw = lambda m: (torch.manual_seed(5), m.generate(idx, 30, temperature=0.9, top_k=20, use_cache=use_cache))[1]  # noqa: E731
-    before = draw(model)
-    assert torch.equal(before, classic_loop(model, idx, 30, 0.9, 20, seed=5))
+    draw = lambda: (torch.manual_seed(5), sample(model, idx, 30, temperature=0.9, top_k=20, use_cache=use_cache))[1]  # noqa: E731
+    nanogpt = lambda: (torch.manual_seed(5), model.generate(idx, 30, temperature=0.9, top_k=20))[1]  # noqa: E731
+    before = draw()
+    assert torch.equal(before, nanogpt())
     edited_forwards(monkeypatch, where)
-    after = draw(model)
-    assert torch.equal(after, classic_loop(model, idx, 30, 0.9, 20, seed=5))  # past block_size (16) too
+    after = draw()
+    assert torch.equal(after, nanogpt())  # past block_size (16) too
     assert not torch.equal(after[:, 3:5], before[:, 3:5])  # from the prefill's token on
     assert not torch.equal(after[:, 20:], before[:, 20:])  # and in the sliding window
 
@@ -208,10 +207,10 @@ def test_cached_path_feeds_one_position_per_token():
     model = make_model()
     lengths = []
     model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].size(1)))
-    model.generate(prompt(1, 5), 20)
+    sample(model, prompt(1, 5), 20)
     assert lengths == [5] + [1] * (BLOCK - 5) + [BLOCK] * (20 - (BLOCK - 5) - 1)
     lengths.clear()
-    model.generate(prompt(1, 5), 20, use_cache=False)
+    sample(model, prompt(1, 5), 20, use_cache=False)
     assert lengths == [min(t, BLOCK) for t in range(5, 25)]
 
 
@@ -223,7 +222,7 @@ def test_sampled_tokens_equal_with_fixed_generator(top_k, temperature):
     runs = []
     for use_cache in (True, False, True):
         g = torch.Generator().manual_seed(1234)
-        runs.append(model.generate(idx, 40, temperature=temperature, top_k=top_k, use_cache=use_cache, generator=g))
+        runs.append(sample(model, idx, 40, temperature=temperature, top_k=top_k, use_cache=use_cache, generator=g))
     assert torch.equal(runs[0], runs[1])
     assert torch.equal(runs[0], runs[2])
     if top_k != 1:
@@ -236,13 +235,16 @@ def test_sampled_tokens_equal_with_global_seed():
     runs = []
     for use_cache in (True, False):
         torch.manual_seed(1337)
-        runs.append(model.generate(idx, 50, temperature=0.8, top_k=20, use_cache=use_cache))
+        runs.append(sample(model, idx, 50, temperature=0.8, top_k=20, use_cache=use_cache))
+    torch.manual_seed(1337)
+    runs.append(model.generate(idx, 50, temperature=0.8, top_k=20))  # nanoGPT's own loop
     assert torch.equal(runs[0], runs[1])
+    assert torch.equal(runs[0], runs[2])
 
 
 @pytest.mark.parametrize("new", [8, 30])  # within the KV cache's block, and past it (the sliding window)
 def test_a_reused_sampler_draws_as_fresh_generate_calls(new):
-    """One Sampler called again and again (its buffers and cache reused) draws what as many fresh
+    """One Sampler called again and again (its buffers and cache reused) draws what as many
     generate() calls draw from the same global seed: nanoGPT's samples, one after another."""
     model = make_model(seed=8, std=0.1)
     idx = prompt(2, 3, seed=9)
@@ -302,41 +304,41 @@ def test_temperature_zero_is_argmax():
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_an_int32_prompt_samples_as_an_int64_one(use_cache):
-    """Classic nanoGPT's torch.cat promotes an int32 prompt to int64 tokens; so does generate."""
+    """Classic nanoGPT's torch.cat promotes an int32 prompt to int64 tokens; so does the Sampler."""
     model = make_model()
     idx = torch.randint(0, VOCAB, (2, 5))
     torch.manual_seed(3)
-    want = model.generate(idx, 12, use_cache=use_cache)
+    want = model.generate(idx.int(), 12)
     torch.manual_seed(3)
-    got = model.generate(idx.int(), 12, use_cache=use_cache)
-    assert got.dtype == torch.long and torch.equal(got, want)
+    got = sample(model, idx.int(), 12, use_cache=use_cache)
+    assert want.dtype == got.dtype == torch.long and torch.equal(got, want)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_zero_new_tokens_returns_the_input(use_cache):
     model = make_model()
     idx = prompt(2, 5)
-    out = model.generate(idx, 0, use_cache=use_cache)
-    assert torch.equal(out, idx)
+    out = sample(model, idx, 0, use_cache=use_cache)
+    assert torch.equal(out, idx) and torch.equal(model.generate(idx, 0), idx)
 
 
 def test_cuda_graph_needs_cuda():
     model = make_model()
     with pytest.raises(ValueError, match="cuda_graph=True"):
-        model.generate(prompt(1, 3), 5, cuda_graph=True)
+        sample(model, prompt(1, 3), 5, cuda_graph=True)
 
 
 def test_bad_arguments_raise():
     model = make_model()
     idx = prompt(1, 3)
     with pytest.raises(ValueError, match="top_k"):
-        model.generate(idx, 5, top_k=0)
+        sample(model, idx, 5, top_k=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        model.generate(idx, -1)
+        sample(model, idx, -1)
     with pytest.raises(ValueError, match="temperature"):
-        model.generate(idx, 5, temperature=-0.5)
+        sample(model, idx, 5, temperature=-0.5)
     with pytest.raises(ValueError, match="at least one token"):
-        model.generate(idx[:, :0], 5)
+        sample(model, idx[:, :0], 5)
 
 
 def test_bf16_autocast_on_cpu(monkeypatch):
@@ -349,10 +351,10 @@ def test_bf16_autocast_on_cpu(monkeypatch):
         assert cache.k[0].dtype == torch.bfloat16 and cache.k[0].shape == (2, 2, BLOCK, 16)
         recorder = Recorder(forced)
         monkeypatch.setattr(engine, "sample_next", recorder)
-        model.generate(idx, 20)
+        sample(model, idx, 20)
     recorder32 = Recorder(forced)
     monkeypatch.setattr(engine, "sample_next", recorder32)
-    model.generate(idx, 20)
+    sample(model, idx, 20)
     low, high = torch.stack(recorder.logits).float(), torch.stack(recorder32.logits)
     assert (low - high).abs().max() < 0.1 * high.abs().max()
 
@@ -428,8 +430,8 @@ def test_generate_under_torch_compile():
     torch._dynamo.reset()
     model.compile(backend="aot_eager", fullgraph=True)
     try:
-        assert torch.equal(model.generate(idx, 20, top_k=1), expected)
-        assert torch.equal(model.generate(idx, 20, top_k=1), expected)  # reusing the compiled graphs
+        assert torch.equal(sample(model, idx, 20, top_k=1), expected)
+        assert torch.equal(sample(model, idx, 20, top_k=1), expected)  # reusing the compiled graphs
     finally:
         torch._dynamo.reset()
 
@@ -445,7 +447,7 @@ def test_cuda_bf16_cached_matches_recompute(monkeypatch):
         recorder = Recorder(forced)
         monkeypatch.setattr(engine, "sample_next", recorder)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            model.generate(idx, 30, use_cache=use_cache, cuda_graph=False)
+            sample(model, idx, 30, use_cache=use_cache, cuda_graph=False)
         per_path[use_cache] = torch.stack(recorder.logits).float()
     scale = per_path[False].abs().max()
     assert (per_path[True] - per_path[False]).abs().max() < 0.05 * scale
@@ -455,13 +457,15 @@ def test_cuda_bf16_cached_matches_recompute(monkeypatch):
 @pytest.mark.parametrize("attention", ["auto", "manual"])
 @pytest.mark.parametrize("batch,length,new", [(1, 1, 40), (3, 5, 40), (2, 16, 12), (2, 23, 9), (1, 3, 6)])
 def test_cuda_graph_greedy_equals_recompute(attention, batch, length, new):
-    model = make_model().cuda()
-    model.config.attention = attention
+    """As sample.py runs: the plan sets the attention ('auto': SDPA on CUDA) and says to replay CUDA graphs."""
+    plan = make_plan("cuda", "float32", attention=attention, task="sample")
+    model = plan.apply(make_model().cuda())
+    assert plan.cuda_graph  # sampling on CUDA
     idx = prompt(batch, length).cuda()
-    expected = model.generate(idx, new, top_k=1, use_cache=False)
-    assert torch.equal(model.generate(idx, new, top_k=1), expected)  # graphs by default on CUDA
-    assert torch.equal(model.generate(idx, new, temperature=0, cuda_graph=True), expected)
-    assert torch.equal(model.generate(idx, new, temperature=0, cuda_graph=False), expected)
+    expected = sample(model, idx, new, top_k=1, use_cache=False)
+    assert torch.equal(sample(model, idx, new, top_k=1, cuda_graph=plan.cuda_graph), expected)
+    assert torch.equal(sample(model, idx, new, temperature=0, cuda_graph=True), expected)
+    assert torch.equal(sample(model, idx, new, temperature=0, cuda_graph=False), expected)
 
 
 @pytest.mark.gpu
@@ -477,13 +481,25 @@ def test_a_reused_sampler_replays_its_graphs_for_new_prompts():
 
 
 @pytest.mark.gpu
+def test_on_cuda_the_sampler_replays_graphs_where_the_plan_says_and_only_there():
+    """CUDA graphs are the plan's decision, not the Sampler's: on a GPU, a Sampler not told records none."""
+    model = make_model(seed=2, std=0.1).cuda()
+    idx = prompt(2, 5).cuda()
+    plan = make_plan("cuda", "float32", task="sample")
+    told = engine.Sampler(model, 2, 5, 40, temperature=0, cuda_graph=plan.cuda_graph)
+    not_told = engine.Sampler(model, 2, 5, 40, temperature=0)
+    assert torch.equal(told(idx), not_told(idx))
+    assert told.replays and not_told.replays == {}
+
+
+@pytest.mark.gpu
 def test_cuda_graph_sampling():
     model = make_model(seed=6, std=0.1).cuda()
     idx = prompt(2, 2, seed=7).cuda()
     runs = {}
-    for name, kwargs in [("graph", {}), ("graph again", {}), ("eager", {"cuda_graph": False})]:
+    for name, kwargs in [("graph", {"cuda_graph": True}), ("graph again", {"cuda_graph": True}), ("eager", {})]:
         torch.manual_seed(1337)
-        runs[name] = model.generate(idx, 40, temperature=0.8, top_k=20, **kwargs)
+        runs[name] = sample(model, idx, 40, temperature=0.8, top_k=20, **kwargs)
     assert torch.equal(runs["graph"], runs["graph again"])  # the same seed, the same tokens
     assert runs["graph"].shape == (2, 42) and int(runs["graph"].max()) < VOCAB
     assert len(set(runs["graph"][0, 2:].tolist())) > 3
@@ -515,9 +531,9 @@ def test_cuda_graph_logits_every_step(dtype, batch, length, new, monkeypatch):
     idx = prompt(batch, length).cuda()
     forced = prompt(batch, new, seed=5).cuda()
     paths = {
-        "graph": lambda: model.generate(idx, new, cuda_graph=True),
-        "eager": lambda: model.generate(idx, new, cuda_graph=False),
-        "recompute": lambda: model.generate(idx, new, use_cache=False),
+        "graph": lambda: sample(model, idx, new, cuda_graph=True),
+        "eager": lambda: sample(model, idx, new, cuda_graph=False),
+        "recompute": lambda: sample(model, idx, new, use_cache=False),
     }
     logits = {}
     for name, run in paths.items():
@@ -540,5 +556,5 @@ def test_cuda_graph_bf16_autocast_sampling():
     model = make_model(seed=2, std=0.1).cuda()
     idx = prompt(4, 5).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        sampled = model.generate(idx, 40, temperature=0.8, top_k=10)
+        sampled = sample(model, idx, 40, temperature=0.8, top_k=10, cuda_graph=True)
     assert sampled.shape == (4, 45) and int(sampled.max()) < VOCAB

@@ -33,13 +33,15 @@ def no_tf32():
 
 
 def test_auto_attention_uses_sdpa_on_cuda(monkeypatch):
-    model = make_plan("cuda", "float32", task="sample").apply(GPT(tiny(attention="manual")).cuda())
+    model = GPT(tiny()).cuda()
+    model.set_attention("manual")
+    make_plan("cuda", "float32", task="sample").apply(model)  # 'auto': SDPA on CUDA
     idx = torch.randint(0, 128, (2, 64), device="cuda")
     model(idx, idx)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call now fails
     with pytest.raises(TypeError):
         model(idx, idx)
-    model.config.attention = "manual"
+    model.set_attention("manual")
     model(idx, idx)
 
 
@@ -51,7 +53,7 @@ def test_sdpa_matches_masked_softmax_forward_and_backward(dtype, tol):
     results = {}
     for kind in ("manual", "sdpa"):
         model.zero_grad()
-        model.config.attention = kind
+        model.set_attention(kind)
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             logits, loss = model(idx, idx)
         loss.backward()
@@ -66,7 +68,8 @@ def test_sdpa_matches_masked_softmax_forward_and_backward(dtype, tol):
 def train_losses(device, steps=8, autocast_dtype=None, seed=0):
     torch.manual_seed(seed)
     model = GPT(tiny()).to(device)
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), torch.device(device).type)
+    plan = make_plan(device, "float32")
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), plan.device_type, fused=plan.fused_optimizer)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
@@ -112,29 +115,35 @@ def test_cached_logits_track_recompute_under_bf16_autocast():
 
 
 def test_greedy_generation_is_the_same_cached_and_recomputed_on_cuda():
+    from test_generate import sample
+
     torch.manual_seed(2)
     model = GPT(tiny()).cuda().eval()
     idx = torch.randint(0, 128, (3, 5), device="cuda")
     with torch.no_grad():
-        a = model.generate(idx, 100, top_k=1)  # runs past block_size 64
-        b = model.generate(idx, 100, top_k=1, use_cache=False)
+        a = sample(model, idx, 100, top_k=1, cuda_graph=True)  # runs past block_size 64
+        b = sample(model, idx, 100, top_k=1, use_cache=False, cuda_graph=True)
     assert torch.equal(a, b)
+    assert torch.equal(model.generate(idx, 100, top_k=1), a)  # nanoGPT's loop
 
 
 def test_generate_under_torch_compile():
+    from test_generate import sample
+
     torch.manual_seed(3)
     model = GPT(tiny()).cuda().eval()
     idx = torch.randint(0, 128, (2, 5), device="cuda")
     with torch.no_grad():
-        eager = model.generate(idx, 30, top_k=1)
-        model.compile()  # in place: generate's calls to self(...) now run the compiled forward
-        out = model.generate(idx, 30, top_k=1)
+        eager = sample(model, idx, 30, top_k=1, cuda_graph=True)
+        model.compile()  # in place: the Sampler's calls to model(...) now run the compiled forward
+        out = sample(model, idx, 30, top_k=1, cuda_graph=True)
     assert torch.equal(out, eager)
 
 
 def test_fused_adamw_on_cuda():
     model = GPT(tiny()).cuda()
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cuda")
+    plan = make_plan("cuda", "bfloat16")
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), plan.device_type, fused=plan.fused_optimizer)
     assert opt.defaults.get("fused") is True
 
 
@@ -264,14 +273,14 @@ def test_torch_cuda_graph_modes_refuse_gradient_accumulation(tmp_path):
 def test_an_edited_forward_changes_what_the_cuda_graphs_draw(monkeypatch, where):
     """The recorded decode and window steps replay the model's own forward: an edit to it shows in
     every token they draw, as in the classic loop (greedy, so both paths compare token for token)."""
-    from test_generate import edited_forwards, make_model, prompt
+    from test_generate import edited_forwards, make_model, prompt, sample
 
     model = make_model(seed=12, std=0.1).cuda()
     idx = prompt(2, 3, seed=13).cuda()
-    before = model.generate(idx, 30, temperature=0)
+    before = sample(model, idx, 30, temperature=0, cuda_graph=True)
     edited_forwards(monkeypatch, where, device="cuda")
-    after = model.generate(idx, 30, temperature=0)
-    expected = model.generate(idx, 30, temperature=0, use_cache=False, cuda_graph=False)
+    after = sample(model, idx, 30, temperature=0, cuda_graph=True)
+    expected = sample(model, idx, 30, temperature=0, use_cache=False, cuda_graph=False)
     assert torch.equal(after, expected)
     assert not torch.equal(after[:, 3:], before[:, 3:])
 
@@ -284,9 +293,11 @@ def test_chunked_head_loss_on_cuda_tracks_the_full_one(dtype, tol):
 
     torch.manual_seed(4)
     cfg = dict(block_size=64, vocab_size=10000, n_layer=2, n_head=4, n_embd=64)
-    full = GPT(GPTConfig(**cfg, head_loss="full")).cuda()
-    chunked = GPT(GPTConfig(**cfg, head_loss="chunked")).cuda()
-    assert make_plan("cuda", "bfloat16", vocab_size=cfg["vocab_size"]).head_loss == "chunked"
+    full = GPT(GPTConfig(**cfg)).cuda()
+    chunked = GPT(GPTConfig(**cfg)).cuda()
+    plan = make_plan("cuda", "bfloat16", vocab_size=cfg["vocab_size"])
+    assert plan.head_loss == "chunked" and plan.chunk_step_compiled
+    plan.apply(chunked)  # its head and loss, the chunk step compiled (and SDPA attention, as full's default)
     chunked.load_state_dict(full.state_dict())
     idx = torch.randint(0, 10000, (4, 64), device="cuda")
     targets = torch.randint(0, 10000, (4, 64), device="cuda")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, full_logits_loss
+from nanogpt_plus.huggingface import from_pretrained
 from nanogpt_plus.plan import peak_flops
 
 
@@ -42,7 +43,7 @@ def rel_error(ours, ref):
 def test_attention_paths_match_float64_reference(kind, bias):
     torch.manual_seed(0)
     model = GPT(tiny_config(bias=bias))
-    model.config.attention = kind
+    model.set_attention(kind)
     attn = model.transformer.h[0].attn
     for p in attn.parameters():  # non-trivial weights, so errors cannot hide in near-zero outputs
         torch.nn.init.normal_(p, std=0.3)
@@ -71,7 +72,7 @@ def test_attention_paths_agree_on_whole_model_forward_and_backward():
     losses = {}
     for kind in ("manual", "sdpa"):
         model.zero_grad()
-        model.config.attention = kind
+        model.set_attention(kind)
         _, loss = model(idx, idx)
         loss.backward()
         losses[kind] = loss.item()
@@ -82,13 +83,14 @@ def test_attention_paths_agree_on_whole_model_forward_and_backward():
 
 
 def test_manual_attention_never_calls_sdpa(monkeypatch):
-    model = GPT(tiny_config(attention="manual"))
+    model = GPT(tiny_config())
+    model.set_attention("manual")
     idx = torch.randint(0, 97, (2, 16))
     expected, _ = model(idx, idx)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None)  # any call would fail
     got, _ = model(idx, idx)
     assert torch.equal(got, expected)
-    model.config.attention = "sdpa"
+    model.set_attention("sdpa")
     with pytest.raises(TypeError):
         model(idx, idx)
 
@@ -97,7 +99,7 @@ def test_manual_attention_never_calls_sdpa(monkeypatch):
 def test_changing_a_future_token_never_changes_earlier_logits(kind):
     torch.manual_seed(2)
     model = GPT(tiny_config())
-    model.config.attention = kind
+    model.set_attention(kind)
     idx = torch.randint(0, 97, (1, 16))
     logits, _ = model(idx, idx)  # with targets: logits for every position
     for t in (3, 9, 15):
@@ -218,7 +220,7 @@ def test_crop_block_size_keeps_logits_and_shrinks_context():
 
 def test_optimizer_decays_matrices_only():
     model = GPT(tiny_config())
-    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=3e-4, betas=(0.9, 0.95), device_type="cpu")
+    opt = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type="cpu", fused=True)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     named = dict(model.named_parameters())  # the tied weight appears once, as wte
@@ -228,7 +230,9 @@ def test_optimizer_decays_matrices_only():
     assert {id(p) for p in no_decay["params"]} == want_plain
     assert len(want_decay) + len(want_plain) == len(named)
     assert opt.defaults["lr"] == 3e-4 and opt.defaults["betas"] == (0.9, 0.95)
-    assert opt.defaults.get("fused") is True  # torch >= 2.4 has the fused kernel on the CPU too
+    assert opt.defaults.get("fused") is True  # as told (torch >= 2.4 has the fused kernel on the CPU too)
+    # not told: torch's default, whatever the device type (the plan tells the scripts: test_plan.py)
+    assert model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), "cuda").defaults.get("fused") is None
 
 
 def test_fused_adamw_makes_the_same_update_as_the_per_tensor_one():
@@ -238,7 +242,7 @@ def test_fused_adamw_makes_the_same_update_as_the_per_tensor_one():
     torch.manual_seed(0)
     models = [GPT(tiny_config(bias=False)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    fused = models[0].configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    fused = models[0].configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", fused=True)
     ref_groups = [
         {"params": [p for p in models[1].parameters() if p.dim() >= 2], "weight_decay": 0.1},
         {"params": [p for p in models[1].parameters() if p.dim() < 2], "weight_decay": 0.0},
@@ -292,7 +296,7 @@ def make_hf_model(tmp_path, **kw):
 @pytest.mark.parametrize("activation,tol", [("gelu_new", 1e-5), ("gelu", 1e-6)])
 def test_from_pretrained_local_dir_matches_hugging_face_logits(tmp_path, activation, tol):
     hf = make_hf_model(tmp_path, activation_function=activation)
-    model = GPT.from_pretrained(str(tmp_path)).eval()
+    model = from_pretrained(str(tmp_path)).eval()
     assert model.config.block_size == 24 and model.config.vocab_size == 101 and model.config.bias
     idx = torch.randint(0, 101, (2, 24))
     with torch.no_grad():
@@ -310,17 +314,17 @@ def test_from_pretrained_refuses_an_untied_head(tmp_path):
     hf = make_hf_model(tmp_path, tie_word_embeddings=False)
     assert not torch.equal(hf.lm_head.weight, hf.transformer.wte.weight)
     with pytest.raises(ValueError, match="output head is apart from its token embedding"):
-        GPT.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
 
 
 def test_from_pretrained_overrides_dropout_only(tmp_path):
     make_hf_model(tmp_path)
-    model = GPT.from_pretrained(str(tmp_path), dict(dropout=0.1))
+    model = from_pretrained(str(tmp_path), dict(dropout=0.1))
     assert model.config.dropout == 0.1
     with pytest.raises(ValueError, match="only 'dropout'"):
-        GPT.from_pretrained(str(tmp_path), dict(n_layer=3))
+        from_pretrained(str(tmp_path), dict(n_layer=3))
     with pytest.raises(ValueError, match="unknown pretrained model"):
-        GPT.from_pretrained("gpt3")
+        from_pretrained("gpt3")
 
 
 # ---------------------------------------------------------------------------- the chunked head and loss
@@ -379,11 +383,14 @@ def test_chunked_loss_under_no_grad_does_only_the_logits_matmuls():
 
 
 def test_chunked_head_loss_trains_the_model_as_the_full_one():
-    """GPT.forward with head_loss='chunked' against 'full', in float64: the same loss, no logits, and
-    the same gradient for every parameter, the tied embedding and head included."""
+    """GPT.forward with chunked_loss.head_loss installed against its own full logits, in float64: the
+    same loss, no logits, and the same gradient for every parameter, the tied embedding and head included."""
+    from nanogpt_plus import chunked_loss
+
     torch.manual_seed(10)
-    full = GPT(tiny_config(head_loss="full")).double()
-    chunked = GPT(tiny_config(head_loss="chunked")).double()
+    full = GPT(tiny_config()).double()
+    chunked = GPT(tiny_config()).double()
+    chunked.head_loss = chunked_loss.head_loss
     chunked.load_state_dict(full.state_dict())
     idx = torch.randint(0, 97, (3, 16))
     targets = torch.randint(0, 97, (3, 16))
@@ -396,5 +403,5 @@ def test_chunked_head_loss_trains_the_model_as_the_full_one():
     loss_chunked.backward()
     for (name, a), b in zip(full.named_parameters(), chunked.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-14, msg=name)
-    assert GPT(tiny_config()).config.head_loss == "full"  # nanoGPT's: the logits come back
+    assert GPT(tiny_config()).head_loss is full_logits_loss  # nanoGPT's: the logits come back
     assert GPT(tiny_config(vocab_size=8192))(idx, idx)[0] is not None

@@ -12,6 +12,7 @@ from test_train import TINY, TRAIN, clean_env, load, make_dataset, read_log, run
 
 from model import GPT, GPTConfig
 from nanogpt_plus import checkpoint
+from nanogpt_plus.muon import muon_and_adamw
 
 needs_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is new in PyTorch 2.9")
 
@@ -42,15 +43,16 @@ def newton_schulz64(G, steps=5, a=3.4445, b=-4.7750, c=2.0315):
 @needs_muon
 def test_muon_trains_the_block_matrices_and_adamw_the_rest():
     model = tiny_model()
-    adamw_only = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    adamw_only = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", fused=True)
     assert type(adamw_only) is torch.optim.AdamW  # without Muon: nanoGPT's optimizer, its state dict classic
     decay, no_decay = group_names(model, adamw_only)
-    both = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+    both = muon_and_adamw(model, 0.1, 1e-3, (0.9, 0.95), True, MUON)
     adamw_decay, adamw_no_decay, muon = group_names(model, both)
     assert muon == {f"transformer.h.{i}.{m}" for i in range(2) for m in BLOCK_MATRICES}
     assert adamw_decay == decay - muon == {"transformer.wte.weight", "transformer.wpe.weight"}  # (lm_head: tied)
     assert adamw_no_decay == no_decay and all(model.get_parameter(n).dim() == 1 for n in no_decay)
     assert both.optimizers[1].param_groups[0]["nesterov"] is True
+    assert both.adamw.defaults["fused"] is True  # as told (the plan's fused_optimizer, in train.py)
     assert [g["weight_decay"] for g in both.param_groups] == [0.1, 0.0, 0.01]
 
 
@@ -61,7 +63,7 @@ def test_one_step_is_muon_on_the_matrices_and_adamw_elsewhere():
     decay); every other parameter as a torch.optim.AdamW of its own on a copy of the model."""
     model, twin = tiny_model(), tiny_model()
     lr, momentum, wd = 0.02, 0.95, 0.5  # a large weight decay, so that it shows next to the update
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=dict(MUON, weight_decay=wd))
+    optimizer = muon_and_adamw(model, 0.1, 1e-3, (0.9, 0.95), True, dict(MUON, weight_decay=wd))
     matrices = optimizer.muon.param_groups[0]["params"]
     with torch.no_grad():  # weights of size 1, so that the decay is as large as the update
         for p in matrices:
@@ -103,7 +105,7 @@ def test_float16_gradient_scaler_unscales_and_skips_for_both_optimizers():
     results = []
     for scale in (None, 2.0**12):
         model = tiny_model()
-        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+        optimizer = muon_and_adamw(model, 0.1, 1e-3, (0.9, 0.95), True, MUON)
         scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
         _, loss = model(x, x)
         scaler.scale(loss).backward()
@@ -131,7 +133,7 @@ def test_state_dict_numbers_every_parameter_in_group_order_and_resumes_exactly()
     (each state shaped as its parameter); loaded into a fresh model's optimizer, the next steps match."""
     x = torch.randint(0, 32, (2, 8))
     model, twin = tiny_model(), tiny_model(seed=1)
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+    optimizer = muon_and_adamw(model, 0.1, 1e-3, (0.9, 0.95), True, MUON)
     model(x, x)[1].backward()
     optimizer.step()
     saved = optimizer.state_dict()
@@ -143,7 +145,7 @@ def test_state_dict_numbers_every_parameter_in_group_order_and_resumes_exactly()
         key = "momentum_buffer" if i >= len(params) - 8 else "exp_avg"
         assert saved["state"][i][key].shape == p.shape, i
     twin.load_state_dict(model.state_dict())
-    resumed = twin.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+    resumed = muon_and_adamw(twin, 0.1, 1e-3, (0.9, 0.95), True, MUON)
     resumed.load_state_dict(checkpoint.cpu_copy(saved))
     for m, o in ((model, optimizer), (twin, resumed)):
         for _ in range(2):
@@ -152,14 +154,14 @@ def test_state_dict_numbers_every_parameter_in_group_order_and_resumes_exactly()
             o.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
     with pytest.raises(ValueError, match="2 parameter groups saved, 3 expected"):  # AdamW's alone
-        resumed.load_state_dict(twin.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").state_dict())
+        resumed.load_state_dict(twin.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", fused=True).state_dict())
 
 
 @needs_muon
 def test_zero_grad_keeps_or_drops_every_gradient():
     """set_to_none=False (a recorded CUDA graph's gradients) zeroes them in place; True drops them."""
     model = tiny_model()
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon=MUON)
+    optimizer = muon_and_adamw(model, 0.1, 1e-3, (0.9, 0.95), True, MUON)
     x = torch.randint(0, 32, (2, 8))
     model(x, x)[1].backward()
     grads = [p.grad for p in model.parameters()]

@@ -329,7 +329,8 @@ def test_samples_on_cuda_are_the_draws_of_nanogpts_order(char_run):
     still those of nanoGPT's order, computed here: the seed, the model made on the CPU (its init draws
     from the CPU's random state) and moved, then one sample after another under bfloat16 autocast."""
     from nanogpt_plus import checkpoint
-    from nanogpt_plus.plan import autocast
+    from nanogpt_plus.engine import Sampler
+    from nanogpt_plus.plan import make_plan
 
     folder, _, meta = char_run
     result = run_sample(folder, "--device=cuda", "--dtype=bfloat16", "--start=First", "--num_samples=2",
@@ -339,8 +340,10 @@ def test_samples_on_cuda_are_the_draws_of_nanogpts_order(char_run):
     torch.manual_seed(1337)
     model = checkpoint.model_from(ckpt, dropout=0.0).cuda().eval()
     x = torch.tensor([[meta["stoi"][c] for c in "First"]], device="cuda")
-    with torch.no_grad(), autocast("cuda", "bfloat16"):
-        expected = ["".join(meta["itos"][i] for i in model.generate(x, 300, 0.8, 200)[0].tolist()) for _ in range(2)]
+    plan = make_plan("cuda", "bfloat16", task="sample")  # sample.py's: its Sampler replays CUDA graphs
+    with torch.no_grad(), plan.autocast():
+        sampler = Sampler(model, 1, x.size(1), 300, 0.8, 200, cuda_graph=plan.cuda_graph)
+        expected = ["".join(meta["itos"][i] for i in sampler(x)[0].tolist()) for _ in range(2)]
     assert samples_of(result.stdout) == expected
     made_there = checkpoint.model_from(ckpt, dropout=0.0, device="cuda")
     assert made_there.lm_head.weight is made_there.transformer.wte.weight and made_there.lm_head.weight.is_cuda
