@@ -318,3 +318,32 @@ def test_fineweb_without_datasets_or_parquet_files_is_one_line_error(tmp_path, m
         fineweb.main(["--out-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'nanogpt-plus[datasets]'" in err
+
+
+def test_fineweb_cut_short_shard_is_one_line_naming_it_and_the_run_goes_on_once_fixed(tmp_path, monkeypatch, capsys):
+    """A shard cut short after an interrupted run: one line naming it, nothing of the run touched; the shard
+    fetched again, the same command goes on from the record and writes an uninterrupted run's bytes."""
+    from user_errors import main_error, snapshot
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    docs = make_docs(150, seed=8)
+    parquet_dir, out = write_parquet(docs, tmp_path / "parquet"), tmp_path / "out"
+    args = {"parquet_dir": parquet_dir, "val_docs": 20, "num_proc": 1, "shard_docs": 25}
+    with monkeypatch.context() as patch:
+        patch.setattr(token_bins, "append_durably", StopAfter(2, KeyboardInterrupt()))
+        with pytest.raises(token_bins.pu.UserError, match="interrupted"):
+            fineweb.prepare(out, **args)
+    shard = parquet_dir / "001_00000.parquet"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])  # a download cut short
+    before = snapshot(out)
+    message = main_error(fineweb.main, ["--parquet_dir", parquet_dir, "--out-dir", out, "--val_docs=20"], capsys)
+    assert message == (
+        f"{shard} is cut short or damaged (not a whole parquet file): delete it and download it again, "
+        "then run the same command again to go on"
+    )
+    assert snapshot(out) == before  # the record and the partial files wait for the rerun
+    shard.write_bytes(whole)  # downloaded again
+    fineweb.prepare(out, **args)
+    assert "resuming from 50 of 150 documents" in capsys.readouterr().out
+    assert bins(out) == {"val": expected_bytes(docs[:20]), "train": expected_bytes(docs[20:])}

@@ -31,6 +31,23 @@ def parquet_files(parquet_dir: Path) -> list[str]:
     return files
 
 
+def check_parquet(files: list[str]) -> None:
+    """Refuse a shard whose download was cut short, naming it. Only each file's footer is read (milliseconds): a
+    cut-short file has lost it. Left to `datasets`, the same file is a traceback that does not name it."""
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            pq.ParquetFile(path).close()
+        except OSError as exc:  # pyarrow's IO errors are OSErrors (a file removed meanwhile, no permission)
+            raise pu.UserError(f"cannot read {path} ({pu.reason(exc)})") from None
+        except ValueError:  # pyarrow's ArrowInvalid: no parquet footer at the end of the file
+            raise pu.UserError(
+                f"{path} is cut short or damaged (not a whole parquet file): delete it and download it again, "
+                "then run the same command again to go on"
+            ) from None
+
+
 def load_fineweb(parquet_dir: Path | None = None, num_proc: int | None = None):
     """The whole sample as one Dataset: from the Hugging Face hub, or from local parquet shards."""
     datasets = pu.import_datasets("fineweb_edu")
@@ -38,6 +55,7 @@ def load_fineweb(parquet_dir: Path | None = None, num_proc: int | None = None):
     if parquet_dir is None:
         return pu.from_hub(datasets, HF_NAME, name=HF_CONFIG, split="train", num_proc=num_proc)
     files = parquet_files(parquet_dir)
+    check_parquet(files)
     return datasets.load_dataset("parquet", data_files=files, split="train", num_proc=min(num_proc, len(files)))
 
 
