@@ -103,7 +103,7 @@ def apply_file(path, namespace, keys, nullable, script):
     scope = dict(namespace)
     try:
         exec(code, scope)
-    except Exception as e:  # a config file is user code: say where it failed, briefly
+    except (Exception, GeneratorExit) as e:  # a config file is user code: say where it failed, briefly
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
     except SystemExit as e:  # else the script would end as if it had done its work
         raise UserError(f"config file {path} called sys.exit({e.code!r}): a config file only sets keys") from None
@@ -115,7 +115,8 @@ def apply_file(path, namespace, keys, nullable, script):
             continue  # private names, modules and functions, the script's own non-config globals
         else:
             raise unknown_key(k, keys, script, where=f" in {path}")
-        if not (v is namespace[k] or v == namespace[k] and type(v) is type(namespace[k])):
+        # the type first: == of another type may raise (a numpy array's) or answer anything
+        if not (v is namespace[k] or type(v) is type(namespace[k]) and v == namespace[k]):
             try:
                 namespace[k] = coerce(k, v, namespace[k], nullable)
             except UserError as e:

@@ -59,7 +59,7 @@ def parse(data, name):
             continue
         try:
             item = json.loads(line)
-        except ValueError:  # (a UnicodeDecodeError too)
+        except (ValueError, RecursionError):  # (a UnicodeDecodeError too; RecursionError: arrays nested too deep)
             item = None
         problem = item_problem(item)
         if problem:

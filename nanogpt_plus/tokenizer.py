@@ -63,6 +63,8 @@ def char_vocabulary(meta, path, vocab_size):
     plain = isinstance(itos, dict) and all(type(i) is int and type(ch) is str for i, ch in itos.items())
     if not plain or not isinstance(stoi, dict) or not all(type(ch) is str and type(i) is int for ch, i in stoi.items()):
         raise UserError(f"{path} is not a character vocabulary (its itos and stoi map ids and str): rerun prepare.py")
+    if any(itos.get(i) != ch for ch, i in stoi.items()):  # else encoding gives ids the model lacks, or the wrong ones
+        raise UserError(f"{path} is not a character vocabulary (its stoi does not invert its itos): rerun prepare.py")
     if sorted(itos) != list(range(vocab_size)) or meta["vocab_size"] != vocab_size:
         raise UserError(
             f"{path} has {len(itos)} characters but the model has {vocab_size} tokens: the dataset was prepared "

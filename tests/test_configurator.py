@@ -150,6 +150,7 @@ def test_file_values_of_other_types_that_mean_the_same_are_taken(tmp_path):
         ("out_dir = ('runs', 'a')\n", r"^out_dir expects str, got \('runs', 'a'\) \(tuple\) in config file .*cfg\.py$"),
         ("import numpy\nbatch_size = numpy.float64(2.5)\n", r"^batch_size expects int, got .*2\.5.* in config file "),
         ("compile = [False]\n", r"^compile expects bool, got \[False\] \(list\) in config file .*cfg\.py$"),
+        ("import numpy\nbatch_size = numpy.array([1, 2])\n", r"^batch_size expects int, got .* \(ndarray\) in config "),
         ("import sys\nsys.exit()\n", r"^config file .*cfg\.py called sys\.exit\(None\): a config file only sets keys$"),
         ("import sys\nsys.exit(0)\n", r"^config file .*cfg\.py called sys\.exit\(0\)"),
     ],
@@ -167,6 +168,7 @@ def test_file_values_a_key_cannot_take_and_exits_are_one_line(tmp_path, text, me
         ("batch_sise = 4\n", r"unknown config key 'batch_sise' in .*cfg\.py: did you mean 'batch_size'\?"),
         ("batch_size = (\n", r"syntax error in config file .*cfg\.py, line 1"),
         ("batch_size = 1 / 0\n", r"config file .*cfg\.py failed: ZeroDivisionError"),
+        ("raise GeneratorExit\n", r"config file .*cfg\.py failed: GeneratorExit"),  # not an Exception
     ],
 )
 def test_file_errors(tmp_path, text, message):

@@ -310,6 +310,7 @@ def test_offline_or_missing_download_is_one_short_line(tmp_path, monkeypatch):
         ('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": "2"}', "'label' is '2', not 0, 1, 2 or 3"),
         ('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 4}', "'label' is 4, not 0, 1, 2 or 3"),
         (b"\xff\xfe", "not a JSON object"),
+        ("[" * 100_000, "not a JSON object"),  # json's parser recurses: RecursionError, not a ValueError
     ],
 )
 def test_a_malformed_line_is_one_line_naming_the_file_and_line(tmp_path, examples, line, problem):

@@ -76,6 +76,23 @@ def test_a_meta_pkl_that_does_not_fit_the_model_is_one_line(run_dirs, monkeypatc
     assert snapshot(run_dirs) == before
 
 
+@pytest.mark.parametrize("script", ["sample.py", "export_hf.py"])
+def test_a_meta_pkl_whose_stoi_is_not_its_itos_inverse_is_one_line(run_dirs, monkeypatch, script):
+    """Valid pickle, the right keys and sizes, but stoi gives an id the model lacks: encoding the prompt would."""
+    chars = [chr(65 + i) for i in range(40)]  # the model has 40 tokens
+    write_toy_meta(run_dirs, chars)
+    with open(run_dirs / "data" / "toy" / "meta.pkl", "rb") as f:
+        meta = pickle.load(f)
+    meta["stoi"]["A"] = 99
+    with open(run_dirs / "data" / "toy" / "meta.pkl", "wb") as f:
+        pickle.dump(meta, f)
+    before = snapshot(run_dirs)
+    args = ["--out_dir=runs/a", "--device=cpu", "--start=A"] if script == "sample.py" else ["--out_dir=runs/a"]
+    message = run_in_process(REPO / script, run_dirs, args, monkeypatch)
+    assert_one_line(message, "data/toy/meta.pkl is not a character vocabulary (its stoi does not invert its itos)")
+    assert snapshot(run_dirs) == before
+
+
 @pytest.mark.parametrize("source", ["checkpoint", "hf"])
 def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, monkeypatch, source):
     """GPT-2's tokenizer on a 40-token model would print other text than the model means."""
