@@ -71,6 +71,8 @@ for key in ("batch_size", "num_steps", "repeats"):
         raise UserError(f"{key}={config[key]} must be at least 1")
 if burn_in < 0:
     raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
+if sample and max_new_tokens < 1:  # sampling is timed per new token: with none there is nothing to time
+    raise UserError(f"max_new_tokens={max_new_tokens} must be at least 1 with --sample=True (the tokens it times)")
 try:
     gpt_config = GPTConfig(
         block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,

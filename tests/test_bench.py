@@ -79,6 +79,8 @@ def test_bad_input_is_one_clear_line_and_harmless(work, name, args, setup, phras
         (["--n_head=3"], "n_embd=16 is not divisible by n_head=3"),
         (["--block_size=0"], "block_size=0 must be at least 1"),
         (["--seed=-18446744073709551616"], "seed=-18446744073709551616 is out of range"),
+        (["--sample=True", "--max_new_tokens=0"], "max_new_tokens=0 must be at least 1 with --sample=True"),
+        (["--sample=True", "--max_new_tokens=-1"], "max_new_tokens=-1 must be at least 1 with --sample=True"),
         (["--burn_in=0"], None),  # (BENCH_ARGS's own: a timed step without a burn-in)
     ],
 )
