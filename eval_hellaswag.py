@@ -25,7 +25,7 @@ from nanogpt_plus.plan import check_device, chosen_dtype, default_device, defaul
 from nanogpt_plus.progress import Progress
 from nanogpt_plus.tokenizer import dataset_meta
 
-report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
+report_user_errors(memory_advice="lower --batch_size (items per forward pass)")  # one `error:` line, no traceback
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a Hugging Face folder

@@ -25,7 +25,10 @@ from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta
 
-report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
+report_user_errors(  # a mistake ends the run with one `error:` line, not a traceback
+    memory_advice="draw the samples one by one (--batch_samples=False) or fewer at once (--num_samples), use a "
+    "16-bit --dtype,"
+)
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (the checkpoint in out_dir), a gpt2 variant (e.g. 'gpt2-xl') or a Hugging Face folder

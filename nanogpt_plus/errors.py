@@ -26,10 +26,14 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def report_user_errors():
+# What to do when a batch does not fit, in the keys of the scripts that train (train.py, bench.py)
+TRAINING_MEMORY_ADVICE = "lower --batch_size (raise --gradient_accumulation_steps to keep the tokens per iteration)"
+
+
+def report_user_errors(memory_advice=TRAINING_MEMORY_ADVICE):
     """From now on, an uncaught UserError, Ctrl-C or running out of memory ends the process with one
     line instead of a traceback, and a closed pipe on stdout quietly. Anything else is a bug and
-    keeps its traceback."""
+    keeps its traceback. memory_advice: what lowers this script's memory, in its own keys."""
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
@@ -43,11 +47,10 @@ def report_user_errors():
         elif issubclass(kind, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(value):
             asked = re.search(r"allocate (\d+) bytes", str(value))  # torch's CPU allocator says how much
             what = f" (tried to allocate {int(asked.group(1)) / 2**30:.2f} GiB)" if asked else ""
-            line = f"error: out of memory{what}: lower --batch_size or --block_size, or use a smaller model"
+            line = f"error: out of memory{what}: {memory_advice} or use a smaller model"
         elif kind.__name__ == "OutOfMemoryError":  # torch's: a batch or model too big for the GPU
             what = str(value).strip().split(". GPU")[0]  # "CUDA out of memory. Tried to allocate 1.2 GiB"
-            line = (f"error: out of GPU memory ({what}): lower --batch_size (raise --gradient_accumulation_steps "
-                    "to keep the tokens per iteration) or use a smaller model")  # fmt: skip
+            line = f"error: out of GPU memory ({what}): {memory_advice} or use a smaller model"
         else:
             default_hook(kind, value, tb)
         if line:

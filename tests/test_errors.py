@@ -49,10 +49,27 @@ def test_cpu_out_of_memory_is_one_line(monkeypatch, capsys):
     sys.excepthook(MemoryError, MemoryError(), None)
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
-        "error: out of memory (tried to allocate 4294967296.00 GiB): lower --batch_size or --block_size, or use a "
-        "smaller model",
-        "error: out of memory: lower --batch_size or --block_size, or use a smaller model",
+        "error: out of memory (tried to allocate 4294967296.00 GiB): lower --batch_size (raise "
+        "--gradient_accumulation_steps to keep the tokens per iteration) or use a smaller model",
+        "error: out of memory: lower --batch_size (raise --gradient_accumulation_steps to keep the tokens per "
+        "iteration) or use a smaller model",
     ]
+
+
+def test_out_of_memory_advice_names_the_keys_of_the_script(monkeypatch, capsys):
+    """sample.py has no --batch_size: its line says what lowers its own memory."""
+    from nanogpt_plus import errors
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    errors.report_user_errors(memory_advice="lower --num_samples")
+    message = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
+    sys.excepthook(torch.OutOfMemoryError, torch.OutOfMemoryError(message), None)
+    assert capsys.readouterr().err == (
+        "error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB): lower --num_samples or use a "
+        "smaller model\n"
+    )
+    sample_py = (REPO / "sample.py").read_text()
+    assert "memory_advice=" in sample_py and "--batch_size" not in sample_py.split("memory_advice=")[1].split(")")[0]
 
 
 def test_a_closed_pipe_on_stdout_ends_quietly():
