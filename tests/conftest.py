@@ -53,13 +53,14 @@ def shakespeare_input() -> Path:
 def base(tmp_path_factory):
     """data/tiny (vocab 32), data/wide (vocab 64) and out/ckpt.pt of a 2-step run on data/tiny (tests that
     change it take a copy: work)."""
-    from test_train import make_dataset, run_train
-    from user_errors import TRAIN
+    from test_train import make_dataset
+    from user_errors import run_here
 
     root = tmp_path_factory.mktemp("base")
     make_dataset(root)
     make_dataset(root, name="wide", vocab=64)
-    run_train(root, *TRAIN, "--out_dir=out", "--max_iters=2", "--eval_interval=2")
+    proc = run_here("train", root, ["--out_dir=out", "--max_iters=2", "--eval_interval=2"])
+    assert proc.returncode == 0, proc.stderr
     (root / "out" / "train_log.csv").unlink()  # so that a resumed run's log is a new file, not a change
     return root
 

@@ -13,7 +13,7 @@ from user_errors import (
     Payload,
     assert_one_line_error,
     clean_env,
-    run_script,
+    run_here,
     snapshot,
 )
 
@@ -74,7 +74,7 @@ def test_crafted_checkpoint_is_refused(work, script):
     torch.save(ckpt, work / "out" / "ckpt.pt")
     before = snapshot(work)
     args = ["--out_dir=out"] if script == "sample" else RESUME
-    proc = run_script(script, work, args)
+    proc = run_here(script, work, args)
     assert_one_line_error(proc, "refusing to load out/ckpt.pt")
     assert not marker.exists()
     assert snapshot(work) == before

@@ -12,8 +12,8 @@ from user_errors import (
     assert_one_line,
     case_id,
     check_bad_input,
+    run_here,
     run_in_process,
-    run_script,
     snapshot,
     truncate_file,
 )
@@ -107,7 +107,7 @@ def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, mon
 def test_no_new_tokens_with_verbose_prints_the_prompt_and_the_count(work, batch_samples):
     """--max_new_tokens=0 --verbose: each sample is the prompt alone, and the count of tokens is 0."""
     args = ["--out_dir=out", "--start=123", "--num_samples=2", "--max_new_tokens=0", "--verbose=True"]
-    proc = run_script("sample", work, [*args, f"--batch_samples={batch_samples}"])
+    proc = run_here("sample", work, [*args, f"--batch_samples={batch_samples}"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("123\n---------------\n" * 2)
     assert re.fullmatch(r"0 tokens in [\d.]+ s \(0 tokens/s, one (batch|sample at a time)\)\n", proc.stderr)

@@ -32,6 +32,7 @@ from user_errors import (
     clean_env,
     model_only,
     remove_file,
+    run_here,
     run_script,
     small_files_in_child,
     snapshot,
@@ -210,7 +211,7 @@ def test_bad_input_is_one_clear_line_and_harmless(work, name, args, setup, phras
 
 def test_matching_architecture_keys_still_resume(work):
     """Classic configs restate the architecture on resume: equal values are fine."""
-    proc = run_script("train", work, [*RESUME, "--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=3"])
+    proc = run_here("train", work, [*RESUME, "--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=3"])
     assert proc.returncode == 0, proc.stderr
     assert checkpoint.load(str(work / "out" / "ckpt.pt"))["iter_num"] == 3
 
@@ -340,10 +341,7 @@ def test_full_disk_on_resume_is_one_line_and_keeps_the_old_checkpoint(work):
 
 def test_resuming_a_finished_run_says_how_to_go_on(work):
     """out/ holds a run that reached its max_iters=2: resumed as it was, it has nothing to train and says so."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS["train"]), *RESUME], cwd=work, capture_output=True, text=True, timeout=120,
-        env=clean_env(),
-    )  # fmt: skip
+    proc = run_here("train", work, RESUME, fixed=False)
     assert proc.returncode == 0, proc.stderr
     assert "note: the run in out is at iter 2, past max_iters=2: raise --max_iters to go on" in proc.stdout
 
@@ -352,7 +350,7 @@ def test_crafted_meta_pkl_is_refused_by_train(work):
     marker = work / "payload_ran"
     with open(work / "data" / "tiny" / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": 32, "x": Payload(marker)}, f)
-    proc = run_script("train", work, ["--max_iters=1"])
+    proc = run_here("train", work, ["--max_iters=1"])
     assert_one_line_error(proc, "refusing to load data/tiny/meta.pkl: global posix.system is not allowed")
     assert not marker.exists()
 
@@ -375,7 +373,7 @@ def test_classic_checkpoint_resumes(work):
     }
     torch.save(classic, work / "out" / "ckpt.pt")
     checkpoint.model_from(checkpoint.load(str(work / "out" / "ckpt.pt")))
-    proc = run_script("train", work, [*RESUME, "--max_iters=4"])
+    proc = run_here("train", work, [*RESUME, "--max_iters=4"])
     assert proc.returncode == 0, proc.stderr
     assert "holds no RNG state" in proc.stdout
     assert checkpoint.load(str(work / "out" / "ckpt.pt"))["iter_num"] == 4
@@ -428,7 +426,7 @@ def test_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run_who
 def test_overwrite_replaces_the_old_log_with_the_new_runs_once_it_has_a_checkpoint(work):
     (work / "out" / "train_log.csv").write_text(OLD_LOG)
     (work / "out" / "loss.png").write_bytes(b"the old run's picture")
-    proc = run_script("train", work, ["--out_dir=out", "--overwrite=True", "--max_iters=4", "--eval_interval=2"])
+    proc = run_here("train", work, ["--out_dir=out", "--overwrite=True", "--max_iters=4", "--eval_interval=2"])
     assert proc.returncode == 0, proc.stderr
     assert logged_iters(work / "out") == ([0, 1, 2, 3], [0, 2, 4])  # an uninterrupted run's log, nothing older
     assert not (work / "out" / "train_log.new.csv").exists()
@@ -441,7 +439,7 @@ def test_auto_restarted_before_the_first_checkpoint_logs_each_iteration_once(wor
     (its log ends with a cut-short line); the restart starts anew, and its log is an uninterrupted run's."""
     (work / "run").mkdir()
     (work / "run" / "train_log.csv").write_text(OLD_LOG + "20,3.4")
-    proc = run_script("train", work, ["--out_dir=run", "--init_from=auto", "--max_iters=4", "--eval_interval=2"])
+    proc = run_here("train", work, ["--out_dir=run", "--init_from=auto", "--max_iters=4", "--eval_interval=2"])
     assert proc.returncode == 0, proc.stderr
     assert logged_iters(work / "run") == ([0, 1, 2, 3], [0, 2, 4])
 

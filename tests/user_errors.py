@@ -2,8 +2,10 @@
 script as a user would, in a subprocess or in this process, and the checks that it ended with one `error:` line
 and left what was there as it was. The fixtures of a small run (base, work, run_dirs, exported) are in conftest.py."""
 
+import atexit
 import contextlib
 import hashlib
+import io
 import os
 import random
 import re
@@ -11,11 +13,14 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pytest
 import torch
 from test_train import TINY
 
+from nanogpt_plus import checkpoint, errors
 from nanogpt_plus.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,10 +55,65 @@ def clean_env(**extra) -> dict:
     return env | extra
 
 
+FIXED_ARGS = {"train": TRAIN, "sample": ["--device=cpu"], "bench": BENCH_ARGS, "prepare": []}
+
+
 def run_script(script: str, cwd: Path, args, env=None) -> subprocess.CompletedProcess:
-    fixed = {"train": TRAIN, "sample": ["--device=cpu"], "bench": BENCH_ARGS, "prepare": []}[script]
-    cmd = [sys.executable, str(SCRIPTS[script]), *fixed, *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=env or clean_env())
+    """`python script *args` in cwd (env: variables set besides clean_env's), in a new process: for what only a
+    process shows (its end at a signal, what it leaves at exit, its environment from the start). Else run_here
+    does the same at a fraction of the cost."""
+    cmd = [sys.executable, str(SCRIPTS[script]), *FIXED_ARGS[script], *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=clean_env(**(env or {})))
+
+
+def run_here(script: str, cwd: Path, args, env=None, fixed=True) -> subprocess.CompletedProcess:
+    """run_script(script, cwd, args), in this process: no interpreter and torch to start. What the process would
+    print, its exit status and what it leaves at exit are the same: the script runs as __main__ with the same
+    argv, working directory and environment; what it prints is caught; an exception it ends with is written by
+    the sys.excepthook it set (its one `error:` line) with status 1; at its end the threads it started are waited
+    for, and its atexit functions run (the lock on out_dir released, a new empty out_dir removed, ...), as
+    the interpreter would at exit. What it changes in this process (signal handlers, torch's seed and TF32
+    switches, the hook) is put back. fixed=False: the args alone, without FIXED_ARGS."""
+    argv = [str(SCRIPTS[script]), *map(str, FIXED_ARGS[script] if fixed else []), *map(str, args)]
+    out, err, at_exit = io.StringIO(), io.StringIO(), []
+    threads = set(threading.enumerate())
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    sigterm = signal.getsignal(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
+        for name in [k for k in os.environ if k not in clean_env()]:
+            mp.delenv(name)
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", argv)
+        mp.setattr(sys, "path", [str(SCRIPTS[script].parent), *sys.path])
+        mp.setattr(sys, "excepthook", sys.excepthook)  # report_user_errors() replaces it
+        mp.setattr(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)) or f)
+        mp.setattr(checkpoint, "_made_folders", [])  # (this run's, for its unlock_all at exit)
+        mp.setattr(errors, "interrupt_note", None)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    runpy.run_path(argv[0], run_name="__main__")
+                    code = 0
+                except SystemExit as e:
+                    code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+                    if isinstance(e.code, str):
+                        print(e.code, file=sys.stderr)
+                except Exception as e:
+                    sys.excepthook(type(e), e, e.__traceback__)
+                    code = 1
+                finally:  # the interpreter's exit: non-daemon threads are joined, then the atexit functions run
+                    for thread in set(threading.enumerate()) - threads:
+                        if not thread.daemon:
+                            thread.join()
+                    for f, a, k in reversed(at_exit):
+                        f(*a, **k)
+                    checkpoint.unlock_all()
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def snapshot(root: Path) -> dict:
@@ -194,13 +254,13 @@ def case_id(case):
     return case.id if hasattr(case, "id") else case[0]
 
 
-def check_bad_input(work, script, args, setup, phrase, env):
+def check_bad_input(work, script, args, setup, phrase, env, run=run_here):
     """`python script *args` in work, set up first: one clear `error:` line, and nothing modified or deleted
     (nor, by a prepare script, anything half-written left behind)."""
     if setup is not None:
         setup(work)
     before = snapshot(work)
-    proc = run_script(script, work, args, env=clean_env(**(env or {})))
+    proc = run(script, work, args, env=env)
     assert_one_line_error(proc, phrase)
     after = snapshot(work)
     changed = [p for p in before if after.get(p) != before[p]]
