@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiktoken
+from user_errors import run_here
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -37,6 +38,11 @@ CLASSIC = {"char": classic_char, "gpt2": classic_bpe}
 
 
 def run(*args, cwd=REPO, script=SCRIPT) -> subprocess.CompletedProcess:
+    """`python script *args` in cwd, run in this process (user_errors.run_here: the same output and status)."""
+    return run_here(script, cwd, args)
+
+
+def run_in_a_new_process(*args, cwd=REPO, script=SCRIPT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, capture_output=True, text=True)
 
 
@@ -326,11 +332,12 @@ def test_the_same_text_prepared_again_is_no_error(tmp_path):
 
 
 def test_name_writes_beside_the_script_and_prints_counts(shakespeare_input, tmp_path):
-    """A copy of data/ in tmp_path, so --name writes where it would in a clone."""
+    """A copy of data/ in tmp_path, so --name writes where it would in a clone (and, in a new process, imports
+    nanogpt_plus from there)."""
     (tmp_path / "data").mkdir()
     script = tmp_path / "data" / "prepare_text.py"
     script.write_bytes(SCRIPT.read_bytes())  # it imports nanogpt_plus, installed, from any folder
-    proc = run(shakespeare_input, "--name=shakes", script=script, cwd=tmp_path / "data")
+    proc = run_in_a_new_process(shakespeare_input, "--name=shakes", script=script, cwd=tmp_path / "data")
     assert proc.returncode == 0, proc.stderr
     assert "length of dataset in characters: 1,115,394" in proc.stdout and "vocab size: 65" in proc.stdout
     assert "train.bin has 1,003,854 tokens" in proc.stdout and "val.bin has 111,540 tokens" in proc.stdout

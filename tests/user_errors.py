@@ -66,15 +66,16 @@ def run_script(script: str, cwd: Path, args, env=None) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=clean_env(**(env or {})))
 
 
-def run_here(script: str, cwd: Path, args, env=None, fixed=True) -> subprocess.CompletedProcess:
+def run_here(script: str | Path, cwd: Path, args, env=None, fixed=True) -> subprocess.CompletedProcess:
     """run_script(script, cwd, args), in this process: no interpreter and torch to start. What the process would
     print, its exit status and what it leaves at exit are the same: the script runs as __main__ with the same
     argv, working directory and environment; what it prints is caught; an exception it ends with is written by
     the sys.excepthook it set (its one `error:` line) with status 1; at its end the threads it started are waited
     for, and its atexit functions run (the lock on out_dir released, a new empty out_dir removed, ...), as
     the interpreter would at exit. What it changes in this process (signal handlers, torch's seed and TF32
-    switches, the hook) is put back. fixed=False: the args alone, without FIXED_ARGS."""
-    argv = [str(SCRIPTS[script]), *map(str, FIXED_ARGS[script] if fixed else []), *map(str, args)]
+    switches, the hook) is put back. script: a name in SCRIPTS (its FIXED_ARGS first, unless fixed=False) or a path."""
+    path = Path(SCRIPTS.get(script, script))
+    argv = [str(path), *map(str, FIXED_ARGS.get(script, []) if fixed else []), *map(str, args)]
     out, err, at_exit = io.StringIO(), io.StringIO(), []
     threads = set(threading.enumerate())
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -86,7 +87,7 @@ def run_here(script: str, cwd: Path, args, env=None, fixed=True) -> subprocess.C
             mp.setenv(name, value)
         mp.chdir(cwd)
         mp.setattr(sys, "argv", argv)
-        mp.setattr(sys, "path", [str(SCRIPTS[script].parent), *sys.path])
+        mp.setattr(sys, "path", [str(path.parent), *sys.path])
         mp.setattr(sys, "excepthook", sys.excepthook)  # report_user_errors() replaces it
         mp.setattr(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)) or f)
         mp.setattr(checkpoint, "_made_folders", [])  # (this run's, for its unlock_all at exit)
