@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_sample import run_sample, samples_of
 from test_train import TINY, make_dataset, run_train
-from user_errors import assert_one_line, run_in_process, snapshot
+from user_errors import assert_one_line, run_here, run_in_process, snapshot
 
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint
@@ -28,10 +28,14 @@ ONE_BATCH = ["--gradient_accumulation_steps=1"]  # one micro-batch per step: GPT
 TEXT = "First Citizen:\n\nBefore we  proceed any further,   hear me speak.\tnaïve café — 日本語 's 've 1234567\n"
 
 
-def run_export(cwd: Path, *args, env=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+def run_export(cwd: Path, *args, env=None, new_process=False) -> subprocess.CompletedProcess:
+    """`python export_hf.py *args` in cwd, offline: in this process (run_here) unless new_process, which a changed
+    PYTHONPATH needs."""
+    env = {"HF_HUB_OFFLINE": "1", **(env or {})}
+    if not new_process:
+        return run_here(EXPORT, cwd, args, env=env)
     cmd = [sys.executable, str(EXPORT), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, cwd=cwd, env=dict(os.environ, **env), capture_output=True, text=True, timeout=120)
 
 
 def export(cwd: Path, *args) -> Path:
@@ -332,7 +336,8 @@ def test_without_safetensors_one_line_says_how_to_install_it(tmp_path):
     shadow = tmp_path / "shadow" / "safetensors"  # a safetensors package that cannot be imported
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('no safetensors here')\n")
-    proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=hf", env={"PYTHONPATH": str(shadow.parent)})
+    env = {"PYTHONPATH": str(shadow.parent)}  # (read as a process starts)
+    proc = run_export(tmp_path, "--out_dir=out", "--hf_dir=hf", env=env, new_process=True)
     assert_one_line_error(proc, "pip install safetensors")
     assert not (tmp_path / "hf").exists() and leftovers(tmp_path) == []
 

@@ -1,4 +1,4 @@
-"""sample.py end to end, as a subprocess in a scratch folder holding out/ckpt.pt and data/<dataset>/meta.pkl.
+"""sample.py end to end, as a user runs it in a scratch folder holding out/ckpt.pt and data/<dataset>/meta.pkl.
 
 Also both directions of checkpoint compatibility with classic nanoGPT: sample.py loads a
 checkpoint as classic train.py wrote it, and classic sample.py's loading steps (re-done here
@@ -69,18 +69,11 @@ def write_checkpoint(folder: Path, model, model_args, dataset="toy_char", classi
 
 
 def run_sample(folder: Path, *args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cache = REPO.parent / "shared" / "data" / "tiktoken_cache"
-    if "TIKTOKEN_CACHE_DIR" not in env and cache.is_dir():
-        env["TIKTOKEN_CACHE_DIR"] = str(cache)
-    return subprocess.run(
-        [sys.executable, str(SAMPLE), "--device=cpu", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """`python sample.py --device=cpu *args` in folder, run in this process (user_errors.run_here: the same
+    output and exit status; the tiktoken cache is conftest.py's)."""
+    from user_errors import run_here
+
+    return run_here(SAMPLE, folder, ["--device=cpu", *args])
 
 
 def samples_of(stdout: str) -> list[str]:
