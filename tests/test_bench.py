@@ -2,16 +2,13 @@
 
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from test_train import make_dataset
-from user_errors import BENCH_ARGS, REPO, assert_one_line, case_id, check_bad_input, run_in_process
+from user_errors import BENCH_ARGS, REPO, assert_one_line, case_id, check_bad_input, run_here, run_in_process
 
-BENCH = [sys.executable, str(Path(__file__).resolve().parent.parent / "bench.py")]
+BENCH = REPO / "bench.py"  # run in this process (user_errors.run_here: the same output and exit status)
 SMALL = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16"]
 SMALL += ["--batch_size=4", "--num_steps=2", "--burn_in=1", "--repeats=2"]
 
@@ -20,7 +17,7 @@ SMALL += ["--batch_size=4", "--num_steps=2", "--burn_in=1", "--repeats=2"]
 def test_bench_reports_time_tokens_and_a_sane_loss(tmp_path, real):
     make_dataset(tmp_path)
     args = ["--dataset=tiny", "--vocab_size=32"] if real else ["--real_data=False", "--vocab_size=97"]
-    proc = subprocess.run([*BENCH, *SMALL, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = run_here(BENCH, tmp_path, [*SMALL, *args])
     assert proc.returncode == 0, proc.stderr
     ms, tokens_per_s = re.search(r"time per iteration: ([0-9.]+) ms .*?, ([0-9,]+) tokens/s", proc.stdout).groups()
     # tokens/s is batch_size * block_size over the median step time
@@ -35,7 +32,7 @@ def test_bench_sample_reports_both_batches(tmp_path):
     """Without --compile, sampling runs uncompiled, as sample.py does (its default, not train.py's)."""
     args = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16"]
     args += ["--vocab_size=64", "--sample=True", "--max_new_tokens=20", "--repeats=1"]
-    proc = subprocess.run([*BENCH, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = run_here(BENCH, tmp_path, args)
     assert proc.returncode == 0, proc.stderr
     assert "plan: cpu float32, not compiled, masked-softmax attention" in proc.stdout
     pattern = r"sampling (\d+) x 20 tokens: ([0-9,]+) tokens/s \(([0-9.]+) ms per step\), first token"

@@ -202,6 +202,12 @@ def write_checkpoint(folder: Path, model, dataset="openwebtext"):
 
 
 def run_eval(cwd: Path, *args, nproc=1, env=None):
+    """`python eval_hellaswag.py --device=cpu *args` in cwd: in this process (user_errors.run_here: the same output
+    and exit status), or torchrun's nproc processes."""
+    if nproc == 1 and env is None:
+        from user_errors import run_here
+
+        return run_here(EVAL, cwd, ["--device=cpu", *args])
     cmd = [sys.executable, str(EVAL), "--device=cpu", *args]
     if nproc > 1:
         cmd[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(EVAL)]
