@@ -69,11 +69,16 @@ def write_checkpoint(folder: Path, model, model_args, dataset="toy_char", classi
 
 
 def run_sample(folder: Path, *args):
-    """`python sample.py --device=cpu *args` in folder, run in this process (user_errors.run_here: the same
-    output and exit status; the tiktoken cache is conftest.py's)."""
-    from user_errors import run_here
+    """`python sample.py --device=cpu *args` in folder; on the CPU, not compiled, in this process (user_errors.run_here:
+    the same output and exit status; the tiktoken cache is conftest.py's)."""
+    from user_errors import cpu_and_eager, run_here
 
-    return run_here(SAMPLE, folder, ["--device=cpu", *args])
+    args = ["--device=cpu", *args]
+    if cpu_and_eager(args):
+        return run_here(SAMPLE, folder, args)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, str(SAMPLE), *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
 
 
 def samples_of(stdout: str) -> list[str]:

@@ -68,15 +68,17 @@ def make_dataset(root: Path, name="tiny", vocab=VOCAB, n_train=6000, n_val=1200,
 
 
 def run_train(cwd: Path, *args, nproc=1, check=True) -> subprocess.CompletedProcess:
-    """`python train.py *args` in cwd, or torchrun's nproc processes of it. One process runs in this one
-    (user_errors.run_here: the same output, exit status and files, without starting Python and torch)."""
-    if nproc == 1:
-        from user_errors import run_here
+    """`python train.py *args` in cwd, or torchrun's nproc processes of it. One process on the CPU, not compiled,
+    runs in this one (user_errors.run_here: the same output, exit status and files, without starting Python and
+    torch again)."""
+    from user_errors import cpu_and_eager, run_here
 
+    if nproc == 1 and cpu_and_eager(args):
         proc = run_here("train", cwd, args, fixed=False)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += [str(TRAIN), *args]
+        cmd = [sys.executable, str(TRAIN), *args]
+        if nproc > 1:
+            cmd[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(TRAIN)]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=clean_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

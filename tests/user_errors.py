@@ -66,6 +66,14 @@ def run_script(script: str, cwd: Path, args, env=None) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=clean_env(**(env or {})))
 
 
+def cpu_and_eager(args) -> bool:
+    """Whether these flags (the last of each key counts) run on the CPU without torch.compile: what run_here is
+    for. A GPU's or a compiler's state (CUDA graphs, memory, compiled code and its recompile limits) would carry
+    over from one run to the next in one process, where a user's runs each start afresh."""
+    last = dict(a[2:].split("=", 1) for a in map(str, args) if a.startswith("--") and "=" in a)
+    return last.get("device") == "cpu" and last.get("compile", "False") == "False"
+
+
 def run_here(script: str | Path, cwd: Path, args, env=None, fixed=True) -> subprocess.CompletedProcess:
     """run_script(script, cwd, args), in this process: no interpreter and torch to start. What the process would
     print, its exit status and what it leaves at exit are the same: the script runs as __main__ with the same
