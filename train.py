@@ -381,9 +381,8 @@ if not eval_only:  # Ctrl-C says where the run stopped and the command that goes
 peak, mfu_note = peak_flops(device)
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
-first_iter, t_start = iter_num, time.time()
-time_split = TimeSplit(_STARTED)  # where the time went, said at the end
-time_split.begin_loop()
+first_iter = iter_num
+time_split = TimeSplit(_STARTED)  # where the time went, said at the end (the loop starts now)
 t0, steps_since_log = time.time(), 0
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
@@ -458,7 +457,8 @@ if log:
     log.wait()
 time_split.add("checkpoints", time.time() - t_save)
 if not eval_only:
-    say(f"iters {first_iter}..{iter_num} in {time.time() - t_start:.1f}s, best val loss {best_val_loss:.4f}")
+    looped = time.time() - time_split.loop_started
+    say(f"iters {first_iter}..{iter_num} in {looped:.1f}s, best val loss {best_val_loss:.4f}")
     say(time_split.line(iter_num - first_iter))
 if plan.device_type == "cuda":
     say(f"peak GPU memory on rank 0: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")

@@ -28,6 +28,7 @@ CACHES=$(mktemp -d)  # each side's torch.compile and Triton caches
 now() { date +%s.%N; }
 result() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RESULTS"; }  # work, side, value
 side_dir() { if [ "$1" = classic ]; then echo "$CLASSIC"; else echo "$OURS"; fi; }
+use_cache() { export TORCHINDUCTOR_CACHE_DIR="$CACHES/$1" TRITON_CACHE_DIR="$CACHES/$1/triton"; }  # SIDE's own
 
 # `timed SIDE LOG cmd...`: runs cmd in SIDE's folder, its output to LOG, and prints its wall seconds
 timed() {
@@ -72,7 +73,7 @@ train_once() {  # SIDE ROUND: shakespeare_char from start to exit, out_dir remov
   local side=$1 round=$2 dir; dir=$(side_dir "$side")
   local log="$OUT/train_${side}_$round.txt"
   rm -rf "${dir:?}/$CHAR_OUT"
-  export TORCHINDUCTOR_CACHE_DIR="$CACHES/$side" TRITON_CACHE_DIR="$CACHES/$side/triton"
+  use_cache "$side"
   local wall; wall=$(timed "$side" "$log" $PY train.py config/train_shakespeare_char.py)
   result "train $round" "$side" "$wall"
   # ms per iteration: the median of the last 100 log lines (each the mean of 10 iterations)
@@ -91,6 +92,7 @@ stage_bench() {  # GPT-2 124M training step, random tokens, each script's own ti
   for b in 12 32; do
     for side in classic ours; do
       local log="$OUT/bench_${side}_b$b.txt"
+      use_cache "$side"  # (not the cache of whichever side trained last)
       timed "$side" "$log" $PY -c "$PEAK" bench.py --real_data=False --batch_size="$b" > /dev/null
       result "bench b$b" "$side" "$(grep -o 'time per iteration: [0-9.]*' "$log" | grep -o '[0-9.]*$')"
       result "bench b$b memory" "$side" "$(grep -o 'peak GPU memory [0-9.]*' "$log" | tail -1 | grep -o '[0-9.]*$')"

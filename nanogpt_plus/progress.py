@@ -75,12 +75,9 @@ class TimeSplit:
     steps, evaluations, HellaSwag, and checkpoints with the log's last drawing."""
 
     def __init__(self, started):
-        self.started, self.loop_started = started, None  # time.time() at the start, and at the loop's
+        self.started, self.loop_started = started, time.time()  # the process's start, and the loop's (now)
         self.durations = {"evaluations": [], "HellaSwag": [], "checkpoints": []}
         self.stretches = []  # (seconds, steps) of each timed stretch of training steps
-
-    def begin_loop(self):
-        self.loop_started = time.time()
 
     def add(self, part, seconds):
         self.durations[part].append(seconds)
@@ -170,7 +167,7 @@ class TimeLeft:
         if self.hellaswag_interval:
             seconds += self.evals_left(iter_num, self.hellaswag_interval) * self.hellaswag_seconds
         self.note_long_run(seconds)
-        return f", eta {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+        return f", eta {clock(seconds)}"
 
 
 def recent_average(average, dt, steps):

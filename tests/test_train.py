@@ -21,7 +21,7 @@ import torch
 from model import GPT, GPTConfig
 from nanogpt_plus import checkpoint, dataloader, progress
 from nanogpt_plus.plan import make_plan
-from nanogpt_plus.progress import TimeLeft
+from nanogpt_plus.progress import TimeLeft, TimeSplit
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "train.py"
@@ -150,6 +150,26 @@ def test_time_left_is_printed_and_sane(tmp_path):
         sane.append((took / 2 - 1 <= left <= 2 * took + 1, line, round(took, 1)))
     # one estimate may be thrown by a stall of the machine (the log line's steps took seconds each)
     assert sum(ok for ok, _, _ in sane) >= 3, sane
+
+
+def test_time_split_counts_the_first_steps_and_eval_over_the_later_ones_as_compilation(monkeypatch):
+    """train.py's last line, worked by hand: the process started at 100, the loop at 103, the end at 120.
+    The first stretch (1 step in 5 s) at the later pace (0.1 s a step) leaves 4.9 s of compiling, the
+    first eval (2 s against a median of 0.5 s) 1.5 s; the steps get what the loop's 17 s leave."""
+    monkeypatch.setattr(time, "time", lambda: 103.0)
+    split = TimeSplit(100.0)
+    for seconds, steps in ((5.0, 1), (1.0, 10), (1.0, 10)):
+        split.add_steps(seconds, steps)
+    for seconds in (2.0, 0.5, 0.5):
+        split.add("evaluations", seconds)
+    split.add("checkpoints", 0.2)
+    split.add("checkpoints", 0.3)  # (never compilation: the first checkpoint compiles nothing)
+    monkeypatch.setattr(time, "time", lambda: 120.0)
+    # 17 s of loop - 6.4 compiling - 1.5 evaluating - 0.5 saving = 8.6 s of steps; no HellaSwag, no HellaSwag part
+    assert split.line(21) == (
+        "time 20.0 s: start-up 3.0 s, compilation 6.4 s, 21 training steps 8.6 s, 3 evaluations 1.5 s, "
+        "checkpoints 0.5 s"
+    )
 
 
 def test_time_left_follows_the_recent_pace_and_counts_the_evals():
