@@ -11,6 +11,7 @@ import pickle
 import random
 import re
 import shlex
+import signal
 import sys
 import threading
 
@@ -45,6 +46,26 @@ def cpu_copy(obj, copies=None):
     return obj
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C and SIGTERM that arrive inside the block are delivered again as it ends, to the handlers
+    they would have met (in the main thread; elsewhere signals never run Python code anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
+
+
 class BackgroundWriter:
     """Saves checkpoints in a thread, one at a time, so training goes on while a file is written.
 
@@ -62,8 +83,10 @@ class BackgroundWriter:
     def submit(self, obj, path, label=None):
         self.wait()
         copy = cpu_copy(obj)
-        self.thread = threading.Thread(target=self._write, args=(copy, path, label), name="checkpoint-writer")
-        self.thread.start()
+        thread = threading.Thread(target=self._write, args=(copy, path, label), name="checkpoint-writer")
+        with interrupts_deferred():  # a Ctrl-C inside start() would leave a thread that wait() cannot join
+            thread.start()
+            self.thread = thread
 
     def _write(self, obj, path, label):
         try:

@@ -2,8 +2,10 @@
 without running their code, the out_dir lock, the background writer, and the temp files of killed runs."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -139,6 +141,35 @@ def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
     with pytest.raises(UserError, match=r"\(No such file or directory\); the file there, if any, is the checkpoint of"):
         writer.wait()
     writer.wait()  # the failure is reported once
+
+
+def test_ctrl_c_while_the_writer_starts_its_thread_arrives_after_and_the_write_can_be_waited_for(tmp_path, monkeypatch):
+    """A Ctrl-C inside Thread.start() (train.py's test sends them while checkpoints are saved) is raised
+    once the writer holds its started thread: wait() then finishes the write, never 'cannot join thread
+    before it is started'."""
+
+    class CtrlC(Exception):
+        pass
+
+    def ctrl_c(signum, frame):
+        raise CtrlC
+
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    start = threading.Thread.start
+
+    def start_after_a_ctrl_c(thread):
+        signal.raise_signal(signal.SIGINT)  # the handler runs at once, here, unless held back
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_after_a_ctrl_c)
+    writer = checkpoint.BackgroundWriter()
+    try:
+        with pytest.raises(CtrlC):
+            writer.submit({"iter_num": 7}, str(tmp_path / "ckpt.pt"), label=7)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    writer.wait()
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True) == {"iter_num": 7} and writer.written == 7
 
 
 def test_checkpoint_writer_keeps_tied_weights_one_tensor_and_state_dict_metadata(tmp_path):
