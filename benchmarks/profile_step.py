@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py [variant ...]        # default: auto regional
     python benchmarks/profile_step.py --classic=DIR classic  # classic nanoGPT's step, from its model.py
+    python benchmarks/profile_step.py --gpt2=12 auto classic  # GPT-2 124M at batch 12 (bench.py's shape)
 
 Each variant builds config/train_shakespeare_char.py's model (6 x 384, batch 64 x 256, dropout 0.2,
 vocabulary 65) and times train.py's step (nanogpt_plus/step.py) on random tokens: the median of 3 repeats of 100
@@ -37,6 +38,7 @@ from nanogpt_plus.step import TrainStep  # noqa: E402
 
 B, T, V = 64, 256, 65
 SHAPE = dict(block_size=T, vocab_size=V, n_layer=6, n_head=6, n_embd=384, bias=False)
+DROPOUT = 0.2
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}  # fmt: skip
 
@@ -75,9 +77,9 @@ def kernel_profile(fn, steps, label):
         print(f"    {ms:7.3f} ms  {kind(name):12s} {name[:110]}")
 
 
-def build(dropout=0.2):
+def build(dropout=None):
     prepare_torch(1337)
-    return GPT(GPTConfig(**SHAPE, dropout=dropout)).cuda()
+    return GPT(GPTConfig(**SHAPE, dropout=DROPOUT if dropout is None else dropout)).cuda()
 
 
 def classic_model(classic_dir):
@@ -85,7 +87,7 @@ def classic_model(classic_dir):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     prepare_torch(1337)
-    return module.GPT(module.GPTConfig(**SHAPE, dropout=0.2)).cuda()
+    return module.GPT(module.GPTConfig(**SHAPE, dropout=DROPOUT)).cuda()
 
 
 def time_calls(fn, n, repeats=3):
@@ -119,7 +121,7 @@ def train_variant(name, classic_dir):
             opt.zero_grad(set_to_none=True)
             return loss
     else:
-        model = build(0.0 if name == "nodrop" else 0.2)
+        model = build(0.0 if name == "nodrop" else None)
         mode = {"regional": "regional", "model": "default"}.get(name, "auto")
         plan = make_plan("cuda", "bfloat16", compile=True, compile_mode=mode, vocab_size=V)
         if name == "model_graph":  # the whole model compiled, and the micro-step recorded as a CUDA graph
@@ -181,7 +183,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("variants", nargs="*", default=["auto", "regional"])
     parser.add_argument("--classic", default="/tmp/classic", help="a checkout of karpathy/nanoGPT")
+    parser.add_argument("--gpt2", type=int, default=0, metavar="BATCH", help="GPT-2 124M at this batch instead")
     args = parser.parse_args()
+    if args.gpt2:  # bench.py's shape: 12 x 768, 1024 tokens, 50,304-token vocabulary, no dropout
+        global B, T, V, SHAPE, DROPOUT
+        B, T, V, DROPOUT = args.gpt2, 1024, 50304, 0.0
+        SHAPE = dict(block_size=T, vocab_size=V, n_layer=12, n_head=12, n_embd=768, bias=False)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     for name in args.variants:
         torch._dynamo.reset()
