@@ -38,10 +38,9 @@ EPS = 1e-7
 def orthogonalise(G, coefficients=NS_COEFFICIENTS, steps=NS_STEPS, eps=EPS):
     """About U V^T of G = U S V^T (the singular values brought near 1, not onto it: Keller Jordan's
     coefficients trade that for fewer steps), for a matrix or a stack of them (..., rows, cols), in
-    bfloat16: X = G / |G|_F, then steps times
-    X <- a X + (b A + c A^2) X with A = X X^T. A tall matrix takes the same steps through the smaller
-    A = X^T X, as X <- a X + X (b A + c A^2) (X (X^T X)^k = (X X^T)^k X): torch.optim.Muon's
-    transposes, without the transposing."""
+    bfloat16: X = G / |G|_F, then `steps` times X <- a X + (b A + c A^2) X with A = X X^T. A tall
+    matrix takes the same steps through the smaller A = X^T X, as X <- a X + X (b A + c A^2), since
+    (X X^T)^k X = X (X^T X)^k: what torch.optim.Muon computes on the transpose, without transposing."""
     a, b, c = coefficients
     X = G.bfloat16()
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
