@@ -2,6 +2,7 @@
 
     python bench.py                          # GPT-2 124M, batch 12, on the best device there is
     python bench.py --batch_size=32          # the README's comparison point
+    python bench.py --optimizer=muon         # the step of train.py --optimizer=muon (Muon and AdamW)
     python bench.py --device=cpu --n_layer=2 --n_head=2 --n_embd=64 --block_size=64 \\
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
     python bench.py --sample=True            # sampling as sample.py runs it: decode tokens/s, time to the first token
@@ -22,6 +23,7 @@ from model import GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
+from nanogpt_plus.muon import muon_and_adamw
 from nanogpt_plus.plan import (
     check_device,
     chosen_dtype,
@@ -53,6 +55,7 @@ n_embd = 768  # width of the residual stream
 vocab_size = 50304  # GPT-2's vocabulary, padded to a multiple of 64
 head_loss = "auto"  # 'full' logits, 'chunked' (chunked_loss.py), or 'auto' (plan.py)
 attention = "auto"  # 'sdpa', 'manual' (the masked softmax), or 'auto': sdpa on CUDA only
+optimizer = "adamw"  # the optimizer stepped: 'adamw' (nanoGPT's) or 'muon' (train.py --optimizer=muon's, its defaults)
 sample = False  # time sample.py's sampling instead, at batch 1 and 10: tokens/s and the time to the first token
 max_new_tokens = 500  # sample=True: the tokens of each sample, after a one-token prompt
 burn_in = 10  # untimed steps first: compilation, autotuning, allocator warm-up
@@ -71,6 +74,8 @@ for key in ("batch_size", "num_steps", "repeats"):
         raise UserError(f"{key}={config[key]} must be at least 1")
 if burn_in < 0:
     raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
+if optimizer not in ("adamw", "muon"):
+    raise UserError(f"unknown optimizer={optimizer!r}: use adamw (nanoGPT's) or muon")
 if sample and max_new_tokens < 1:  # sampling is timed per new token: with none there is nothing to time
     raise UserError(f"max_new_tokens={max_new_tokens} must be at least 1 with --sample=True (the tokens it times)")
 try:
@@ -103,11 +108,16 @@ else:
 
 # model, optimizer and train.py's step, as the plan says
 model = GPT(gpt_config).to(device)
-if not sample:
-    optimizer = model.configure_optimizers(
+if not sample and optimizer == "muon":  # train.py's muon_lr, muon_momentum and muon_weight_decay defaults
+    muon = dict(lr=0.02, momentum=0.95, weight_decay=0.01)
+    torch_optimizer = muon_and_adamw(model, 1e-2, 1e-4, (0.9, 0.95), plan.fused_optimizer, muon)
+    print("optimizer: Muon for the blocks' matrices, AdamW for the rest")
+elif not sample:
+    torch_optimizer = model.configure_optimizers(
         weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95), device_type=device_type, fused=plan.fused_optimizer
     )
-    step = TrainStep(model, optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
+if not sample:
+    step = TrainStep(model, torch_optimizer, plan, micro_steps=1, grad_clip=1.0, get_batch=get_batch)
 plan.apply(model.eval() if sample else model)
 
 

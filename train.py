@@ -32,7 +32,7 @@ from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.dataloader import Batches, find_data_file, how_to_prepare
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
-from nanogpt_plus.muon import muon_and_adamw, require_muon
+from nanogpt_plus.muon import muon_and_adamw
 from nanogpt_plus.plan import (
     check_device,
     chosen_dtype,
@@ -87,7 +87,7 @@ beta1 = 0.9  # AdamW's beta1
 beta2 = 0.95  # AdamW's beta2
 grad_clip = 1.0  # clip gradients at this norm, or disable if == 0.0
 # muon optimizer (--optimizer=muon): defaults from the example in Keller Jordan's Muon repository
-optimizer = "adamw"  # 'adamw', or 'muon': torch.optim.Muon (PyTorch 2.9+) for the blocks' matrices, AdamW the rest
+optimizer = "adamw"  # 'adamw', or 'muon': Muon (nanogpt_plus/muon.py) for the blocks' matrices, AdamW the rest
 muon_lr = 0.02  # Muon's peak learning rate; it follows learning_rate's warmup and decay, scaled by the ratio
 muon_momentum = 0.95  # Muon's (Nesterov) momentum
 muon_weight_decay = 0.01  # Muon's decoupled weight decay (times its learning rate at each step)
@@ -133,8 +133,6 @@ for key in ("dropout", "beta1", "beta2", "muon_momentum"):
 if optimizer not in ("adamw", "muon"):
     raise UserError(f"unknown optimizer={optimizer!r}: use adamw (nanoGPT's) or muon")
 use_muon = optimizer == "muon"  # (from the optimizer's setup on, `optimizer` is the torch optimizer itself)
-if use_muon:
-    require_muon()
 if init_from not in ("scratch", "resume") and not is_model_name(init_from):
     raise UserError(f"unknown init_from={init_from!r}: use scratch, resume, auto, a folder or {', '.join(PRETRAINED)}")
 check_device(device, dtype)
@@ -270,7 +268,7 @@ if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU say
 raw_model = model  # the plain module, whatever wraps it below: what is saved
 if plan.fsdp:  # before the optimizer exists: it must hold the sharded parameters
     parallel.shard(model, plan.device_type)
-if use_muon:  # torch.optim.Muon for the blocks' matrices, AdamW for the rest (muon.py)
+if use_muon:  # Muon for the blocks' matrices, AdamW for the rest (nanogpt_plus/muon.py)
     muon_args = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay)
     optimizer = muon_and_adamw(model, weight_decay, learning_rate, (beta1, beta2), plan.fused_optimizer, muon_args)
 else:  # nanoGPT's AdamW, fused where the plan says

@@ -1,15 +1,17 @@
 r"""Your own UTF-8 text (a file, or a folder of files) as a dataset: uint16 token ids in train.bin/val.bin.
 
 Usage: python data/prepare_text.py path/to/file.txt --name mydata [--tokenizer=char|gpt2] [--out_dir DIR] [--overwrite]
+       python data/prepare_text.py path/to/code/ --glob '*.py' --name mycode --tokenizer=gpt2
 Then python train.py config/train_shakespeare_char.py --dataset=mydata --out_dir=out-mydata trains a small model on
 it (the quick recipe without a GPU), and python sample.py --out_dir=out-mydata samples from it, with no further setup.
 
 char (the default) and gpt2 write the same bytes as data/shakespeare_char/prepare.py (with its meta.pkl) and
 data/shakespeare/prepare.py: the first 90% of the characters are train, the rest val; newlines read as in Python's
 text mode (\r\n and \r become \n). A folder is every regular non-hidden file under it, recursively, in sorted
-relative-path order, joined as they are. A folder that holds another dataset is replaced only with --overwrite (the
-same text prepared again is fine). The text is read twice, a chunk at a time (count the characters and find
-the vocabulary, then encode and write), so memory follows --chunk_mb, not the size of the text.
+relative-path order, joined as they are; with --glob PATTERN, only those whose name matches the pattern (fnmatch's
+shell-style wildcards, case-sensitive: '*.py', 'test_*.txt'). A folder that holds another dataset is replaced only
+with --overwrite (the same text prepared again is fine). The text is read twice, a chunk at a time (count the
+characters and find the vocabulary, then encode and write), so memory follows --chunk_mb, not the size of the text.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import codecs
 import contextlib
 import filecmp
+import fnmatch
 import io
 import itertools
 import os
@@ -45,9 +48,14 @@ def progress_mb(what: str, total_bytes: int) -> pu.Progress:
     return pu.Progress(what, total_bytes, unit="MB", scale=1e6)
 
 
-def input_files(path: Path) -> list[Path]:
-    """The file itself, or the folder's regular non-hidden files, recursively, in sorted relative-path order."""
+def input_files(path: Path, glob: str | None = None) -> list[Path]:
+    """The file itself, or the folder's regular non-hidden files (with glob, those whose name matches it),
+    recursively, in sorted relative-path order."""
+    if glob is not None and (not glob or "/" in glob or os.sep in glob):
+        raise pu.UserError(f"--glob matches file names, not paths: give a pattern such as '*.py', not {glob!r}")
     if path.is_file():
+        if glob is not None:
+            raise pu.UserError(f"--glob picks files in a folder, and {path} is a file: pass its folder, or no --glob")
         return [path]
     if not path.is_dir():
         special = pu.not_a_text_file(path)
@@ -57,7 +65,10 @@ def input_files(path: Path) -> list[Path]:
     files = []
     for root, dirs, names in os.walk(path, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files += [Path(root, n) for n in names if not n.startswith(".") and Path(root, n).is_file()]
+        names = [n for n in names if not n.startswith(".") and (glob is None or fnmatch.fnmatchcase(n, glob))]
+        files += [Path(root, n) for n in names if Path(root, n).is_file()]
+    if not files and glob is not None:
+        raise pu.UserError(f"no file under {path} has a name that matches --glob {glob!r} (hidden ones left out)")
     return sorted(files, key=lambda f: f.relative_to(path).parts)
 
 
@@ -207,14 +218,14 @@ def refuse_replacing(out_dir: Path, new: dict[str, Path | bytes | None], overwri
 
 
 def prepare(
-    source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0, overwrite=False
+    source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0, overwrite=False, glob=None
 ) -> dict[str, int]:
     """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts. Another dataset there is
-    replaced only if overwrite."""
+    replaced only if overwrite. glob: in a folder, only the files whose name matches it."""
     source, out_dir = Path(source), Path(out_dir)
     if source.is_dir() and out_dir.resolve().is_relative_to(source.resolve()):  # it would read its own bins
         raise pu.UserError(f"the output folder {out_dir} is inside the input folder {source}: write it elsewhere")
-    files = input_files(source)
+    files = input_files(source, glob)
     total_bytes, chunk_bytes = sum(f.stat().st_size for f in files), max(1, round(chunk_mb * 1e6))
     n_chars, vocab = count_text(
         read_chunks(files, chunk_bytes, progress_mb("reading", total_bytes)), tokenizer == "char"
@@ -264,8 +275,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Prepare your own UTF-8 text for train.py: train.bin and val.bin, uint16 token ids of the first "
         "90% of the characters and of the rest (the same bytes as data/shakespeare*/prepare.py).",
-        epilog="A folder: all regular non-hidden files under it, recursively, in sorted order of their paths "
-        "relative to it, joined as they are, with nothing in between.",
+        epilog="A folder: all regular non-hidden files under it (with --glob, those whose name matches), "
+        "recursively, in sorted order of their paths relative to it, joined as they are, with nothing in between.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("input", type=Path, help="a UTF-8 text file, or a folder of them")
@@ -276,6 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the characters for val.bin")
     parser.add_argument("--chunk_mb", type=float, default=1.0, help="MB read at a time")
     parser.add_argument("--overwrite", action="store_true", help="replace another dataset already in the folder")
+    parser.add_argument("--glob", metavar="PATTERN", help="in a folder, only the files whose name matches, e.g. '*.py'")
     return parser.parse_args(argv)
 
 
@@ -288,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         out_dir = args.out_dir or dataset_dir(args.name)
         counts = prepare(
-            args.input, out_dir, args.tokenizer, args.block_size, args.val_fraction, args.chunk_mb, args.overwrite
-        )
+            args.input, out_dir, args.tokenizer, args.block_size, args.val_fraction, args.chunk_mb, args.overwrite,
+            args.glob,
+        )  # fmt: skip
     print(f"length of dataset in characters: {counts['chars']:,} (from {counts['files']:,} file(s))")
     if args.tokenizer == "char":
         print(f"vocab size: {counts['vocab_size']:,}")

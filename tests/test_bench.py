@@ -28,6 +28,35 @@ def test_bench_reports_time_tokens_and_a_sane_loss(tmp_path, real):
     assert len(losses) == 2 and all(abs(x - math.log(vocab)) < 0.5 for x in losses)  # near uniform at init
 
 
+def test_bench_times_the_muon_step(tmp_path, monkeypatch, capsys):
+    """--optimizer=muon times train.py --optimizer=muon's step: each step, burn-in and timed ones, steps
+    Muon (the blocks' matrices) and AdamW (the rest), and the figures are as consistent as AdamW's."""
+    from nanogpt_plus import muon
+
+    calls = []
+
+    def counted(cls):
+        step = cls.step
+
+        def counting_step(self, *args, **kwargs):
+            calls.append(cls)
+            return step(self, *args, **kwargs)
+
+        return counting_step
+
+    for cls in (muon.Muon, torch.optim.AdamW):
+        monkeypatch.setattr(cls, "step", counted(cls))
+    args = [*SMALL, "--real_data=False", "--vocab_size=97", "--optimizer=muon"]
+    assert run_in_process(BENCH, tmp_path, args, monkeypatch) is None
+    out = capsys.readouterr().out
+    assert "optimizer: Muon for the blocks' matrices, AdamW for the rest\n" in out
+    assert calls == [torch.optim.AdamW, muon.Muon] * (1 + 2 * 2)  # burn-in 1, repeats 2 of num_steps 2
+    ms, tokens_per_s = re.search(r"time per iteration: ([0-9.]+) ms .*?, ([0-9,]+) tokens/s", out).groups()
+    assert float(tokens_per_s.replace(",", "")) == pytest.approx(4 * 16 / (float(ms) / 1000), rel=0.01, abs=0.5)
+    losses = [float(x) for x in re.findall(r"loss ([0-9.]+)", out)]
+    assert len(losses) == 2 and all(abs(x - math.log(97)) < 0.5 for x in losses)
+
+
 def test_bench_sample_reports_both_batches(tmp_path):
     """Without --compile, sampling runs uncompiled, as sample.py does (its default, not train.py's)."""
     args = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16"]
@@ -73,6 +102,7 @@ def test_bad_input_is_one_clear_line_and_harmless(work, name, args, setup, phras
         (["--batch_size=0"], "batch_size=0 must be at least 1"),
         (["--num_steps=0"], "num_steps=0 must be at least 1"),
         (["--burn_in=-1"], "burn_in=-1 must not be negative"),
+        (["--optimizer=sgd"], "unknown optimizer='sgd': use adamw (nanoGPT's) or muon"),
         (["--n_head=3"], "n_embd=16 is not divisible by n_head=3"),
         (["--block_size=0"], "block_size=0 must be at least 1"),
         (["--seed=-18446744073709551616"], "seed=-18446744073709551616 is out of range"),

@@ -140,6 +140,74 @@ def test_folder_is_its_files_joined_in_sorted_order(tmp_path):
         assert "#" not in pickle.load(f)["stoi"]
 
 
+def make_code_folder(root: Path) -> dict[str, str]:
+    """A folder of code and other files under root/in; returns the .py files' text by relative path, in the order
+    expected (sorted folder by folder). Each file's text names the file, so its tokens show whether it was read."""
+    picked = {
+        "a.py": "import os\r\n",
+        "pkg/__init__.py": "",
+        "pkg/b.py": "def b():\n    return 'b'\n",
+        "pkg/sub/c.py": "class C:  # c\n    pass\n",
+        "z.py": "print('z')\n",
+    }
+    others = {  # another suffix, upper case, a longer name, hidden files and folders
+        "README.md": "# readme\n",
+        "pkg/b.pyc": "bytecode",
+        "pkg/notes.txt": "notes\n",
+        "setup.PY": "upper\n",
+        "a.py.orig": "orig\n",
+        ".hidden.py": "hidden\n",
+        ".git/hook.py": "git\n",
+        "pkg/.cache/d.py": "cache\n",
+    }
+    for rel, text in {**others, **dict(reversed(picked.items()))}.items():
+        (root / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "in" / rel).write_bytes((f"# {rel}\n" + text).encode() * 5)
+    return {rel: (f"# {rel}\n" + text.replace("\r\n", "\n")) * 5 for rel, text in picked.items()}
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_glob_picks_the_files_whose_name_matches_at_any_depth(tmp_path, tokenizer):
+    """--glob '*.py': the .py files under the folder, recursively, sorted and joined; their tokens decode to that
+    text and nothing of the other files (another suffix, upper case, hidden files and folders)."""
+    picked = make_code_folder(tmp_path)
+    proc = run(
+        tmp_path / "in", "--out_dir", tmp_path / "out", "--glob=*.py", "--tokenizer", tokenizer, "--block_size=8"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"(from {len(picked)} file(s))" in proc.stdout
+    ids = [int(i) for split in ("train", "val") for i in np.fromfile(tmp_path / "out" / f"{split}.bin", np.uint16)]
+    if tokenizer == "gpt2":
+        text = tiktoken.get_encoding("gpt2").decode(ids)
+    else:
+        with open(tmp_path / "out" / "meta.pkl", "rb") as f:
+            itos = pickle.load(f)["itos"]
+        text = "".join(itos[i] for i in ids)
+    assert text == "".join(picked.values())
+    # the same bytes as a folder holding the picked files alone
+    for rel, content in picked.items():
+        (tmp_path / "alone" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "alone" / rel).write_text(content)
+    pt.prepare(tmp_path / "alone", tmp_path / "alone_out", tokenizer=tokenizer, block_size=8)
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "alone_out")
+
+
+@pytest.mark.parametrize(
+    "source, pattern, fragments",
+    [
+        ("in", "*.rs", ["no file under", "has a name that matches --glob '*.rs'"]),
+        ("in", ".*", ["no file under", "(hidden ones left out)"]),  # hidden files stay out
+        ("in", "pkg/*.py", ["--glob matches file names, not paths", "not 'pkg/*.py'"]),
+        ("in", "", ["--glob matches file names, not paths"]),
+        ("in/a.py", "*.py", ["--glob picks files in a folder", "a.py is a file"]),
+    ],
+)
+def test_glob_that_picks_nothing_is_one_line(tmp_path, source, pattern, fragments):
+    make_code_folder(tmp_path)
+    assert_error(run(tmp_path / source, "--out_dir", tmp_path / "out", f"--glob={pattern}"), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- memory
 
 
