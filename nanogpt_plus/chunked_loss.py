@@ -18,10 +18,11 @@ import torch
 CHUNK_TOKENS = 8192  # tokens per chunk: 0.8 GB of bfloat16 logits for GPT-2's vocabulary
 
 
-def chunk_loss_and_grad(logits, targets):
-    """The summed loss of a chunk of logits (n, V) against targets (n,), and its gradient with
-    respect to the logits, computed in float32 or better and returned in the logits' dtype; a
-    target of -1 adds nothing."""
+def chunk_loss_and_grad(logits, targets, scale):
+    """The summed loss of a chunk of logits (n, V) against targets (n,), and the gradient of scale
+    times it with respect to the logits (scale: 1 / the count of targets, a 0-d tensor: the mean's
+    gradient), computed in float32 or better and returned in the logits' dtype; a target of -1 adds
+    nothing."""
     dtype = logits.dtype
     logits = logits.to(torch.promote_types(dtype, torch.float32))
     keep = (targets != -1)[:, None]  # (n, 1)
@@ -29,8 +30,18 @@ def chunk_loss_and_grad(logits, targets):
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
     loss = ((lse - logits.gather(1, picked)) * keep).sum()
     one_hot = torch.arange(logits.size(-1), device=logits.device) == picked  # (n, V), made on the fly
-    grad = (torch.exp(logits - lse) - one_hot.to(logits.dtype)) * keep  # softmax - one-hot: one pass
+    grad = (torch.exp(logits - lse) - one_hot.to(logits.dtype)) * (keep * scale)  # softmax - one-hot: one pass
     return loss, grad.to(dtype)
+
+
+def add_product(total, a, b, dtype, float32_matmul):
+    """total + a @ b in dtype (total None: the product alone), for a and b of a lower precision. With
+    float32_matmul (CUDA, torch's out_dtype matmuls) the matmul writes dtype itself, its float32 sums
+    never rounded to a's dtype; otherwise the product is cast, then added."""
+    if float32_matmul:
+        return torch.mm(a, b, out_dtype=dtype) if total is None else torch.addmm(total, a, b, out_dtype=dtype)
+    product = (a @ b).to(dtype)
+    return product if total is None else total.add_(product)
 
 
 @functools.cache
@@ -44,46 +55,48 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of x (N, C) @ weight (V, C).T against targets (N,), ignoring -1."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, want_grads, compile_step):
+    def forward(ctx, x, weight, targets, want_grads, compile_step, float32_matmul):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         xs, w = x.to(dtype), weight.to(dtype)  # cast once, not in every chunk's matmuls
         acc = torch.promote_types(dtype, torch.float32)  # sums in float32, or float64 for float64 inputs
         step = compiled_chunk_loss_and_grad() if compile_step else chunk_loss_and_grad
         want_grads = want_grads and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        count = (targets != -1).sum()
+        scale = 1 / count.clamp(min=1).to(acc)  # the mean's: no target at all gives zero gradients
         grad_x = torch.empty_like(x) if want_grads else None
-        grad_w = torch.zeros_like(weight, dtype=acc) if want_grads else None
+        grad_w = None  # (V, C) in acc: the first chunk's product, then each next one added
         loss = torch.zeros((), dtype=acc, device=x.device)
         n = math.ceil(len(x) / math.ceil(len(x) / CHUNK_TOKENS))  # chunks of one size where they can be
         for i in range(0, len(x), n):
-            chunk_loss, grad = step(xs[i : i + n] @ w.t(), targets[i : i + n])  # logits (n, V)
+            chunk_loss, grad = step(xs[i : i + n] @ w.t(), targets[i : i + n], scale)  # logits (n, V)
             loss += chunk_loss
             if want_grads:
                 grad_x[i : i + n] = grad @ w
-                grad_w += (grad.t() @ xs[i : i + n]).to(acc)
-        count = (targets != -1).sum()
-        if want_grads:  # no target at all: a NaN loss as F.cross_entropy's, and its zero gradients
-            ctx.save_for_backward(grad_x / count.clamp(min=1), (grad_w / count.clamp(min=1)).to(weight.dtype))
+                grad_w = add_product(grad_w, grad.t(), xs[i : i + n], acc, float32_matmul and dtype != acc)
+        if want_grads:  # (with no target at all the loss is NaN, as F.cross_entropy's)
+            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return loss / count
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
 
 
 @torch.compiler.disable  # inside a compiled model this runs as written; its chunk step is compiled on its own
-def linear_cross_entropy(x, weight, targets, compile_step=False):
+def linear_cross_entropy(x, weight, targets, compile_step=False, float32_matmul=False):
     """The mean cross-entropy of the logits x @ weight.T (x: (..., C)) against targets (...); with
-    compile_step, each chunk's loss and gradient run as one compiled kernel set (torch.compile)."""
+    compile_step, each chunk's loss and gradient run as one compiled kernel set (torch.compile); with
+    float32_matmul, weight's gradient is summed by matmuls that write float32 (CUDA only)."""
     # (forward runs with autograd off: whether anyone wants the gradients is asked here, so that
     # an evaluation under torch.no_grad() does not work them out)
     x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)  # (N, C), (N,): every position as one row
-    return LinearCrossEntropy.apply(x, weight, targets, torch.is_grad_enabled(), compile_step)
+    return LinearCrossEntropy.apply(x, weight, targets, torch.is_grad_enabled(), compile_step, float32_matmul)
 
 
-def head_loss(x, lm_head, targets, compile_step=False):
+def head_loss(x, lm_head, targets, compile_step=False, float32_matmul=False):
     """GPT.head_loss chunk by chunk: no logits (None), and the mean cross-entropy of lm_head(x)
     (x: (B, T, C)) against targets (B, T), -1 left out. plan.py installs it as
-    functools.partial(head_loss, compile_step=...)."""
-    return None, linear_cross_entropy(x, lm_head.weight, targets, compile_step)
+    functools.partial(head_loss, compile_step=..., float32_matmul=...)."""
+    return None, linear_cross_entropy(x, lm_head.weight, targets, compile_step, float32_matmul)

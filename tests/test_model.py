@@ -353,6 +353,28 @@ def test_chunked_loss_and_gradients_equal_cross_entropy_in_float64(monkeypatch, 
         assert chunked_loss.linear_cross_entropy(x, w, targets).item() == pytest.approx(ref.item(), rel=1e-13)
 
 
+def test_chunked_loss_under_bfloat16_autocast_stays_within_its_rounding_of_float64(monkeypatch):
+    """CUDA's training dtype, on the CPU: the logits and their gradient in bfloat16, the sums in
+    float32, over several chunks: the loss and both gradients within bfloat16's rounding of float64."""
+    from nanogpt_plus import chunked_loss
+
+    monkeypatch.setattr(chunked_loss, "CHUNK_TOKENS", 64)
+    torch.manual_seed(11)
+    x = torch.randn(200, 32, requires_grad=True)
+    w = (torch.randn(301, 32) * 0.3).requires_grad_()
+    targets = torch.randint(0, 301, (200,))
+    targets[::5] = -1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = chunked_loss.linear_cross_entropy(x, w, targets)
+    got = torch.autograd.grad(ours, (x, w))
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.cross_entropy(x64 @ w64.T, targets, ignore_index=-1)
+    want = torch.autograd.grad(ref, (x64, w64))
+    assert ours.dtype == torch.float32 and ours.item() == pytest.approx(ref.item(), rel=1e-2)
+    for g, r in zip(got, want, strict=True):
+        assert g.dtype == torch.float32 and ((g.double() - r).norm() / r.norm()).item() < 2e-2
+
+
 def test_chunked_loss_with_every_target_ignored_is_nan_with_zero_gradients_as_cross_entropy():
     from nanogpt_plus import chunked_loss
 
