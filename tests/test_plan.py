@@ -81,9 +81,11 @@ def test_apply_sets_the_math_path_and_compiles_each_block_in_place(on_cuda, monk
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
     model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=3, n_head=2, n_embd=16))
     names = list(model.state_dict())
-    make_plan("cuda", "bfloat16", compile=True, head_loss="chunked", attention="manual").apply(model)
+    plan = make_plan("cuda", "bfloat16", compile=True, head_loss="chunked", attention="manual")
+    plan.apply(model)
     assert [block.attn.attention for block in model.transformer.h] == ["manual"] * 3
-    assert model.head_loss.func is chunked_loss.head_loss and model.head_loss.keywords == {"compile_step": True}
+    assert model.head_loss.func is chunked_loss.head_loss
+    assert model.head_loss.keywords == {"compile_step": True, "float32_matmul": plan.chunk_float32_matmul}
     assert compiled == [("Block", {"dynamic": False})] * 3
     assert list(model.state_dict()) == names  # in place: a checkpoint keeps nanoGPT's names
     compiled.clear()
