@@ -133,7 +133,7 @@ def train_variant(name, classic_dir):
         if name == "aten_random":  # dropout's random numbers from ATen's kernels, not generated inside Triton's
             torch._inductor.config.fallback_random = True
         if name == "full":  # the full logits and F.cross_entropy instead of the chunked head
-            plan = replace(plan, head_loss="full", chunk_step_compiled=False, chunk_float32_matmul=False)
+            plan = replace(plan, head_loss="full", chunk_step_compiled=False)
         if name == "autotune":  # each block compiled with Triton's matmul templates tried too
             plan = replace(plan, compile="none")
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda", fused=plan.fused_optimizer)

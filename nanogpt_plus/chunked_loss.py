@@ -34,16 +34,6 @@ def chunk_loss_and_grad(logits, targets, scale):
     return loss, grad.to(dtype)
 
 
-def add_product(total, a, b, dtype, float32_matmul):
-    """total + a @ b in dtype (total None: the product alone), for a and b of a lower precision. With
-    float32_matmul (CUDA, torch's out_dtype matmuls) the matmul writes dtype itself, its float32 sums
-    never rounded to a's dtype; otherwise the product is cast, then added."""
-    if float32_matmul:
-        return torch.mm(a, b, out_dtype=dtype) if total is None else torch.addmm(total, a, b, out_dtype=dtype)
-    product = (a @ b).to(dtype)
-    return product if total is None else total.add_(product)
-
-
 @functools.cache
 def compiled_chunk_loss_and_grad():
     """chunk_loss_and_grad compiled into a few fused kernels (made at first use: importing the
@@ -55,7 +45,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of x (N, C) @ weight (V, C).T against targets (N,), ignoring -1."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, want_grads, compile_step, float32_matmul):
+    def forward(ctx, x, weight, targets, want_grads, compile_step):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         xs, w = x.to(dtype), weight.to(dtype)  # cast once, not in every chunk's matmuls
@@ -73,7 +63,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             loss += chunk_loss
             if want_grads:
                 grad_x[i : i + n] = grad @ w
-                grad_w = add_product(grad_w, grad.t(), xs[i : i + n], acc, float32_matmul and dtype != acc)
+                product = (grad.t() @ xs[i : i + n]).to(acc)
+                grad_w = product if grad_w is None else grad_w.add_(product)
         if want_grads:  # (with no target at all the loss is NaN, as F.cross_entropy's)
             ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return loss / count
@@ -81,22 +72,21 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None
 
 
 @torch.compiler.disable  # inside a compiled model this runs as written; its chunk step is compiled on its own
-def linear_cross_entropy(x, weight, targets, compile_step=False, float32_matmul=False):
+def linear_cross_entropy(x, weight, targets, compile_step=False):
     """The mean cross-entropy of the logits x @ weight.T (x: (..., C)) against targets (...); with
-    compile_step, each chunk's loss and gradient run as one compiled kernel set (torch.compile); with
-    float32_matmul, weight's gradient is summed by matmuls that write float32 (CUDA only)."""
+    compile_step, each chunk's loss and gradient run as one compiled kernel set (torch.compile)."""
     # (forward runs with autograd off: whether anyone wants the gradients is asked here, so that
     # an evaluation under torch.no_grad() does not work them out)
     x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)  # (N, C), (N,): every position as one row
-    return LinearCrossEntropy.apply(x, weight, targets, torch.is_grad_enabled(), compile_step, float32_matmul)
+    return LinearCrossEntropy.apply(x, weight, targets, torch.is_grad_enabled(), compile_step)
 
 
-def head_loss(x, lm_head, targets, compile_step=False, float32_matmul=False):
+def head_loss(x, lm_head, targets, compile_step=False):
     """GPT.head_loss chunk by chunk: no logits (None), and the mean cross-entropy of lm_head(x)
     (x: (B, T, C)) against targets (B, T), -1 left out. plan.py installs it as
-    functools.partial(head_loss, compile_step=..., float32_matmul=...)."""
-    return None, linear_cross_entropy(x, lm_head.weight, targets, compile_step, float32_matmul)
+    functools.partial(head_loss, compile_step=...)."""
+    return None, linear_cross_entropy(x, lm_head.weight, targets, compile_step)

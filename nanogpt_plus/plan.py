@@ -160,7 +160,6 @@ class Plan:
     fsdp: bool = False  # shard over them instead of DDP
     task: str = "train"  # 'train', 'sample' or 'eval' (forward passes only)
     chunk_step_compiled: bool = False  # the chunked loss's step as compiled kernels (CUDA) or as written
-    chunk_float32_matmul: bool = False  # its weight gradient summed by matmuls writing float32 (CUDA)
     fused_optimizer: bool = False  # AdamW's fused kernel (where torch has one), else torch's default
 
     @property
@@ -204,9 +203,7 @@ class Plan:
         if self.head_loss == "chunked":  # (imported here: chunked_loss loads torch's compiler, which takes seconds)
             from nanogpt_plus import chunked_loss
 
-            model.head_loss = functools.partial(
-                chunked_loss.head_loss, compile_step=self.chunk_step_compiled, float32_matmul=self.chunk_float32_matmul
-            )
+            model.head_loss = functools.partial(chunked_loss.head_loss, compile_step=self.chunk_step_compiled)
         else:
             model.head_loss = full_logits_loss  # nanoGPT's, model.py's own
         if self.cast_blocks:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
@@ -268,11 +265,9 @@ def make_plan(
         head_loss = "chunked" if device_type == "cuda" and vocab_size >= 8192 else "full"
     if attention == "auto":
         attention = "sdpa" if device_type == "cuda" else "manual"
-    chunked_on_cuda = head_loss == "chunked" and device_type == "cuda"
     return Plan(
         device, dtype, how, mode, cuda_graph, head_loss, attention, processes, fsdp and processes > 1, task,
-        chunk_step_compiled=chunked_on_cuda,  # (measured slower on the CPU)
-        chunk_float32_matmul=chunked_on_cuda and hasattr(torch.ops.aten.addmm, "dtype"),  # (CUDA kernels only)
+        chunk_step_compiled=head_loss == "chunked" and device_type == "cuda",  # (measured slower on the CPU)
         fused_optimizer=device_type in ("cuda", "cpu"),  # (on MPS: torch's default)
     )  # fmt: skip
 

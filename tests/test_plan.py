@@ -85,7 +85,7 @@ def test_apply_sets_the_math_path_and_compiles_each_block_in_place(on_cuda, monk
     plan.apply(model)
     assert [block.attn.attention for block in model.transformer.h] == ["manual"] * 3
     assert model.head_loss.func is chunked_loss.head_loss
-    assert model.head_loss.keywords == {"compile_step": True, "float32_matmul": plan.chunk_float32_matmul}
+    assert model.head_loss.keywords == {"compile_step": True}
     assert compiled == [("Block", {"dynamic": False})] * 3
     assert list(model.state_dict()) == names  # in place: a checkpoint keeps nanoGPT's names
     compiled.clear()
@@ -147,19 +147,13 @@ def test_the_plan_says_whether_adamw_is_fused_and_the_optimizer_follows(on_cuda)
         assert opt.defaults["fused"] is (True if fused else None), device
 
 
-def test_the_plan_says_how_the_chunked_loss_runs(on_cuda):
-    cuda = make_plan("cuda", "bfloat16")
-    assert cuda.chunk_step_compiled is True
-    assert cuda.chunk_float32_matmul is hasattr(torch.ops.aten.addmm, "dtype")  # where torch has the op
-    full = make_plan("cuda", "bfloat16", vocab_size=65)  # the full head: no chunks
-    assert (full.chunk_step_compiled, full.chunk_float32_matmul) == (False, False)
-    cpu = make_plan("cpu", "float32", head_loss="chunked")  # as written on the CPU, which has no float32-out matmul
-    assert (cpu.chunk_step_compiled, cpu.chunk_float32_matmul) == (False, False)
+def test_the_plan_says_whether_the_chunked_loss_step_is_compiled(on_cuda):
+    assert make_plan("cuda", "bfloat16").chunk_step_compiled is True
+    assert make_plan("cuda", "bfloat16", vocab_size=65).chunk_step_compiled is False  # the full head: no step
+    assert make_plan("cpu", "float32", head_loss="chunked").chunk_step_compiled is False  # as written on the CPU
     model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
-    cpu.apply(model)
-    assert (model.head_loss.func, model.head_loss.keywords) == (
-        chunked_loss.head_loss, {"compile_step": False, "float32_matmul": False}
-    )  # fmt: skip
+    make_plan("cpu", "float32", head_loss="chunked").apply(model)
+    assert (model.head_loss.func, model.head_loss.keywords) == (chunked_loss.head_loss, {"compile_step": False})
 
 
 def test_the_default_dtype_follows_the_device_finally_chosen(monkeypatch):
