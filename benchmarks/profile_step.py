@@ -15,7 +15,8 @@ Variants: auto (train.py's plan), regional (the same blocks launched eagerly), n
 flash / cudnn / efficient (that SDPA backend only), model (torch.compile of the whole model, no CUDA
 graph: classic's way), model_graph (the same, recorded as a CUDA graph), autotune (blocks compiled
 with mode max-autotune-no-cudagraphs), coord (auto with coordinate_descent_tuning), aten_random
-(dropout's random numbers from ATen, not Triton), full (full logits, for --gpt2), eval, eval_model,
+(dropout's random numbers from ATen, not Triton), full (full logits, for --gpt2), regions (auto with
+the embeddings, ln_f and the head compiled too, each on its own), eval, eval_model, eval_regions,
 eval_cudnn, eval_flash, classic.
 """
 
@@ -92,6 +93,14 @@ def classic_model(classic_dir):
     return module.GPT(module.GPTConfig(**SHAPE, dropout=DROPOUT)).cuda()
 
 
+def compile_outside_blocks(model):
+    """The 'regions' variants: what runs eagerly around the compiled blocks compiled too, each part on
+    its own (the embeddings, the embedding dropout, ln_f, the head and loss)."""
+    for module in (model.transformer.wte, model.transformer.wpe, model.transformer.drop, model.transformer.ln_f):
+        module.compile(dynamic=False)
+    model.head_loss = torch.compile(model.head_loss, dynamic=False)
+
+
 def time_calls(fn, n, repeats=3):
     times = []
     for _ in range(repeats):
@@ -138,6 +147,8 @@ def train_variant(name, classic_dir):
             plan = replace(plan, compile="none")
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda", fused=plan.fused_optimizer)
         plan.apply(model)
+        if name == "regions":
+            compile_outside_blocks(model)
         if name == "autotune":
             for block in model.transformer.h:
                 block.compile(dynamic=False, mode="max-autotune-no-cudagraphs")
@@ -163,6 +174,8 @@ def eval_variant(name):
     mode = "default" if name == "eval_model" else "auto"
     plan = make_plan("cuda", "bfloat16", compile=True, compile_mode=mode, vocab_size=V)
     plan.apply(model)
+    if name == "eval_regions":
+        compile_outside_blocks(model)
     model.eval()
     xs = [torch.randint(V, (25 * B, T), device="cuda") for _ in range(2)]
     backend = sdpa_kernel([BACKENDS[name[5:]]]) if name[5:] in BACKENDS else nullcontext()
