@@ -128,7 +128,9 @@ def time_sampling(rows):
     """sample.py's Sampler on `rows` one-token prompts: a first call, which records its CUDA graphs,
     then the median of `repeats` calls; each call's time to its first new token is timed too."""
     idx = torch.randint(min(vocab_size, 50257), (rows, 1), device=device)
-    sampler = Sampler(model, rows, 1, max_new_tokens, temperature=0.8, top_k=200, cuda_graph=plan.cuda_graph)
+    sampler = Sampler(
+        model, rows, 1, max_new_tokens, temperature=0.8, top_k=200, cuda_graph=plan.cuda_graph, cast_to=plan.cast_dtype
+    )
     calls = []  # (seconds, seconds to the first new token) of each call
     for _ in range(1 + repeats):
         first = []  # when the first new token is on the device

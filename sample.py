@@ -79,7 +79,7 @@ prepare_torch(seed)
 ckpt = None
 if init_from == "resume":  # init from a model saved in a specific directory
     ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
-    model = checkpoint.model_from(ckpt, dropout=0.0, device=device)
+    model = checkpoint.model_from(ckpt, dropout=0.0, device=plan.build_device)
 else:  # init from a given GPT-2 model
     model = load_pretrained(init_from)
 model.eval()
@@ -135,7 +135,9 @@ class Printer:
 # with batch_samples, all of them at once as the rows of one batch (row 0 is printed as it comes)
 rows = num_samples if batch_samples else 1
 with torch.no_grad(), plan.autocast():
-    sampler = Sampler(model, rows, x.size(1), max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph)
+    sampler = Sampler(
+        model, rows, x.size(1), max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph, cast_to=plan.cast_dtype
+    )
     began = time.perf_counter()
     for _ in range(num_samples // rows):
         printers = [Printer(row) for row in range(rows)]

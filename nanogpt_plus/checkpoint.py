@@ -201,20 +201,17 @@ def clean_state_dict(state_dict):
 
 
 def model_from(ckpt, dropout=None, device=None):
-    """The GPT of a checkpoint: its model_args and weights (dropout as saved, unless given).
-
-    Given a CUDA device, the model is made there, so its random init (which the weights then
-    replace) takes milliseconds, not a quarter of a second of sample.py's start for GPT-2 124M. It
-    draws from a copy of the random state: sampling on the GPU then draws what nanoGPT's would."""
+    """The GPT of a checkpoint: its model_args and weights (dropout as saved, unless given). Given a CUDA
+    device (plan.build_device), it is built there, its random init drawn from a copy of the random state:
+    the draws that follow are nanoGPT's, as if it had been built on the CPU."""
     args = {k: ckpt["model_args"][k] for k in ARCH_KEYS if k in ckpt["model_args"]}
     missing = set(ARCH_KEYS) - set(args)
     if missing:
         raise UserError(f"checkpoint model_args lack {sorted(missing)}: it was not written by nanoGPT")
     args["dropout"] = ckpt["model_args"].get("dropout", 0.0) if dropout is None else dropout
-    on_gpu = device is not None and torch.device(device).type == "cuda"
-    made_there = torch.device(device) if on_gpu else contextlib.nullcontext()
+    made_there = torch.device(device) if device else contextlib.nullcontext()
     try:
-        with torch.random.fork_rng([device] if on_gpu else [], enabled=on_gpu), made_there:
+        with torch.random.fork_rng([device] if device else [], enabled=device is not None), made_there:
             model = GPT(GPTConfig(**args))
     except ValueError as e:
         raise UserError(f"checkpoint has an invalid architecture: {e}") from None

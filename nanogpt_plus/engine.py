@@ -110,18 +110,17 @@ class Sampler:
     """Continuations of prompts of one shape: (B, T) tokens extended by max_new_tokens sampled from
     model (in eval mode), again and again. The output buffer, the KV cache and the recorded CUDA
     graphs are made at the first call and reused by the next ones: sample.py draws all of its
-    samples through one. use_cache=False recomputes every step. cuda_graph is the plan's decision
-    (plan.cuda_graph: sampling on CUDA): with it, the decode and window steps are recorded as CUDA
-    graphs and replayed; it needs the model on a CUDA device and no generator.
-
-    Under autocast each call casts the Linear weights to its dtype once, and every step runs the
-    model with those (torch.func.functional_call): autocast would cast them again at every step,
-    as its cast cache is off (plan.autocast): a tenth of a GPT-2 124M decode step on an H100.
-    The tokens are the same, since autocast casts the same way."""
+    samples through one. use_cache=False recomputes every step. Two choices are the plan's:
+    cuda_graph (plan.cuda_graph: sampling on CUDA) records the decode and window steps as CUDA graphs
+    and replays them; it needs the model on a CUDA device and no generator. cast_to (plan.cast_dtype:
+    the dtype of the autocast the calls run under) has each call cast the Linear weights to it once,
+    and every step run the model with those (torch.func.functional_call): autocast would cast them
+    again at every step, as its cast cache is off (plan.autocast): a tenth of a GPT-2 124M decode step
+    on an H100. The tokens are the same, since autocast casts the same way."""
 
     def __init__(
         self, model, batch_size, prompt_len, max_new_tokens, temperature=1.0, top_k=None, use_cache=True,
-        cuda_graph=False, generator=None,
+        cuda_graph=False, cast_to=None, generator=None,
     ):  # fmt: skip
         check_sampling(max_new_tokens, temperature, top_k)
         if prompt_len < 1:
@@ -130,13 +129,13 @@ class Sampler:
         if cuda_graph and not (device.type == "cuda" and generator is None):
             raise ValueError("cuda_graph=True needs the model on a CUDA device and generator=None")
         self.model, self.B, self.T, self.end = model, batch_size, prompt_len, prompt_len + max_new_tokens
-        self.temperature, self.top_k, self.generator = temperature, top_k, generator
+        self.temperature, self.top_k, self.generator, self.cast_to = temperature, top_k, generator, cast_to
         self.graph_device = device if cuda_graph else None
         self.block = model.config.block_size
         self.out = torch.empty((batch_size, self.end), dtype=torch.long, device=device)  # every token lands here
         self.cached = use_cache and prompt_len <= self.block and prompt_len < self.end
         self.cache = None  # made at the first call: in the dtype of the autocast that sampling runs under
-        self.weights = None  # the Linear weights in that dtype (or {} without autocast): made at the first call
+        self.weights = None  # the Linear weights in cast_to (or {}, not cast): made at the first call
         self.window = torch.arange(self.block, device=device)  # where the last block_size tokens are
         self.replays = {}  # the recorded decode and window steps
 
@@ -150,8 +149,7 @@ class Sampler:
         """Cast the model's Linear weights for this call's steps, into the tensors that the first
         call made (the recorded CUDA graphs read those)."""
         if self.weights is None:
-            dtype = autocast_dtype(self.out.device.type)
-            self.weights = linear_weights(self.model, dtype) if dtype else {}
+            self.weights = linear_weights(self.model, self.cast_to) if self.cast_to is not None else {}
         else:
             for name, w in self.weights.items():
                 w.copy_(self.model.get_parameter(name))

@@ -183,7 +183,7 @@ class Plan:
         parts.append(compiled.get(self.compile, f"model compiled (mode {self.compile_mode})"))
         if self.cuda_graph:
             parts.append("micro-step replayed as a CUDA graph" if self.training else "decode replayed as CUDA graphs")
-        if self.cast_blocks:
+        if self.cast_dtype is not None:
             parts.append(f"block weights held in {self.dtype}")
         if self.training:
             parts.append("chunked head+loss" if self.head_loss == "chunked" else "full logits")
@@ -191,10 +191,18 @@ class Plan:
         return ", ".join(parts)
 
     @property
-    def cast_blocks(self):
-        """Sampling or evaluating under autocast: the blocks' Linear weights are cast to the autocast
-        dtype once, not at every forward pass (the same values: autocast rounds them alike)."""
-        return not self.training and self.dtype != "float32"
+    def cast_dtype(self):
+        """Sampling or evaluating under autocast: the dtype the blocks' Linear weights are held in (apply) and
+        the Sampler casts the others to once per call (its cast_to), not autocast at every forward pass (the same
+        values: autocast rounds them alike); None where weights are not cast."""
+        return DTYPES[self.dtype] if not self.training and self.dtype != "float32" else None
+
+    @property
+    def build_device(self):
+        """Where sampling builds a checkpoint's model (checkpoint.model_from's device): on CUDA the GPU, where its
+        random init, which the weights then replace, takes milliseconds, not a quarter of a second of
+        sample.py's start for GPT-2 124M; elsewhere None, the CPU."""
+        return self.device if self.task == "sample" and self.device_type == "cuda" else None
 
     def apply(self, model):
         """Give model this plan's attention and head and loss (how its math runs, not what it
@@ -206,10 +214,10 @@ class Plan:
             model.head_loss = functools.partial(chunked_loss.head_loss, compile_step=self.chunk_step_compiled)
         else:
             model.head_loss = full_logits_loss  # nanoGPT's, model.py's own
-        if self.cast_blocks:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
+        if self.cast_dtype is not None:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
             for module in model.transformer.h.modules():
                 if isinstance(module, torch.nn.Linear):
-                    module.to(DTYPES[self.dtype])
+                    module.to(self.cast_dtype)
         if self.compile == "blocks":  # all blocks share one graph: compiled in seconds
             for block in model.transformer.h:
                 block.compile(dynamic=False)
