@@ -67,13 +67,10 @@ def interrupts_deferred():
 
 
 class BackgroundWriter:
-    """Saves checkpoints in a thread, one at a time, so training goes on while a file is written.
-
-    submit() copies the state to the CPU at once (the file holds that moment), then returns.
-    A failed write is raised as a UserError by the next poll(), submit() or wait(); the file at
-    the path is then still a complete earlier checkpoint, or none. The thread is not a daemon:
-    the interpreter finishes a write in flight before it exits.
-    """
+    """Saves checkpoints in a thread, one at a time, so training goes on while a file is written: submit()
+    copies the state to the CPU (the file holds that moment) and returns. A failed write is a UserError at
+    the next poll(), submit() or wait(), the file at the path still a complete earlier checkpoint, or none.
+    The thread is not a daemon: the interpreter finishes a write in flight before it exits."""
 
     def __init__(self, written=None, on_written=None):
         self.thread, self.error = None, None
@@ -126,9 +123,8 @@ def load(path, resume=False):
             "or point --out_dir at the folder that holds ckpt.pt"
         )
     try:
-        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it (torch maps
-        # only its zip format; a file of its legacy format, torch.save(..., _use_new_zipfile_serialization=False),
-        # is read whole)
+        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it (torch
+        # maps only its zip format: a file of its legacy format is read whole)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip(path))
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
@@ -147,8 +143,7 @@ def load(path, resume=False):
     return ckpt
 
 
-def is_zip(path):
-    """Whether the file begins as a zip archive does (torch.save's format since PyTorch 1.6)."""
+def is_zip(path):  # torch.save's format since PyTorch 1.6
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"PK\x03\x04"
@@ -250,9 +245,8 @@ def resume_from(out_dir, init_from, config):
 
 
 def prepare_out_dir(out_dir, fresh, overwrite, say):
-    """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
-    that does not resume replace the checkpoint of another run there, unless asked to; remove what
-    killed runs left half-written."""
+    """Create out_dir and hold it for this run; refuse to let a run that does not resume replace the
+    checkpoint there, unless asked to; remove what killed runs left half-written."""
     made = missing_folders(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -271,8 +265,7 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
 
 
-def missing_folders(path):
-    """The folders of path that do not exist yet, the deepest first."""
+def missing_folders(path):  # the deepest first
     missing, path = [], os.path.normpath(path)
     while path and not os.path.exists(path):
         missing.append(path)
@@ -281,16 +274,13 @@ def missing_folders(path):
 
 
 _made_folders = []  # what prepare_out_dir created: removed at exit if the run left nothing in them
-
-
 LOCK_NAME = ".train.lock"  # held by the run writing into its folder; it holds that run's pid
 _locks = {}  # the lock files this process holds -> their descriptors
 
 
 def lock_out_dir(out_dir):
-    """Hold an OS lock on out_dir until this process ends, however it ends: the kernel drops it with
-    the process, so a killed run leaves no stale lock. A second run meets it and stops with one line.
-    (Where there is no flock, Windows, runs are not kept apart.)"""
+    """Hold an OS lock on out_dir until this process ends, however it ends: the kernel drops it with the
+    process, so a killed run leaves no stale lock. (Where there is no flock, Windows, runs are not kept apart.)"""
     try:
         import fcntl
     except ImportError:
@@ -346,8 +336,8 @@ def unlock_all():  # (atexit runs after the interpreter has waited for a checkpo
 
 
 def interrupt_note(writer, out_dir, it, torchrun):
-    """What Ctrl-C says: where the run stopped, what its checkpoint holds and the command that goes on from
-    it. A checkpoint being written is finished first."""
+    """What Ctrl-C says, once a checkpoint being written is finished: where the run stopped, what its
+    checkpoint holds and the command that goes on from it."""
     with contextlib.suppress(UserError):  # (the previous checkpoint is still there)
         writer.wait()
     saved = writer.written
@@ -380,12 +370,9 @@ def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_mode
         say("note: the checkpoint holds no RNG state for this rank: dropout will not repeat the original run")
 
 
-# ---------------------------------------------------------------------------- random number generators
-
-
 def rng_state(device):
-    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe).
-    Only this process's GPU: asking for all of them would start a CUDA context on each."""
+    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe). Only this
+    process's GPU: asking for all of them would start a CUDA context on each."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
     state = {
