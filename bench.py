@@ -17,20 +17,12 @@ import time
 
 import torch
 
-from configurator import configure
+from configurator import check_ranges, configure
 from model import GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
-from nanogpt_plus.plan import (
-    check_device,
-    chosen_dtype,
-    default_device,
-    default_dtype,
-    make_plan,
-    peak_flops,
-    prepare_torch,
-)  # fmt: skip
+from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -66,9 +58,7 @@ if "compile" not in changed and (sample or check_device(device, dtype) == "cpu")
     # minutes and gains little on a small model (config/train_shakespeare_char.py trains uncompiled there)
 # -----------------------------------------------------------------------------
 # what cannot work is an error now, before anything is built or run
-for key in ("batch_size", "num_steps", "repeats"):
-    if config[key] < 1:
-        raise UserError(f"{key}={config[key]} must be at least 1")
+check_ranges(config, at_least_1=("batch_size", "num_steps", "repeats"))
 if burn_in < 0:
     raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
 if sample and max_new_tokens < 1:  # sampling is timed per new token: with none there is nothing to time
@@ -195,7 +185,7 @@ else:
         times.append(dt)
         print(f"repeat {r}: {dt * 1000:.2f} ms/iter, loss {lossf:.4f}")
     dt = statistics.median(times)
-    peak, mfu_note = peak_flops(device)
+    peak, mfu_note = plan.peak_flops
     spread = (max(times) - min(times)) * 1000
     line = f"time per iteration: {dt * 1000:.2f} ms (median of {repeats}, spread {spread:.2f} ms)"
     line += f", {batch_size * block_size / dt:,.0f} tokens/s"

@@ -201,6 +201,19 @@ def configure(namespace, argv=None, nullable=()):
     return {k: namespace[k] for k in keys}, changed
 
 
+def check_ranges(config, at_least_1=(), not_negative=(), fractions=()):
+    """A one-line error for the first key out of its range: at least 1, not negative, or a fraction in [0, 1)."""
+    for key in at_least_1:
+        if config[key] < 1:
+            raise UserError(f"{key}={config[key]} must be at least 1")
+    for key in not_negative:
+        if config[key] < 0:
+            raise UserError(f"{key}={config[key]} must not be negative")
+    for key in fractions:
+        if not 0 <= config[key] < 1:
+            raise UserError(f"{key}={config[key]} must be in [0, 1)")
+
+
 def adopt_saved(namespace, saved, changed, keep=(), nullable=()):
     """A resumed run goes on as it was: each key takes its value in `saved` (the checkpoint's config),
     unless a file or flag changed it now (a key given now that differs is printed once) or it is in
@@ -219,3 +232,25 @@ def adopt_saved(namespace, saved, changed, keep=(), nullable=()):
         except UserError as e:
             raise UserError(f"the checkpoint's config is malformed ({e}): give --{key}=VALUE") from None
     return {k: namespace[k] for k in keys}
+
+
+def adopt_architecture(config, changed, model, init_from):
+    """A resumed or pretrained model brings its own architecture into config: a key set now to another value is
+    an error, except a smaller block_size for GPT-2, which crops the model. Returns the block size."""
+    source = "checkpoint" if init_from == "resume" else f"{init_from} model"
+    for key in ("n_layer", "n_head", "n_embd", "bias"):
+        have = getattr(model.config, key)
+        if key in changed and config[key] != have:
+            raise UserError(
+                f"{key}={config[key]} contradicts the {source}, which has {key}={have}: "
+                f"drop --{key} (the architecture comes from the {source}) or set --{key}={have}"
+            )
+        config[key] = have
+    block_size, have = config["block_size"], model.config.block_size
+    if "block_size" in changed and block_size != have:
+        if block_size > have or init_from == "resume":
+            hint = f"use --block_size={have}" + (" (or smaller)" if init_from != "resume" else "")
+            raise UserError(f"block_size={block_size} does not fit the {source}, whose block_size is {have}: {hint}")
+        model.crop_block_size(block_size)
+    config["block_size"] = model.config.block_size
+    return config["block_size"]

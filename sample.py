@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from configurator import configure
+from configurator import check_ranges, configure
 from nanogpt_plus import checkpoint
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
@@ -56,8 +56,7 @@ if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
     )
-if num_samples < 1:
-    raise UserError(f"num_samples={num_samples} must be at least 1")
+check_ranges(config, at_least_1=("num_samples",))
 try:
     check_sampling(max_new_tokens, temperature, top_k)
 except ValueError as e:

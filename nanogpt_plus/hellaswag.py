@@ -137,6 +137,17 @@ def prepare(hellaswag_file, procs, say=print, limit=0):
     return tokenize(examples[:limit] if limit > 0 else examples, gpt2_encoding())
 
 
+def check_interval(interval, dataset, meta_path):
+    """train.py's hellaswag_interval (0: never) on its dataset (meta_path: its meta.pkl, if character-level)."""
+    if interval < 0:
+        raise UserError(f"hellaswag_interval={interval} must not be negative (0 turns HellaSwag off)")
+    if interval and meta_path:
+        raise UserError(
+            f"hellaswag_interval needs a model on GPT-2's tokens, but dataset {dataset!r} is character-level "
+            f"({meta_path}): set --hellaswag_interval=0"
+        )
+
+
 def check_model(items, vocab_size, block_size, say=print):
     """A model on GPT-2's tokens, or an error; a note on the items it will see cropped."""
     if vocab_size < GPT2_VOCAB:

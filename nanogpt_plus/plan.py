@@ -12,7 +12,6 @@ default dtype, the device of each process of a torchrun job, how HellaSwag's for
 
 import functools
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -122,17 +121,6 @@ def scoring(model):
         model.train(was_training)
 
 
-def cpu_matmul_flops(n=1024):
-    """The float32 FLOP/s of this CPU in an n x n matmul, the best of 3: more than training reaches on it."""
-    a = torch.full((n, n), 0.5)  # (not drawn at random: training's RNG stays where it was)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
 def peak_flops(device):
     """The dense bf16 peak FLOP/s of a CUDA device, and a line saying what it is (None where unknown)."""
     if torch.device(device).type != "cuda":
@@ -172,6 +160,10 @@ class Plan:
 
     def autocast(self):
         return autocast(self.device_type, self.dtype)
+
+    @property
+    def peak_flops(self):  # (peak FLOP/s or None, a line saying what MFU is measured against)
+        return peak_flops(self.device)
 
     def describe(self):
         """The plan as one line, e.g. 'cuda bfloat16, blocks compiled, micro-step replayed as a CUDA

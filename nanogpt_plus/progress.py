@@ -6,6 +6,7 @@ the data scripts, train.py's long evals and eval_hellaswag.py. Also train.py's o
 time went, and TimeLeft, the time left at the end of its log lines.
 """
 
+import contextlib
 import statistics
 import sys
 import time
@@ -69,15 +70,17 @@ class Progress:
 
 
 class TimeSplit:
-    """Where a training run's time went, for its last line: start-up (imports, data, model: all
-    before the first step), compilation (what the first timed stretch of steps and the first of each
-    kind of evaluation took over the later ones: compiling, recording the CUDA graph), training
-    steps, evaluations, HellaSwag, and checkpoints with the log's last drawing."""
+    """Where a training run's time went, for its last line: start-up (imports, data, model: all before the
+    first step), compilation (what the first timed stretch of steps and the first of each kind of evaluation
+    took over the later ones: compiling, recording the CUDA graph), training steps, evaluations, HellaSwag,
+    and checkpoints with the log's last drawing. Made as the loop starts, at iteration first_iter."""
 
-    def __init__(self, started):
+    def __init__(self, started, first_iter=0):
         self.started, self.loop_started = started, time.time()  # the process's start, and the loop's (now)
         self.durations = {"evaluations": [], "HellaSwag": [], "checkpoints": []}
         self.stretches = []  # (seconds, steps) of each timed stretch of training steps
+        self.first_iter = first_iter
+        self.stretch_start = (self.loop_started, first_iter)  # when, and at which iteration, the next one began
 
     def add(self, part, seconds):
         self.durations[part].append(seconds)
@@ -85,8 +88,24 @@ class TimeSplit:
     def add_steps(self, seconds, steps):
         self.stretches.append((seconds, steps))
 
-    def line(self, steps):
-        """'time 41.0 s: start-up 3.1 s, compilation 6.2 s, 5000 training steps 24.2 s, ...' at the end."""
+    @contextlib.contextmanager
+    def timed(self, part, it):
+        """Time a part of the loop at iteration it apart from the steps (an eval, HellaSwag, a checkpoint):
+        the next stretch of steps begins as it ends."""
+        start = time.time()
+        yield
+        self.add(part, time.time() - start)
+        self.stretch_start = (time.time(), it)
+
+    def steps_done(self, it):
+        """The time per step and the number of steps of the stretch that ends with iteration it (a log line's)."""
+        (start, first), now = self.stretch_start, time.time()
+        self.add_steps(now - start, it + 1 - first)
+        self.stretch_start = (now, it + 1)
+        return (now - start) / (it + 1 - first), it + 1 - first
+
+    def line(self, it):
+        """At the end, at iteration it: 'time 41.0 s: start-up 3.1 s, compilation 6.2 s, 5000 training steps ...'."""
         now = time.time()
         spent, compiling = {}, 0.0
         for part, durations in self.durations.items():
@@ -101,12 +120,25 @@ class TimeSplit:
             compiling += max(0.0, self.stretches[0][0] - self.stretches[0][1] * pace)
         in_steps = now - self.loop_started - compiling - sum(spent.values())
         parts = [f"start-up {self.loop_started - self.started:.1f} s", f"compilation {compiling:.1f} s",
-                 f"{steps} training steps {in_steps:.1f} s"]  # fmt: skip
+                 f"{it - self.first_iter} training steps {in_steps:.1f} s"]  # fmt: skip
         for part, durations in self.durations.items():
             if durations:
                 count = f"{len(durations)} " if part != "checkpoints" else ""
                 parts.append(f"{count}{part} {spent[part]:.1f} s")
         return f"time {now - self.started:.1f} s: " + ", ".join(parts)
+
+
+def cpu_matmul_flops(n=1024):
+    """The float32 FLOP/s of this CPU in an n x n matmul, the best of 3: more than training reaches on it."""
+    import torch  # (here: the data scripts report their progress without torch)
+
+    a = torch.full((n, n), 0.5)  # (not drawn at random: training's RNG stays where it was)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 HOPELESS_S = 7 * 86400  # a run that needs more than a week on a CPU is no run to start there
@@ -146,7 +178,7 @@ class TimeLeft:
                 self.say(f"note: this run needs about {duration(seconds)} on this CPU; without a GPU, {quick}")
             self.noted = True
 
-    def note_before_start(self, iter_num, step_flops, cpu_flops):
+    def note_before_start(self, iter_num, step_flops, cpu_flops=cpu_matmul_flops):
         """A model too big for a CPU says so before its first step: the FLOPs left (steps of step_flops, and
         the evals) at cpu_flops() FLOP/s, a probe run only where the run could last an hour."""
         evals = self.evals_left(iter_num, self.eval_interval)
