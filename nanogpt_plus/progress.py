@@ -1,9 +1,5 @@
-"""How far a long task has come and the time left, at the rate since it began.
-
-Nothing is shown for a task done within EVERY_S seconds. From then on, on a terminal the line is
-redrawn in place; elsewhere (a log file, nohup) a line is printed every EVERY_S seconds. Used by
-the data scripts, train.py's long evals and eval_hellaswag.py. Also train.py's own: TimeSplit, where a run's
-time went, and TimeLeft, the time left at the end of its log lines.
+"""How far a long task has come and the time left (Progress: the data scripts, evals, HellaSwag); where a
+training run's time went (TimeSplit) and the time it has left (TimeLeft, with the note on a long run on a CPU).
 """
 
 import contextlib
@@ -33,8 +29,10 @@ def clock(seconds):
 
 
 class Progress:
-    """update(done) with done out of total; close() ends the line on a terminal. Counts are shown
-    divided by scale, in `unit`s (bytes as MB: unit="MB", scale=1e6); `first` were done before."""
+    """update(done) with done out of total, at the rate since it began; close() ends the line on a terminal.
+    Nothing is shown for a task done within EVERY_S seconds; then the line is redrawn in place on a terminal,
+    printed every EVERY_S seconds elsewhere (a log file). Counts are shown divided by scale, in `unit`s (bytes
+    as MB: unit="MB", scale=1e6); `first` were done before."""
 
     def __init__(self, what, total, unit="", scale=1, file=None, first=0):
         self.what, self.total, self.unit, self.scale, self.first = what, total, unit, scale, first
@@ -146,14 +144,12 @@ HALF_LIFE_STEPS = 20  # the time left follows the pace of about the last few doz
 
 
 class TimeLeft:
-    """The time left of a training run, at the end of its log lines (', eta H:MM:SS'), and, on a CPU, the
-    note on a run of more than an hour (once). The steps left go at the recent time per step: an average
-    of the log lines' step times in which a line's weight halves with every HALF_LIFE_STEPS steps logged
-    after it, so that the estimate follows a change of speed (a busy machine, a freed one) within a few
-    dozen steps; this process's first log line is left out (its steps compile). The evals left go at the
-    last one's duration, eval_seconds (before one, as 2 * eval_iters forwards, each a third of a
-    micro-step); the HellaSwag evals at the last one's, hellaswag_seconds, once there was one. train.py
-    sets both."""
+    """The time left of a training run at the end of its log lines (', eta H:MM:SS') and, on a CPU, the note on
+    a run of more than an hour (once). The steps left go at the recent time per step: an average of the log
+    lines' in which a line's weight halves with every HALF_LIFE_STEPS steps logged after it, to follow a change
+    of speed within a few dozen steps; this process's first line is left out (its steps compile). The evals left
+    go at the last one's duration, eval_seconds (before one, as 2 * eval_iters forwards of a third of a
+    micro-step each), the HellaSwag evals at hellaswag_seconds: train.py sets both."""
 
     def __init__(self, max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, on_cpu, say):
         self.max_iters, self.eval_interval, self.hellaswag_interval = max_iters, eval_interval, hellaswag_interval
@@ -187,25 +183,15 @@ class TimeLeft:
             self.note_long_run(flops / cpu_flops())
 
     def estimate(self, iter_num, dt, steps):
-        """', eta ...' for the log line of iter_num, which timed `steps` steps at dt each ('' for this
-        process's first line)."""
+        """', eta ...' for the log line of iter_num, which timed `steps` steps at dt each ('' for the first)."""
         if not self.first_line_seen:
             self.first_line_seen = True
             return ""
-        self.step_seconds = recent_average(self.step_seconds, dt, steps)
-        step = self.step_seconds
+        keep = 0.5 ** (steps / HALF_LIFE_STEPS)  # the earlier average's weight
+        step = self.step_seconds = dt if self.step_seconds is None else keep * self.step_seconds + (1 - keep) * dt
         eval_time = self.eval_seconds or step * 2 * self.eval_iters / (3 * self.micro_steps)
         seconds = (self.max_iters - iter_num - 1) * step + self.evals_left(iter_num, self.eval_interval) * eval_time
         if self.hellaswag_interval:
             seconds += self.evals_left(iter_num, self.hellaswag_interval) * self.hellaswag_seconds
         self.note_long_run(seconds)
         return f", eta {clock(seconds)}"
-
-
-def recent_average(average, dt, steps):
-    """The average time per step after a log line of `steps` steps at dt each: the earlier average
-    counts for half after every HALF_LIFE_STEPS steps (None: no earlier one)."""
-    if average is None:
-        return dt
-    keep = 0.5 ** (steps / HALF_LIFE_STEPS)
-    return keep * average + (1 - keep) * dt
