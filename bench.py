@@ -18,7 +18,7 @@ import time
 import torch
 
 from configurator import check_ranges, configure
-from model import GPT, GPTConfig
+from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
@@ -64,10 +64,7 @@ if burn_in < 0:
 if sample and max_new_tokens < 1:  # sampling is timed per new token: with none there is nothing to time
     raise UserError(f"max_new_tokens={max_new_tokens} must be at least 1 with --sample=True (the tokens it times)")
 try:
-    gpt_config = GPTConfig(
-        block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,
-        bias=bias,
-    )  # fmt: skip
+    gpt_config = GPTConfig(**{k: config[k] for k in ARCH_KEYS})  # (dropout 0)
 except ValueError as e:  # a shape no GPT can have
     raise UserError(str(e)) from None
 plan = make_plan(
