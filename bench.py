@@ -6,10 +6,8 @@
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
     python bench.py --sample=True            # sampling as sample.py runs it: decode tokens/s, time to the first token
 
-The step runs as train.py would run it on this machine (the plan it prints: on one GPU each block
-compiled and the micro-step replayed as a CUDA graph; on a CPU not compiled, as the CPU recipe trains,
-unless --compile=True is given). Prints the time per iteration (the median of the timed repeats), tokens
-per second, MFU against the device's own peak, and the peak GPU memory.
+The step runs as train.py would run it here (the plan it prints; on a CPU not compiled, as the CPU recipe, unless
+--compile=True). Prints the time per iteration (the median of the repeats), tokens/s, MFU and peak GPU memory.
 """
 
 import statistics

@@ -111,8 +111,8 @@ x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
 
 class Printer:
-    """Writes row `row` of a batch of samples as its tokens come: what is new, about 20 times a
-    second, decoded as UTF-8 across token boundaries (a GPT-2 token can hold part of a character)."""
+    """Writes row `row` of a batch of samples as its tokens come, about 20 times a second, decoded as UTF-8
+    across token boundaries (a GPT-2 token can hold part of a character)."""
 
     first_token_at = None  # when the first new token was printed (for --verbose)
 

@@ -1,6 +1,5 @@
-"""What the data/ prepare scripts share: the input text, one-line errors, and flat uint16 token
-files written atomically (classic nanoGPT's format: the bins of either project read in the other);
-for the large datasets, the optional `datasets` import and the number of cores.
+"""What the data/ prepare scripts share: the input text, one-line errors, flat uint16 token files written atomically
+(classic nanoGPT's: either project reads the other's); for the large datasets, `datasets` and the number of cores.
 """
 
 import argparse
@@ -80,9 +79,8 @@ def import_datasets(name):
 
 
 def from_hub(datasets, path, **kwargs):
-    """datasets.load_dataset(path, **kwargs) from the Hugging Face hub. Offline (and not in the cache,
-    or HF_HUB_OFFLINE unset), a one-line error within seconds: the hub's client would retry for half
-    a minute, printing each try."""
+    """datasets.load_dataset(path, **kwargs) from the Hugging Face hub; offline and not in the cache, a one-line
+    error within seconds, where the hub's client would retry for half a minute, printing each try."""
     import huggingface_hub
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -120,10 +118,6 @@ def shakespeare_main(prepare, description, default_out_dir, argv):
     print_counts(counts, args.out_dir, meta=bool(vocab_size))
 
 
-def local_copy_hint(script):
-    return f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV})"
-
-
 def download(url, target, script):
     """Fetch `url` into `target`; on any failure leave nothing behind and raise a UserError."""
     try:
@@ -131,23 +125,14 @@ def download(url, target, script):
         response.raise_for_status()
     except requests.RequestException as exc:
         where = f"{os.path.basename(url)} from {urlsplit(url).hostname}"
-        raise UserError(f"could not download {where} ({reason(exc)}); {local_copy_hint(script)}") from None
+        hint = f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV})"
+        raise UserError(f"could not download {where} ({reason(exc)}); {hint}") from None
     with writing(target), atomic_write(target) as f:
         f.write(response.content)
 
 
-def copy_input(source, target):
-    try:
-        src = open(source, "rb")
-    except OSError as exc:
-        raise UserError(f"cannot read {source} ({reason(exc)})") from None
-    with src, writing(target), atomic_write(target) as f:
-        shutil.copyfileobj(src, f)
-
-
 def not_a_text_file(path):
-    """The UserError for a path that exists but is neither a file nor a folder (/dev/null, a named pipe,
-    a socket): something that is there, not something not found. None for anything else."""
+    """The UserError for a path that is there but is no file nor folder (/dev/null, a pipe); else None."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -185,7 +170,12 @@ def input_text(out_dir, given, script):
         if source is not None and not filecmp.cmp(source, target, shallow=False):
             print(f"note: using existing {target}; ignoring {source} (delete {target} to use it)", file=sys.stderr)
     elif source is not None:
-        copy_input(source, target)
+        try:
+            src = open(source, "rb")
+        except OSError as exc:
+            raise UserError(f"cannot read {source} ({reason(exc)})") from None
+        with src, writing(target), atomic_write(target) as f:
+            shutil.copyfileobj(src, f)
     else:
         print(f"downloading {TINY_SHAKESPEARE_URL}")
         download(TINY_SHAKESPEARE_URL, target, script)

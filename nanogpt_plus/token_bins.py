@@ -1,16 +1,13 @@
-"""Tokenize datasets of documents into flat uint16 GPT-2 token files, on every core, resumably.
+"""Tokenize datasets of documents into flat uint16 GPT-2 token files, on every core, resumably:
 
     counts = token_bins.write_bins({"train": train, "val": val}, out_dir, recipe={"seed": 2357})
 
 Each split (a `datasets.Dataset` with a "text" column) becomes <out_dir>/<split>.bin: each document's
-`encode_ordinary` ids and the end-of-text token 50256, in document order, as classic nanoGPT writes them. Worker
-processes tokenize shards of `shard_docs` documents; the main process appends them in order to <split>.bin.partial.
-At most two shards per worker are in flight, so memory does not grow with the dataset.
-
-Resuming: after each shard is on disk (fsync), prepare_progress.json records the documents and tokens written per
-split, with a fingerprint of the input. Run again after Ctrl-C, kill -9 or a full disk, and each partial file is cut
-back to its recorded length and goes on from the next document: the bytes equal an uninterrupted run's. Complete
-splits are renamed to <split>.bin, then the record is removed. A record of other inputs is a one-line error.
+`encode_ordinary` ids and the end-of-text token, in order, as classic nanoGPT writes them. Workers tokenize shards
+of `shard_docs` documents, at most two each in flight (memory does not grow with the dataset); the main process
+appends them to <split>.bin.partial. After each shard is on disk, prepare_progress.json records the documents and
+tokens written, with a fingerprint of the input: run again after Ctrl-C, kill -9 or a full disk and each partial
+file is cut back to its record and goes on, to the bytes of an uninterrupted run.
 """
 
 import argparse

@@ -1,11 +1,10 @@
 """FineWeb-Edu's 10B-token sample with the GPT-2 BPE tokenizer: uint16 token ids in train.bin/val.bin.
 
 Usage: python data/fineweb_edu/prepare.py [--parquet_dir DIR] [--val_docs N] [--out-dir DIR] [--num-proc N]
-It is the data llm.c and build-nanogpt train GPT-2 124M on: HuggingFaceFW/fineweb-edu, config sample-10BT,
-downloaded with Hugging Face `datasets` (pip install 'nanogpt-plus[datasets]'), or read from a folder of its
-parquet files (--parquet_dir). The first --val_docs documents, in the dataset's order, are the validation split;
-all the others are the training split. Disk: ~28GB of parquet download, the Arrow cache `datasets` builds from it,
-and ~20GB of output. An interrupted run goes on from where it stopped when the same command is run again.
+The data llm.c and build-nanogpt train GPT-2 124M on: HuggingFaceFW/fineweb-edu, sample-10BT, downloaded with
+`datasets` (pip install 'nanogpt-plus[datasets]') or read from its parquet files (--parquet_dir). The first
+--val_docs documents are val, the rest train. Disk: ~28GB of download, the Arrow cache, ~20GB of output. An
+interrupted run goes on from where it stopped when the same command is run again.
 """
 
 import os
@@ -32,8 +31,8 @@ def parquet_files(parquet_dir):
 
 
 def check_parquet(files):
-    """Refuse a shard whose download was cut short, naming it. Only each file's footer is read (milliseconds): a
-    cut-short file has lost it. Left to `datasets`, the same file is a traceback that does not name it."""
+    """Refuse a shard cut short, naming it (`datasets` would raise a traceback that does not): only each file's
+    footer is read, which a cut-short file has lost."""
     import pyarrow.parquet as pq
 
     for path in files:

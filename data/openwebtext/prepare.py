@@ -1,10 +1,9 @@
 """OpenWebText with the GPT-2 BPE tokenizer: uint16 token ids in train.bin/val.bin, as classic nanoGPT writes them.
 
 Usage: python data/openwebtext/prepare.py [--out-dir DIR] [--num-proc N] [--shard-docs N] [--hf-name NAME]
-Needs the optional Hugging Face `datasets` package (pip install 'nanogpt-plus[datasets]'), network access on first
-run, and lots of disk: ~54GB in the Hugging Face cache plus ~17GB of output. Tokenizing is shared with the other
-large datasets (nanogpt_plus/token_bins.py): all cores, bounded memory, and an interrupted run (Ctrl-C, kill, full disk)
-goes on from where it stopped when the same command is run again.
+Needs `datasets` (pip install 'nanogpt-plus[datasets]'), the network on the first run, and ~54GB in the Hugging
+Face cache plus ~17GB of output. Tokenizing (nanogpt_plus/token_bins.py) uses every core in bounded memory, and an
+interrupted run goes on from where it stopped when the same command is run again.
 """
 
 import os
