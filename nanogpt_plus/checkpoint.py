@@ -247,7 +247,10 @@ def resume_from(out_dir, init_from, config):
 def prepare_out_dir(out_dir, fresh, overwrite, say):
     """Create out_dir and hold it for this run; refuse to let a run that does not resume replace the
     checkpoint there, unless asked to; remove what killed runs left half-written."""
-    made = missing_folders(out_dir)
+    made, folder = [], os.path.normpath(out_dir)  # the folders this run creates, the deepest first
+    while folder and not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(out_dir, exist_ok=True)
         _made_folders.extend(made)
@@ -263,14 +266,6 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         )
     for name in remove_stale_temps(out_dir):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
-
-
-def missing_folders(path):  # the deepest first
-    missing, path = [], os.path.normpath(path)
-    while path and not os.path.exists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
 
 
 _made_folders = []  # what prepare_out_dir created: removed at exit if the run left nothing in them

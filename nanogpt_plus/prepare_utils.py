@@ -5,7 +5,6 @@
 import argparse
 import filecmp
 import os
-import pickle
 import shutil
 import stat
 import sys
@@ -52,11 +51,6 @@ def writing(path):
         yield
     except OSError as exc:
         raise cannot_write(path, exc, "--out-dir") from None
-
-
-def make_out_dir(out_dir):
-    with writing(out_dir):
-        os.makedirs(out_dir, exist_ok=True)
 
 
 def default_num_proc():
@@ -209,11 +203,6 @@ def write_tokens(ids, path):
     with writing(path), atomic_write(path) as f:
         f.write(arr.astype(np.uint16).data)  # not tofile: its short write is an OSError without the reason
     return int(arr.size)
-
-
-def write_pickle(obj, path):
-    with writing(path), atomic_write(path) as f:
-        pickle.dump(obj, f)
 
 
 def print_counts(counts, out_dir, meta=False):

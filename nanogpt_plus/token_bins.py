@@ -172,7 +172,8 @@ def write_bins(splits, out_dir, recipe, num_proc=None, shard_docs=SHARD_DOCS):
     """Write <out_dir>/<split>.bin for every split, resuming an interrupted run; return {split: tokens}."""
     if shard_docs < 1:
         raise pu.UserError(f"--shard-docs={shard_docs} must be at least 1")
-    pu.make_out_dir(out_dir)
+    with pu.writing(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
     splits = text_only(splits)
     gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
     record, expected = os.path.join(out_dir, PROGRESS_NAME), fingerprint(splits, recipe)

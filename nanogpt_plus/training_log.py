@@ -178,23 +178,20 @@ class TrainingLog:
         """Append a row of HEADER's cells; if the disk is full, the file is cut back to the rows before it."""
         data = (",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n").encode()
         with self.lock:
-            self.append(data)
-
-    def append(self, data):
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            raise cannot_write(self.path, e, "--out_dir") from None
-        end = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            while data:
-                data = data[os.write(fd, data) :]
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, end)
-            raise cannot_write(self.path, e, "--out_dir") from None
-        finally:
-            os.close(fd)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            except OSError as e:
+                raise cannot_write(self.path, e, "--out_dir") from None
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise cannot_write(self.path, e, "--out_dir") from None
+            finally:
+                os.close(fd)
 
     def step_row(self, it, loss, lr, dt, mfu):
         self.row(iter=it, loss=loss, lr=lr, time_ms=f"{dt * 1000:.2f}", mfu=f"{mfu * 100:.2f}" if mfu >= 0 else None)
@@ -213,14 +210,11 @@ class TrainingLog:
             if self.pending:  # loss.png is the earlier run's until this one adopts the log
                 self.draw_due = True
             elif last or time.time() - self.drawn_at > 10:
-                self.start_drawing()
-
-    def start_drawing(self):
-        first = self.drawing is None
-        self.wait()
-        self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
-        self.drawing.start()
-        self.drawn_at = time.time()
+                first = self.drawing is None
+                self.wait()
+                self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
+                self.drawing.start()
+                self.drawn_at = time.time()
 
     def draw(self, first):
         png = os.path.join(self.out_dir, "loss.png")

@@ -19,10 +19,12 @@ TEST_SIZE = 0.0005
 SEED = 2357
 
 
-def load_openwebtext(name=HF_NAME, num_proc=None):
-    """The raw dataset from the Hugging Face hub: a DatasetDict with a single 'train' split."""
+def raw_dataset(dataset, hf_name, num_proc):
+    """The raw dataset, a DatasetDict of one 'train' split: the hub's, or the one given (a bare Dataset too)."""
     datasets = pu.import_datasets("openwebtext")
-    return pu.from_hub(datasets, name, num_proc=num_proc or pu.default_num_proc())
+    if dataset is None:
+        return pu.from_hub(datasets, hf_name, num_proc=num_proc or pu.default_num_proc())
+    return datasets.DatasetDict({"train": dataset}) if isinstance(dataset, datasets.Dataset) else dataset
 
 
 def split_train_val(dataset, test_size=TEST_SIZE, seed=SEED):
@@ -32,19 +34,10 @@ def split_train_val(dataset, test_size=TEST_SIZE, seed=SEED):
     return split
 
 
-def as_dataset_dict(dataset):
-    """Accept a bare Dataset (e.g. from Dataset.from_dict in tests) as the raw 'train' split."""
-    datasets = pu.import_datasets("openwebtext")
-    if isinstance(dataset, datasets.Dataset):
-        return datasets.DatasetDict({"train": dataset})
-    return dataset
-
-
 def prepare(out_dir=HERE, dataset=None, num_proc=None, test_size=TEST_SIZE, seed=SEED, hf_name=HF_NAME,
             shard_docs=token_bins.SHARD_DOCS):  # fmt: skip
     """Load (or take) the raw dataset, split it, write train.bin/val.bin; return their token counts."""
-    raw = load_openwebtext(hf_name, num_proc) if dataset is None else as_dataset_dict(dataset)
-    splits = split_train_val(raw, test_size=test_size, seed=seed)
+    splits = split_train_val(raw_dataset(dataset, hf_name, num_proc), test_size=test_size, seed=seed)
     recipe = {"dataset": hf_name, "test_size": test_size, "seed": seed}
     return token_bins.write_bins(splits, out_dir, recipe, num_proc=num_proc, shard_docs=shard_docs)
 

@@ -6,6 +6,7 @@ else a download of Tiny Shakespeare.
 """
 
 import os
+import pickle
 
 from nanogpt_plus import prepare_utils as pu
 from nanogpt_plus.tokenizer import CharTokenizer, char_meta
@@ -18,11 +19,13 @@ def prepare(out_dir=HERE, input_path=None):
     text = pu.input_text(out_dir, input_path, "data/shakespeare_char/prepare.py")
     # the sorted distinct characters of the whole text (train and val alike), in classic nanoGPT's meta.pkl
     meta = char_meta(sorted(set(text)))
-    chars = CharTokenizer(meta, os.path.join(out_dir, "meta.pkl"), meta["vocab_size"])
+    meta_path = os.path.join(out_dir, "meta.pkl")
+    chars = CharTokenizer(meta, meta_path, meta["vocab_size"])
     train_text, val_text = pu.split_text(text)
     n_train = pu.write_tokens(chars.encode(train_text), os.path.join(out_dir, "train.bin"))
     n_val = pu.write_tokens(chars.encode(val_text), os.path.join(out_dir, "val.bin"))
-    pu.write_pickle(meta, os.path.join(out_dir, "meta.pkl"))
+    with pu.writing(meta_path), pu.atomic_write(meta_path) as f:
+        pickle.dump(meta, f)
     return {"chars": len(text), "vocab_size": meta["vocab_size"], "train": n_train, "val": n_val}
 
 
