@@ -7,10 +7,8 @@
         --batch_size=4 --real_data=False --num_steps=3      # a quick look on a CPU
     python bench.py --sample=True            # sampling as sample.py runs it: decode tokens/s, time to the first token
 
-The step runs as train.py would run it on this machine (the plan it prints: on one GPU each block
-compiled and the micro-step replayed as a CUDA graph; on a CPU not compiled, as the CPU recipe trains,
-unless --compile=True is given). Prints the time per iteration (the median of the timed repeats), tokens
-per second, MFU against the device's own peak, and the peak GPU memory.
+The step runs as train.py would run it here (the plan it prints; on a CPU not compiled, as the CPU recipe, unless
+--compile=True). Prints the time per iteration (the median of the repeats), tokens/s, MFU and peak GPU memory.
 """
 
 import statistics
@@ -18,21 +16,13 @@ import time
 
 import torch
 
-from configurator import configure
-from model import GPT, GPTConfig
+from configurator import check_ranges, configure
+from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
 from nanogpt_plus.engine import Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
 from nanogpt_plus.muon import muon_and_adamw
-from nanogpt_plus.plan import (
-    check_device,
-    chosen_dtype,
-    default_device,
-    default_dtype,
-    make_plan,
-    peak_flops,
-    prepare_torch,
-)  # fmt: skip
+from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.step import TrainStep
 
 report_user_errors()  # a mistake ends the run with one `error:` line, not a traceback
@@ -69,9 +59,7 @@ if "compile" not in changed and (sample or check_device(device, dtype) == "cpu")
     # minutes and gains little on a small model (config/train_shakespeare_char.py trains uncompiled there)
 # -----------------------------------------------------------------------------
 # what cannot work is an error now, before anything is built or run
-for key in ("batch_size", "num_steps", "repeats"):
-    if config[key] < 1:
-        raise UserError(f"{key}={config[key]} must be at least 1")
+check_ranges(config, at_least_1=("batch_size", "num_steps", "repeats"))
 if burn_in < 0:
     raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
 if optimizer not in ("adamw", "muon"):
@@ -79,10 +67,7 @@ if optimizer not in ("adamw", "muon"):
 if sample and max_new_tokens < 1:  # sampling is timed per new token: with none there is nothing to time
     raise UserError(f"max_new_tokens={max_new_tokens} must be at least 1 with --sample=True (the tokens it times)")
 try:
-    gpt_config = GPTConfig(
-        block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,
-        bias=bias,
-    )  # fmt: skip
+    gpt_config = GPTConfig(**{k: config[k] for k in ARCH_KEYS})  # (dropout 0)
 except ValueError as e:  # a shape no GPT can have
     raise UserError(str(e)) from None
 plan = make_plan(
@@ -138,7 +123,9 @@ def time_sampling(rows):
     """sample.py's Sampler on `rows` one-token prompts: a first call, which records its CUDA graphs,
     then the median of `repeats` calls; each call's time to its first new token is timed too."""
     idx = torch.randint(min(vocab_size, 50257), (rows, 1), device=device)
-    sampler = Sampler(model, rows, 1, max_new_tokens, temperature=0.8, top_k=200, cuda_graph=plan.cuda_graph)
+    sampler = Sampler(
+        model, rows, 1, max_new_tokens, temperature=0.8, top_k=200, cuda_graph=plan.cuda_graph, cast_to=plan.cast_dtype
+    )
     calls = []  # (seconds, seconds to the first new token) of each call
     for _ in range(1 + repeats):
         first = []  # when the first new token is on the device
@@ -203,7 +190,7 @@ else:
         times.append(dt)
         print(f"repeat {r}: {dt * 1000:.2f} ms/iter, loss {lossf:.4f}")
     dt = statistics.median(times)
-    peak, mfu_note = peak_flops(device)
+    peak, mfu_note = plan.peak_flops
     spread = (max(times) - min(times)) * 1000
     line = f"time per iteration: {dt * 1000:.2f} ms (median of {repeats}, spread {spread:.2f} ms)"
     line += f", {batch_size * block_size / dt:,.0f} tokens/s"

@@ -3,10 +3,9 @@
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
     python train.py --help
 
-A script declares its defaults as plain module-level values, then calls configure(globals()). A
-bare argument is a config file (plain Python, executed); --key=value sets one key. Values parse as
-Python literals and fall back to strings; the type must match the default's (an int is fine for
-a float). --help (or -h) lists every key with its default and the comment beside it.
+A script declares its defaults as plain module-level values, then calls configure(globals()). A bare argument
+is a config file (plain Python, executed); --key=value sets one key, parsed as a Python literal or else taken as
+text, of the default's type (an int is fine for a float). --help lists every key, its default and its comment.
 """
 
 import ast
@@ -51,7 +50,7 @@ def parse_value(text, default):
     return value
 
 
-def unknown_key(key, keys, script, where=""):
+def unknown_key(key, keys, script, where=""):  # with the keys it may have meant
     close = difflib.get_close_matches(key, keys, n=3)
     guess = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
     return UserError(f"unknown config key {key!r}{where}: {guess}(python {script} --help lists every key)")
@@ -80,7 +79,7 @@ def not_a_config(path, why, script):
 
 
 def apply_file(path, namespace, keys, nullable, script):
-    """Execute a config file against a copy of the namespace; take the keys it set. Returns them."""
+    """Execute a config file against a copy of the namespace; take the keys it set, and return them."""
     try:
         with open(path, "rb") as f:  # bytes: Python reads a source's encoding from the source itself
             source = f.read()
@@ -126,8 +125,8 @@ def apply_file(path, namespace, keys, nullable, script):
 
 
 def plain_value(value, default):
-    """A config file's value as the plain type of its key, where it means the same: a path (pathlib.Path) for a
-    string key, an integer of another type (numpy's) for an int or float key, a real number for a float key."""
+    """A config file's value as the plain type of its key where it means the same: a pathlib.Path for a string
+    key, another type's integer (numpy's) for an int or float key, a real number for a float key."""
     if isinstance(default, str) and isinstance(value, os.PathLike):
         return os.fspath(value)
     if type(default) in (int, float) and isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -149,8 +148,7 @@ def apply_flag(arg, namespace, keys, nullable, script):
 
 
 def help_text(namespace, keys, script):
-    """Usage, then every key with its default and the comment on its line, under the comment lines
-    that head each group of keys in the script's defaults block."""
+    """Usage, then every key with its default and the comment on its line, under its group's heading comment."""
     lines = [f"usage: python {script} [config_file.py ...] [--key=value ...]"]
     lines += ["Config files (plain Python) and --key=value flags apply in order; a value is a Python literal, or text."]
     path = namespace.get("__file__")
@@ -174,9 +172,8 @@ def help_text(namespace, keys, script):
 
 
 def configure(namespace, argv=None, nullable=()):
-    """Apply sys.argv[1:] (or argv) to namespace, in order. Returns the final config (every key and
-    its value) and the set of keys a file or flag changed, so that a script can let defaults such
-    as dtype follow the device finally chosen."""
+    """Apply sys.argv[1:] (or argv) to namespace, in order. Returns the final config (every key and its value)
+    and the keys a file or flag changed, so that a default such as dtype can follow the device finally chosen."""
     argv = sys.argv[1:] if argv is None else argv
     keys = config_keys(namespace)
     script = os.path.basename(namespace.get("__file__", "train.py"))
@@ -201,10 +198,23 @@ def configure(namespace, argv=None, nullable=()):
     return {k: namespace[k] for k in keys}, changed
 
 
+def check_ranges(config, at_least_1=(), not_negative=(), fractions=()):
+    """A one-line error for the first key out of its range: at least 1, not negative, or a fraction in [0, 1)."""
+    for key in at_least_1:
+        if config[key] < 1:
+            raise UserError(f"{key}={config[key]} must be at least 1")
+    for key in not_negative:
+        if config[key] < 0:
+            raise UserError(f"{key}={config[key]} must not be negative")
+    for key in fractions:
+        if not 0 <= config[key] < 1:
+            raise UserError(f"{key}={config[key]} must be in [0, 1)")
+
+
 def adopt_saved(namespace, saved, changed, keep=(), nullable=()):
-    """A resumed run goes on as it was: each key takes its value in `saved` (the checkpoint's config),
-    unless a file or flag changed it now (a key given now that differs is printed once) or it is in
-    `keep`. Keys of saved that the script does not have are ignored. Returns the final config."""
+    """A resumed run goes on as it was: each key of the script takes its value in `saved` (the checkpoint's
+    config), unless a file or flag changed it now (then said once, if it differs) or it is in `keep`. Returns
+    the final config."""
     keys = config_keys(namespace)
     verbose = os.environ.get("RANK", "0") == "0"
     for key in keys:
@@ -219,3 +229,25 @@ def adopt_saved(namespace, saved, changed, keep=(), nullable=()):
         except UserError as e:
             raise UserError(f"the checkpoint's config is malformed ({e}): give --{key}=VALUE") from None
     return {k: namespace[k] for k in keys}
+
+
+def adopt_architecture(config, changed, model, init_from):
+    """A resumed or pretrained model brings its own architecture into config: a key set now to another value is
+    an error, except a smaller block_size for GPT-2, which crops the model. Returns the block size."""
+    source = "checkpoint" if init_from == "resume" else f"{init_from} model"
+    for key in ("n_layer", "n_head", "n_embd", "bias"):
+        have = getattr(model.config, key)
+        if key in changed and config[key] != have:
+            raise UserError(
+                f"{key}={config[key]} contradicts the {source}, which has {key}={have}: "
+                f"drop --{key} (the architecture comes from the {source}) or set --{key}={have}"
+            )
+        config[key] = have
+    block_size, have = config["block_size"], model.config.block_size
+    if "block_size" in changed and block_size != have:
+        if block_size > have or init_from == "resume":
+            hint = f"use --block_size={have}" + (" (or smaller)" if init_from != "resume" else "")
+            raise UserError(f"block_size={block_size} does not fit the {source}, whose block_size is {have}: {hint}")
+        model.crop_block_size(block_size)
+    config["block_size"] = model.config.block_size
+    return config["block_size"]

@@ -5,11 +5,9 @@
     torchrun --standalone --nproc_per_node=8 eval_hellaswag.py --init_from=gpt2-xl
     python eval_hellaswag.py --hellaswag_file=hellaswag_val.jsonl --limit=500   # a local copy; a quick look
 
-Each ending is scored by the model's loss on its tokens given the context (see hellaswag.py): acc
-is the share of items whose right ending has the lowest summed loss, acc_norm the lowest mean loss
-per token. The validation set (10,042 items) is downloaded once into data/hellaswag/. Rank 0
-prints the figures and writes them as JSON into out_dir: hellaswag.json for a checkpoint,
-hellaswag_<name>.json for a gpt2 variant or a Hugging Face folder.
+acc is the share of items whose right ending has the lowest summed loss given the context, acc_norm the lowest
+mean loss per token (nanogpt_plus/hellaswag.py). The validation set (10,042 items) is downloaded once into
+data/hellaswag/. Rank 0 writes the figures into out_dir: hellaswag.json (hellaswag_<name>.json for GPT-2).
 """
 
 import json

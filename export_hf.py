@@ -3,10 +3,9 @@
     python export_hf.py --out_dir=out-shakespeare --hf_dir=hf-shakespeare
     python export_hf.py --help
 
-The folder holds config.json and model.safetensors and, for a model on GPT-2's tokens, GPT-2's
-tokenizer (vocab.json, merges.txt, tokenizer_config.json), so that
-transformers.pipeline("text-generation", model=hf_dir) works. A character-level model's vocabulary
-is no Hugging Face tokenizer: chars.json lists its characters by id.
+The folder holds config.json, model.safetensors and, for a model on GPT-2's tokens, GPT-2's tokenizer (vocab.json,
+merges.txt, tokenizer_config.json): transformers.pipeline("text-generation", model=hf_dir) works. A character-level
+model's vocabulary is no Hugging Face tokenizer: chars.json lists its characters by id.
 """
 
 import json
@@ -17,11 +16,7 @@ from model import ARCH_KEYS
 from nanogpt_plus import checkpoint
 from nanogpt_plus.atomic import atomic_folder, usual_permissions
 from nanogpt_plus.errors import UserError, cannot_write, os_errno, report_user_errors
-from nanogpt_plus.huggingface import (
-    hf_config,
-    hf_state_dict,
-    tokenizer_config,
-)
+from nanogpt_plus.huggingface import hf_config, hf_state_dict, tokenizer_config
 from nanogpt_plus.tokenizer import (
     GPT2_FILES,
     GPT2_VOCAB,
@@ -50,8 +45,8 @@ EXPORT_FILES = ("config.json", "model.safetensors", "chars.json", *GPT2_FILES, "
 
 
 def check_target():
-    """Refuse, before any work, to write where it would replace something unasked: --overwrite
-    replaces an earlier export, never a folder holding anything else (the checkpoint, other runs)."""
+    """Refuse, before any work, to replace something unasked: --overwrite replaces an earlier export, never a
+    folder holding anything else (the checkpoint, other runs)."""
     if os.path.islink(hf_dir):  # the swap would replace the link, and leave what it points to
         raise UserError(f"hf_dir {hf_dir} is a symbolic link: give the folder it points to")
     if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
@@ -78,8 +73,7 @@ def is_plain_file(path):
 
 
 def character_vocabulary(ckpt, vocab_size):
-    """The characters of the model's dataset by id, from its meta.pkl as sample.py finds it; None
-    for a model on GPT-2's tokens."""
+    """The characters of the model's dataset by id, from its meta.pkl; None for a model on GPT-2's tokens."""
     dataset, meta_path = dataset_meta(ckpt)
     if meta_path:
         itos = char_vocabulary(load_meta(meta_path, keys=("itos",)), meta_path, vocab_size)

@@ -1,13 +1,9 @@
-"""The GPT-2 language model, with nanoGPT's math and parameter names.
+"""The GPT-2 language model, with nanoGPT's math and parameter names, on torch and the standard library alone.
 
-Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT. Training, evaluation
-and every sampling step go through GPT.forward; fast sampling (nanogpt_plus/engine.py) passes it a
-KV cache. This file imports torch and the standard library only.
-
-GPTConfig is the architecture. How the same math runs is set on the model from outside, by the
-scripts' plan (nanogpt_plus/plan.py): the attention path of every block (GPT.set_attention) and
-the head and loss of forward(idx, targets) (GPT.head_loss, a function; the default here is
-nanoGPT's full logits, chunked_loss.py has the chunked one). Neither enters a checkpoint.
+Read bottom-up: LayerNorm, CausalSelfAttention, MLP, Block, GPTConfig, GPT. Training, evaluation and every
+sampling step go through GPT.forward; fast sampling (nanogpt_plus/engine.py) passes it a KV cache. GPTConfig is
+the architecture; how the same math runs is set from outside by the scripts' plan (nanogpt_plus/plan.py): the
+attention path (GPT.set_attention) and the head and loss (GPT.head_loss). Neither enters a checkpoint.
 """
 
 import math
@@ -41,11 +37,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.layer = layer  # which slice of a KV cache is ours
-        # how attention runs: 'sdpa' (flash attention and its kin) or 'manual' (the masked softmax);
-        # GPT.set_attention sets it in every block
-        self.attention = "sdpa"
-        # the causal mask of the masked-softmax path; not persistent, so state dicts hold
-        # parameters only, like nanoGPT's on its flash path
+        self.attention = "sdpa"  # or 'manual' (the masked softmax): GPT.set_attention sets it in every block
+        # the causal mask of the masked-softmax path; not persistent, so state dicts hold parameters only, like
+        # nanoGPT's on its flash path
         mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
         self.register_buffer("bias", mask, persistent=False)
 
@@ -65,9 +59,8 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v, mask):
-        """softmax(q k^T / sqrt(hs) + mask) v for queries (B, nh, T, hs) over keys and values
-        (B, nh, S, hs), where mask (T, S) is 0 for the keys a query may see and -inf for the others
-        (None: causal)."""
+        """softmax(q k^T / sqrt(hs) + mask) v for queries (B, nh, T, hs) over keys and values (B, nh, S, hs),
+        where mask (T, S) is 0 for the keys a query may see and -inf for the others (None: causal)."""
         dropout = self.dropout if self.training else 0.0
         if self.attention == "sdpa":  # flash attention and its kin: the (T, S) scores never reach memory
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
@@ -131,23 +124,21 @@ class GPTConfig:
 # The GPTConfig fields that make a checkpoint's architecture (nanoGPT's model_args, less dropout)
 ARCH_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 
-# The attention masks that old nanoGPT checkpoints and Hugging Face's GPT-2 keep among their
-# weights (the names end so; c_attn.bias does not)
+# The attention masks that old nanoGPT checkpoints and Hugging Face's GPT-2 keep among their weights
 MASK_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
 def head_apart_from_embedding(state):
-    """Whether a state dict's lm_head.weight differs from its transformer.wte.weight: GPT ties the
-    two into one tensor, so loading both would keep only one of them."""
+    """Whether a state dict's lm_head.weight differs from its transformer.wte.weight: GPT ties the two into
+    one tensor, so loading both would keep only one of them."""
     head, wte = state.get("lm_head.weight"), state.get("transformer.wte.weight")
     return head is not None and wte is not None and not torch.equal(head, wte)
 
 
 def full_logits_loss(x, lm_head, targets):
-    """nanoGPT's head and loss: the logits (B, T, V) of the final hidden states x (B, T, C), and
-    their mean cross-entropy against targets (B, T), where -1 marks a position to leave out."""
+    """nanoGPT's head and loss: the logits (B, T, V) of the final hidden states x (B, T, C), and their mean
+    cross-entropy against targets (B, T), where -1 marks a position to leave out."""
     logits = lm_head(x)  # (B, T, V)
-    # over the B*T positions at once: logits (B*T, V) against targets (B*T,)
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
     return logits, loss
 
@@ -168,8 +159,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the token embedding and the output projection are one tensor
         self.transformer.wte.weight = self.lm_head.weight
-        # how forward(idx, targets) makes its logits and loss: head_loss(x, lm_head, targets) returns
-        # (logits or None, loss). A plan may install another, e.g. chunked_loss.py's (no whole logits).
+        # forward(idx, targets)'s head and loss: head_loss(x, lm_head, targets) -> (logits or None, loss); a plan
+        # may install another, e.g. chunked_loss.py's (no whole logits)
         self.head_loss = full_logits_loss
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
@@ -186,8 +177,7 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def set_attention(self, kind):
-        """Run every block's attention as 'sdpa' (flash attention and its kin, the default) or 'manual'
-        (the masked softmax written out): the same math, another path."""
+        """Every block's attention as 'sdpa' (flash attention and its kin) or 'manual' (the masked softmax)."""
         if kind not in ("sdpa", "manual"):
             raise ValueError(f"attention={kind!r}: choose sdpa or manual")
         for block in self.transformer.h:
@@ -202,10 +192,9 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, cache=None):
-        """Logits (B, T, V) and the mean cross-entropy against targets (B, T), where -1 marks a
-        position to leave out, as self.head_loss makes them (logits None for a head that never makes
-        them whole); without targets, the last position's logits (B, 1, V) only. With a cache
-        (engine.KVCache), idx continues the tokens already stored in it."""
+        """Logits (B, T, V) and the mean cross-entropy against targets (B, T), -1 left out, as self.head_loss
+        makes them (logits None for a head that never makes them whole); without targets, the last position's
+        logits (B, 1, V) only. With a cache (engine.KVCache), idx continues the tokens stored in it."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
@@ -235,10 +224,9 @@ class GPT(nn.Module):
             block.attn.bias = block.attn.bias[:block_size, :block_size]
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=None):
-        """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases
-        and LayerNorm gains. device_type is nanoGPT's argument, kept so that its calls work; whether
-        the fused kernel runs is the caller's to say (fused=True; the scripts' plan decides it),
-        torch's default otherwise. Muon for the blocks' matrices: nanogpt_plus/muon.py."""
+        """AdamW with weight decay on the matrices and embeddings only (dim >= 2), never on biases and LayerNorm
+        gains. device_type is nanoGPT's argument, kept so that its calls work; the fused kernel runs where the
+        caller says (fused=True: the scripts' plan decides), torch's default otherwise."""
         params = [p for p in self.parameters() if p.requires_grad]  # the tied weight once
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -248,8 +236,8 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True if fused else None)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation: FLOP/s achieved by fwdbwd_per_iter sequences in dt seconds, as
-        a fraction of peak_flops. FLOPs per token as in the PaLM paper, appendix B."""
+        """Model FLOPs utilisation: the FLOP/s of fwdbwd_per_iter sequences in dt seconds as a fraction of
+        peak_flops. FLOPs per token as in the PaLM paper, appendix B."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
@@ -257,11 +245,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """nanoGPT's sampling loop: extend idx (B, T) by max_new_tokens tokens, each drawn from the
-        logits of the last block_size tokens, scaled by 1/temperature (0: the most likely token) and
-        cut to the top_k; returns (B, T + max_new_tokens). Put the model in eval() first. It runs the
-        whole context at every step; engine.Sampler draws the same tokens through a KV cache and
-        CUDA graphs (sample.py uses it)."""
+        """nanoGPT's sampling loop: extend idx (B, T) by max_new_tokens tokens, each drawn from the logits of
+        the last block_size tokens, scaled by 1/temperature (0: the most likely token) and cut to the top_k;
+        returns (B, T + max_new_tokens). Put the model in eval() first. engine.Sampler, which sample.py runs,
+        draws the same tokens through a KV cache and CUDA graphs."""
         for _ in range(max_new_tokens):
             # crop the context to the last block_size tokens if it has grown longer
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]

@@ -4,9 +4,8 @@
     python plot.py out-a out-b                           # both runs on the same axes, into ./loss-compare.png
     python plot.py out-a out-b --out ab.png              # the same, into ab.png
 
-train.py writes train_log.csv and, when matplotlib is installed (pip install matplotlib), redraws
-out_dir/loss.png at each eval (nanogpt_plus/training_log.py); this draws the same picture afterwards,
-or several runs' curves overlaid, to compare them.
+train.py writes train_log.csv and, with matplotlib, redraws out_dir/loss.png at each eval; this draws the same
+picture afterwards, or several runs' curves overlaid (nanogpt_plus/training_log.py).
 """
 
 import argparse

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from configurator import configure
+from configurator import check_ranges, configure
 from nanogpt_plus import checkpoint
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
@@ -56,8 +56,7 @@ if init_from != "resume" and not is_model_name(init_from):
     raise UserError(
         f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
     )
-if num_samples < 1:
-    raise UserError(f"num_samples={num_samples} must be at least 1")
+check_ranges(config, at_least_1=("num_samples",))
 try:
     check_sampling(max_new_tokens, temperature, top_k)
 except ValueError as e:
@@ -79,7 +78,7 @@ prepare_torch(seed)
 ckpt = None
 if init_from == "resume":  # init from a model saved in a specific directory
     ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.CKPT_NAME))
-    model = checkpoint.model_from(ckpt, dropout=0.0, device=device)
+    model = checkpoint.model_from(ckpt, dropout=0.0, device=plan.build_device)
 else:  # init from a given GPT-2 model
     model = load_pretrained(init_from)
 model.eval()
@@ -112,8 +111,8 @@ x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
 
 class Printer:
-    """Writes row `row` of a batch of samples as its tokens come: what is new, about 20 times a
-    second, decoded as UTF-8 across token boundaries (a GPT-2 token can hold part of a character)."""
+    """Writes row `row` of a batch of samples as its tokens come, about 20 times a second, decoded as UTF-8
+    across token boundaries (a GPT-2 token can hold part of a character)."""
 
     first_token_at = None  # when the first new token was printed (for --verbose)
 
@@ -135,7 +134,9 @@ class Printer:
 # with batch_samples, all of them at once as the rows of one batch (row 0 is printed as it comes)
 rows = num_samples if batch_samples else 1
 with torch.no_grad(), plan.autocast():
-    sampler = Sampler(model, rows, x.size(1), max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph)
+    sampler = Sampler(
+        model, rows, x.size(1), max_new_tokens, temperature, top_k, cuda_graph=plan.cuda_graph, cast_to=plan.cast_dtype
+    )
     began = time.perf_counter()
     for _ in range(num_samples // rows):
         printers = [Printer(row) for row in range(rows)]

@@ -4,14 +4,11 @@
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py   # the GPUs of one node
     python train.py --help                                                  # every key, explained
 
-Every value of the config block below can be set by a config file or a --key=value flag. Rank 0
-alone prints, logs and saves, into out_dir: ckpt.pt (nanoGPT's checkpoint, plus what an exact
-resume needs), train_log.csv (iter,loss,val_loss,lr,time_ms,mfu at each log line and eval,
-hellaswag at each HellaSwag eval) and, with matplotlib, loss.png. A run trains iterations
-0..max_iters-1, evaluates at every multiple of eval_interval and at max_iters, and stops there;
-stopped and resumed (--init_from=resume, which takes every key the command does not give from the
-checkpoint's config), it goes on exactly as if it had never stopped. While it runs, it holds
-out_dir: a second run into it is refused.
+Every value of the config block below can be set by a config file or a --key=value flag. Rank 0 alone prints,
+logs and saves, into out_dir, which the run holds: ckpt.pt (nanoGPT's checkpoint, plus what an exact resume
+needs), train_log.csv and, with matplotlib, loss.png. A run trains iterations 0..max_iters-1, evaluates at every
+multiple of eval_interval and at max_iters; stopped and resumed (--init_from=resume), it goes on exactly as if it
+had never stopped.
 """
 
 import time
@@ -26,23 +23,14 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import adopt_saved, configure
+from configurator import adopt_architecture, adopt_saved, check_ranges, configure
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.dataloader import Batches, find_data_file, how_to_prepare
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
 from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
 from nanogpt_plus.muon import muon_and_adamw
-from nanogpt_plus.plan import (
-    check_device,
-    chosen_dtype,
-    cpu_matmul_flops,
-    default_device,
-    default_dtype,
-    make_plan,
-    peak_flops,
-    prepare_torch,
-)
+from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.progress import Progress, TimeLeft, TimeSplit
 from nanogpt_plus.step import TrainStep
 from nanogpt_plus.tokenizer import check_resumed_vocabulary, load_meta
@@ -111,8 +99,7 @@ config, changed = configure(globals())  # config files and --key=value flags, in
 ckpt = checkpoint.resume_from(out_dir, init_from, config)  # the checkpoint this run goes on from, if any
 if init_from == "auto":  # torchrun --max-restarts: resume if out_dir holds this run's checkpoint, else start
     init_from = config["init_from"] = "resume" if ckpt else "scratch"
-# a resumed run goes on as it was: its checkpoint's config, but for what files and flags change now and for
-# what belongs to this command and this machine
+# a resumed run goes on as it was: its checkpoint's config, but for what is given now and this command's own keys
 THIS_COMMAND = ("init_from", "out_dir", "eval_only", "overwrite", "device", "dtype")
 if ckpt:
     config = adopt_saved(globals(), ckpt.get("config", {}), changed, keep=THIS_COMMAND)
@@ -120,16 +107,12 @@ config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dt
 # -----------------------------------------------------------------------------
 
 # what cannot work is an error now, before anything is set up or written
-for key in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"):
-    if config[key] < 1:
-        raise UserError(f"{key}={config[key]} must be at least 1")
-for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "grad_clip", "weight_decay",
-            "muon_lr", "muon_weight_decay"):  # fmt: skip
-    if config[key] < 0:
-        raise UserError(f"{key}={config[key]} must not be negative")
-for key in ("dropout", "beta1", "beta2", "muon_momentum"):
-    if not 0 <= config[key] < 1:
-        raise UserError(f"{key}={config[key]} must be in [0, 1)")
+check_ranges(
+    config, at_least_1=("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"),
+    not_negative=("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "grad_clip", "weight_decay",
+                  "muon_lr", "muon_weight_decay"),
+    fractions=("dropout", "beta1", "beta2", "muon_momentum"),
+)  # fmt: skip
 if optimizer not in ("adamw", "muon"):
     raise UserError(f"unknown optimizer={optimizer!r}: use adamw (nanoGPT's) or muon")
 use_muon = optimizer == "muon"  # (from the optimizer's setup on, `optimizer` is the torch optimizer itself)
@@ -141,14 +124,8 @@ if wandb_log and importlib.util.find_spec("wandb") is None:
     raise UserError("wandb_log=True needs wandb: pip install wandb (or pass --wandb_log=False)")
 if find_data_file(dataset, "train.bin") is None:
     raise UserError(f"no training data for dataset {dataset!r}: {how_to_prepare(dataset)}")
-if hellaswag_interval < 0:
-    raise UserError(f"hellaswag_interval={hellaswag_interval} must not be negative (0 turns HellaSwag off)")
 meta_path = find_data_file(dataset, "meta.pkl")  # a character-level dataset's, with its vocabulary size
-if hellaswag_interval and meta_path:
-    raise UserError(
-        f"hellaswag_interval needs a model on GPT-2's tokens, but dataset {dataset!r} is character-level "
-        f"({meta_path}): set --hellaswag_interval=0"
-    )
+hellaswag.check_interval(hellaswag_interval, dataset, meta_path)
 meta_vocab_size = load_meta(meta_path)["vocab_size"] if meta_path else None
 if ckpt:  # the data as prepared now must be what the model learned, before anything trains or is saved
     check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, ckpt["model_args"].get("vocab_size"))
@@ -180,42 +157,15 @@ if meta_vocab_size is not None:
 
 # -----------------------------------------------------------------------------
 # model: from scratch, from the checkpoint in out_dir, or from OpenAI's GPT-2 weights
-def adopt_architecture(model):
-    """A resumed or pretrained model brings its own architecture: a key set to another value is an
-    error, except a smaller block_size for GPT-2, which crops the model. Returns the block size."""
-    source = "checkpoint" if init_from == "resume" else f"{init_from} model"
-    for key in ("n_layer", "n_head", "n_embd", "bias"):
-        have = getattr(model.config, key)
-        if key in changed and config[key] != have:
-            raise UserError(
-                f"{key}={config[key]} contradicts the {source}, which has {key}={have}: "
-                f"drop --{key} (the architecture comes from the {source}) or set --{key}={have}"
-            )
-        config[key] = have
-    have = model.config.block_size
-    if "block_size" not in changed or block_size == have:
-        return have
-    if block_size > have or init_from == "resume":
-        hint = f"use --block_size={have}" + (" (or smaller)" if init_from != "resume" else "")
-        raise UserError(f"block_size={block_size} does not fit the {source}, whose block_size is {have}: {hint}")
-    model.crop_block_size(block_size)
-    return block_size
-
-
 iter_num = 0  # the iteration about to run
 best_val_loss = 1e9
 if init_from == "scratch":
     say("Initializing a new model from scratch")
     if meta_vocab_size is None:
         say("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    vocab_size = meta_vocab_size or 50304
+    arch = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias, dropout=dropout)
     try:
-        model = GPT(
-            GPTConfig(
-                block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                dropout=dropout, bias=bias,
-            )
-        )  # fmt: skip
+        model = GPT(GPTConfig(vocab_size=meta_vocab_size or 50304, **arch))
     except ValueError as e:
         raise UserError(str(e)) from None
 elif init_from == "resume":
@@ -233,8 +183,8 @@ elif init_from == "resume":
 else:
     say(f"Initializing from OpenAI GPT-2 weights: {init_from}")
     model = load_pretrained(init_from, dropout=dropout)
-if init_from != "scratch":
-    block_size = config["block_size"] = adopt_architecture(model)
+if init_from != "scratch":  # the architecture is the model's (a smaller block_size crops GPT-2)
+    block_size = adopt_architecture(config, changed, model, init_from)
 model_args = {k: getattr(model.config, k) for k in ARCH_KEYS} | {"dropout": dropout}  # what the checkpoint keeps
 model.to(device)
 say(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
@@ -251,16 +201,14 @@ if hellaswag_interval:
     hellaswag.check_model(hellaswag_items, model_args["vocab_size"], block_size, say)
 
 
-def micro_batch(it, k):
-    """Micro-batch k of this process at iteration it: the processes of a DDP run draw between
-    them exactly the batches that one process accumulating over all of them would."""
+def micro_batch(it, k):  # the processes of a DDP run draw between them the batches one process would draw alone
     return batches.get("train", it * gradient_accumulation_steps + procs.rank * micro_steps + k)
 
 
 eta = TimeLeft(max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, plan.device_type == "cpu", say)
 if plan.device_type == "cpu" and not eval_only:  # a model too big for a CPU says so now, before anything compiles
     step_flops = model.estimate_mfu(batch_size * micro_steps, 1.0, 1.0)  # (FLOP/s at a step a second)
-    eta.note_before_start(iter_num, step_flops, cpu_matmul_flops)
+    eta.note_before_start(iter_num, step_flops)
 
 
 # -----------------------------------------------------------------------------
@@ -320,7 +268,6 @@ def estimate_loss():
 
 
 def hellaswag_eval():
-    """HellaSwag's figures (hellaswag.evaluate) of the model as it is."""
     rank, world = (procs.rank, procs.world_size) if evals_shared else (0, 1)
     bar = Progress("  hellaswag", len(hellaswag_items), unit="items") if master_process else None
     return hellaswag.evaluate(raw_model, hellaswag_items, device, ctx, rank=rank, world_size=world, progress=bar)
@@ -365,10 +312,9 @@ def diverged(what, it):
 
 # -----------------------------------------------------------------------------
 # training loop
-log = None  # train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
 resumed_at = iter_num if init_from == "resume" else None  # what ckpt.pt holds now
-if master_process and not eval_only:
-    log = TrainingLog(out_dir, truncate=fresh_run, say=say, resumed_at=resumed_at)
+# train_log.csv and loss.png, kept by rank 0; an eval_only run leaves them as they are
+log = TrainingLog(out_dir, fresh_run, say, resumed_at) if master_process and not eval_only else None
 if wandb_log and master_process:
     import wandb
 
@@ -376,12 +322,10 @@ if wandb_log and master_process:
 writer = checkpoint.BackgroundWriter(written=resumed_at, on_written=log.adopt if log else None)  # (a new log's turn)
 if not eval_only:  # Ctrl-C says where the run stopped and the command that goes on from its checkpoint (rank 0)
     on_interrupt(lambda: checkpoint.interrupt_note(writer, out_dir, iter_num, procs.enabled) if log else "")
-peak, mfu_note = peak_flops(device)
+peak, mfu_note = plan.peak_flops
 say(f"tokens per iteration will be: {gradient_accumulation_steps * batch_size * block_size:,}; {mfu_note}")
 skip_eval = init_from == "resume" and not eval_only  # its checkpoint was saved right after this eval
-first_iter = iter_num
-time_split = TimeSplit(_STARTED)  # where the time went, said at the end (the loop starts now)
-t0, steps_since_log = time.time(), 0
+time_split = TimeSplit(_STARTED, iter_num)  # where the time went, said at the end (the loop starts now)
 local_iter_num = 0  # number of iterations in the lifetime of this process
 running_mfu = -1.0
 while True:
@@ -390,9 +334,9 @@ while True:
     # iterations and at the end (once, with eval_only)
     if (iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only) and not skip_eval:
         writer.poll()  # a checkpoint that failed to write stops the run now, not at the end
-        t_eval = time.time()
-        losses = estimate_loss()
-        eta.eval_seconds = time.time() - t_eval
+        with time_split.timed("evaluations", iter_num):
+            losses = estimate_loss()
+        eta.eval_seconds = time_split.durations["evaluations"][-1]
         say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if not all(math.isfinite(v) for v in losses.values()):
             raise diverged("eval loss", iter_num)
@@ -400,28 +344,23 @@ while True:
             log.eval_row(iter_num, losses, lr, running_mfu, last=eval_only or iter_num >= max_iters)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-        time_split.add("evaluations", eta.eval_seconds)
         if not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > 0:
-                t_save = time.time()
-                save_checkpoint()
-                time_split.add("checkpoints", time.time() - t_save)
-        t0, steps_since_log = time.time(), 0
+                with time_split.timed("checkpoints", iter_num):
+                    save_checkpoint()
     skip_eval = False
     # HellaSwag: every hellaswag_interval iterations and at the end (a run resumed where one was due
     # redoes it: its checkpoint was saved before it, and the log dropped its row)
     if hellaswag_interval and (iter_num % hellaswag_interval == 0 or iter_num >= max_iters or eval_only):
-        t_eval = time.time()
-        result = hellaswag_eval()
-        eta.hellaswag_seconds = time.time() - t_eval
-        time_split.add("HellaSwag", eta.hellaswag_seconds)
+        with time_split.timed("HellaSwag", iter_num):
+            result = hellaswag_eval()
+        eta.hellaswag_seconds = time_split.durations["HellaSwag"][-1]
         say(f"step {iter_num}: hellaswag acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}")
         if log:
             log.hellaswag_row(iter_num, result["acc_norm"], last=eval_only or iter_num >= max_iters)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "hellaswag": result["acc_norm"]})
-        t0, steps_since_log = time.time(), 0
     if eval_only or iter_num >= max_iters:
         break
 
@@ -430,14 +369,10 @@ while True:
     loss = train_step(iter_num, lr)
 
     # timing and logging
-    steps_since_log += 1
     if iter_num % log_interval == 0 and master_process:
         writer.poll()  # a checkpoint that failed to write stops the run now, not at the next eval
         lossf = loss.item()  # the one CPU-GPU sync point of an iteration
-        t1 = time.time()
-        steps, steps_since_log = steps_since_log, 0
-        time_split.add_steps(t1 - t0, steps)
-        dt, t0 = (t1 - t0) / steps, t1  # seconds per step since the last log
+        dt, steps = time_split.steps_done(iter_num)  # seconds per step of the steps since the last log or eval
         if not math.isfinite(lossf):
             raise diverged("training loss", iter_num)
         if local_iter_num >= 5 and peak is not None:  # let the training loop settle a bit
@@ -449,15 +384,14 @@ while True:
     iter_num += 1
     local_iter_num += 1
 
-t_save = time.time()
-writer.wait()  # the last checkpoint is on disk before the run reports success
-if log:
-    log.wait()
-time_split.add("checkpoints", time.time() - t_save)
+with time_split.timed("checkpoints", iter_num):
+    writer.wait()  # the last checkpoint is on disk before the run reports success
+    if log:
+        log.wait()
 if not eval_only:
     looped = time.time() - time_split.loop_started
-    say(f"iters {first_iter}..{iter_num} in {looped:.1f}s, best val loss {best_val_loss:.4f}")
-    say(time_split.line(iter_num - first_iter))
+    say(f"iters {time_split.first_iter}..{iter_num} in {looped:.1f}s, best val loss {best_val_loss:.4f}")
+    say(time_split.line(iter_num))
 if plan.device_type == "cuda":
     say(f"peak GPU memory on rank 0: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 model = None  # DDP's reducer must go before the process group

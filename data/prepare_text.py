@@ -14,8 +14,6 @@ with --overwrite (the same text prepared again is fine). The text is read twice,
 characters and find the vocabulary, then encode and write), so memory follows --chunk_mb, not the size of the text.
 """
 
-from __future__ import annotations
-
 import argparse
 import codecs
 import contextlib
@@ -26,7 +24,6 @@ import itertools
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +41,11 @@ PLAIN_NAME = re.compile(r"\w[\w.-]*")
 SAFE_CUT = re.compile(r"\S\n(?=\S)|\S(?= \S)")
 
 
-def progress_mb(what: str, total_bytes: int) -> pu.Progress:
+def progress_mb(what, total_bytes):
     return pu.Progress(what, total_bytes, unit="MB", scale=1e6)
 
 
-def input_files(path: Path, glob: str | None = None) -> list[Path]:
+def input_files(path, glob=None):
     """The file itself, or the folder's regular non-hidden files (with glob, those whose name matches it),
     recursively, in sorted relative-path order."""
     if glob is not None and (not glob or "/" in glob or os.sep in glob):
@@ -72,12 +69,12 @@ def input_files(path: Path, glob: str | None = None) -> list[Path]:
     return sorted(files, key=lambda f: f.relative_to(path).parts)
 
 
-def unreadable(exc: OSError) -> None:
+def unreadable(exc):
     """os.walk's onerror: a folder that cannot be listed is an error, not silently left out."""
     raise pu.UserError(f"cannot read {exc.filename} ({pu.reason(exc)}): give a folder this user can read")
 
 
-def read_chunks(files: list[Path], chunk_bytes: int, progress: pu.Progress) -> Iterator[str]:
+def read_chunks(files, chunk_bytes, progress):
     """The text of the files in order, decoded chunk_bytes at a time."""
     done = 0  # bytes of the files before this one
     for path in files:
@@ -100,7 +97,7 @@ def read_chunks(files: list[Path], chunk_bytes: int, progress: pu.Progress) -> I
 
 
 @contextlib.contextmanager
-def reading(path: Path) -> Iterator[io.BufferedReader]:
+def reading(path):
     """path opened for reading; an OS error (no permission, a disk error) is one line that names it."""
     try:
         with open(path, "rb") as f:
@@ -109,12 +106,12 @@ def reading(path: Path) -> Iterator[io.BufferedReader]:
         raise pu.UserError(f"cannot read {path} ({pu.reason(exc)})") from None
 
 
-def code_points(text: str) -> np.ndarray:
+def code_points(text):
     # UTF-32 holds one 4-byte code point per character: the text as an array with no Python loop.
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def count_text(chunks: Iterable[str], char_level: bool) -> tuple[int, np.ndarray]:
+def count_text(chunks, char_level):
     """Pass 1: the number of characters and (char level) the sorted code points that occur."""
     n_chars, seen = 0, np.zeros(CODE_POINTS if char_level else 0, dtype=bool)
     for chunk in chunks:
@@ -124,7 +121,7 @@ def count_text(chunks: Iterable[str], char_level: bool) -> tuple[int, np.ndarray
     return n_chars, np.flatnonzero(seen)
 
 
-def split_pieces(chunks: Iterable[str], cut: int, safe_end: Callable[[str], int]) -> Iterator[tuple[int, str]]:
+def split_pieces(chunks, cut, safe_end):
     """(split, text) pieces of the whole text, in order: split 0 is its first `cut` characters (train), 1 the rest.
     Pieces end at the split point or at safe_end(text), so encoding them one by one is encoding each split whole."""
     split, start, carry = 0, 0, ""  # start: where carry begins in the whole text
@@ -139,7 +136,7 @@ def split_pieces(chunks: Iterable[str], cut: int, safe_end: Callable[[str], int]
     yield split, carry
 
 
-def last_safe_cut(text: str) -> int:
+def last_safe_cut(text):
     """The last SAFE_CUT in text, looked for in its tail first; 0 if none: then all of it waits for the next chunk
     (so memory is bounded only for text with a space or a line break between words now and then, as text has)."""
     for start in (max(0, len(text) - 4096), 0):  # a chunk of text has many near its end
@@ -149,7 +146,7 @@ def last_safe_cut(text: str) -> int:
     return 0
 
 
-def gpt2_ids(pieces: Iterable[tuple[int, str]], threads: int) -> Iterator[tuple[int, np.ndarray]]:
+def gpt2_ids(pieces, threads):
     # encode_ordinary: "<|endoftext|>" in the text is plain text, as in data/shakespeare/prepare.py.
     enc, pieces = gpt2_encoding(), iter(pieces)
     while batch := list(itertools.islice(pieces, threads)):  # one piece per core at a time
@@ -157,7 +154,7 @@ def gpt2_ids(pieces: Iterable[tuple[int, str]], threads: int) -> Iterator[tuple[
         yield from ((split, np.array(piece_ids, dtype=np.int64)) for (split, _), piece_ids in zip(batch, ids))
 
 
-def token_ids(pieces: Iterable[tuple[int, str]], tokenizer: str, vocab: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def token_ids(pieces, tokenizer, vocab):
     """Each piece's token ids; for char, each code point's index in the sorted vocabulary, looked up in a table."""
     if tokenizer == "gpt2":
         return gpt2_ids(pieces, threads=min(8, os.cpu_count() or 1))  # more threads, more ids in memory at once
@@ -166,7 +163,7 @@ def token_ids(pieces: Iterable[tuple[int, str]], tokenizer: str, vocab: np.ndarr
     return ((split, table[code_points(text)]) for split, text in pieces)
 
 
-def write_splits(ids: Iterable[tuple[int, np.ndarray]], files: tuple) -> list[int]:
+def write_splits(ids, files):
     """Append each piece's ids to its split's file (flat raw uint16); return the token counts."""
     counts = [0, 0]
     for split, arr in ids:
@@ -176,7 +173,7 @@ def write_splits(ids: Iterable[tuple[int, np.ndarray]], files: tuple) -> list[in
     return counts
 
 
-def check_splits(counts: list[int], block_size: int, val_fraction: float) -> None:
+def check_splits(counts, block_size, val_fraction):
     # train.py draws windows of block_size + 1 tokens from each split.
     for split, n, fix in zip(("train", "val"), counts, ("smaller", "bigger")):
         if n < block_size + 1:
@@ -186,7 +183,7 @@ def check_splits(counts: list[int], block_size: int, val_fraction: float) -> Non
             )
 
 
-def held_dataset(out_dir: Path) -> str:
+def held_dataset(out_dir):
     """What out_dir holds, in a few words: its kind of tokens and the size of its train split."""
     train = out_dir / "train.bin"
     size = f"{train.stat().st_size // 2:,} train tokens" if train.is_file() else "no train.bin"
@@ -194,7 +191,7 @@ def held_dataset(out_dir: Path) -> str:
     return f"a {kind} dataset of {size}"
 
 
-def differs(path: Path, new: Path | bytes | None) -> bool:
+def differs(path, new):
     """Whether the file at path exists and writing `new` there (a file's contents, bytes, or None: removing it)
     would change it."""
     if not path.is_file():
@@ -206,7 +203,7 @@ def differs(path: Path, new: Path | bytes | None) -> bool:
     return not filecmp.cmp(new, path, shallow=False)
 
 
-def refuse_replacing(out_dir: Path, new: dict[str, Path | bytes | None], overwrite: bool) -> None:
+def refuse_replacing(out_dir, new, overwrite):
     """A dataset already in out_dir is the user's work: the same text prepared again may write the same bytes over
     it, other text may replace it only when asked to (--overwrite)."""
     replaced = [name for name, contents in new.items() if differs(out_dir / name, contents)]
@@ -219,7 +216,7 @@ def refuse_replacing(out_dir: Path, new: dict[str, Path | bytes | None], overwri
 
 def prepare(
     source, out_dir, tokenizer="char", block_size=256, val_fraction=0.1, chunk_mb=1.0, overwrite=False, glob=None
-) -> dict[str, int]:
+):
     """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts. Another dataset there is
     replaced only if overwrite. glob: in a folder, only the files whose name matches it."""
     source, out_dir = Path(source), Path(out_dir)
@@ -263,7 +260,7 @@ def prepare(
     return {"files": len(files), "chars": n_chars, "vocab_size": len(vocab), "train": counts[0], "val": counts[1]}
 
 
-def dataset_dir(name: str | None) -> Path:
+def dataset_dir(name):
     """HERE/NAME, for train.py --dataset=NAME: NAME must be one folder, not a path, not hidden, not an option."""
     if not PLAIN_NAME.fullmatch(name or ""):
         got = f"not {name!r}" if name else "or --out_dir=DIR"
@@ -271,7 +268,7 @@ def dataset_dir(name: str | None) -> Path:
     return HERE / name
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Prepare your own UTF-8 text for train.py: train.bin and val.bin, uint16 token ids of the first "
         "90% of the characters and of the rest (the same bytes as data/shakespeare*/prepare.py).",
@@ -291,7 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv=None):
     args = parse_args(argv)
     with pu.user_errors():
         if args.block_size < 1 or not 0 < args.val_fraction < 1 or not 0 < args.chunk_mb <= 1024:

@@ -1,8 +1,5 @@
-"""Files and folders written so that a crash, a kill or a full disk never leaves half of one.
-
-Everything a script writes (checkpoints, the training log and its plot, an export, a dataset's
-bins) goes through here: it is written under a temp name beside its target, synced, then renamed
-over the target. On any failure the temp goes and the target is as it was.
+"""Files and folders written so that a crash, a kill or a full disk never leaves half of one: everything a script
+writes is written under a temp name beside its target, synced, then renamed over it; on a failure the temp goes.
 """
 
 import contextlib
@@ -33,15 +30,14 @@ def temp_beside(path, folder=False):
 
 
 def usual_permissions(path):
-    """Give a file another library wrote as its owner's alone (safetensors writes 0600) the permissions
-    of any output: read-write for all, less the umask, as open() and torch.save give."""
+    """Give a file another library made its owner's alone (safetensors: 0600) an output's usual permissions."""
     os.chmod(path, 0o666 & ~UMASK)
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", **open_kwargs):
-    """Open a temp file beside path for writing; when the block ends cleanly the file is synced
-    and renamed over path, when it raises the temp file is deleted and path stays as it was."""
+    """A temp file beside path to write: synced and renamed over path when the block ends cleanly, deleted when
+    it raises (path stays as it was)."""
     tmp = temp_beside(path)
     try:
         with open(tmp, mode, **open_kwargs) as f:
@@ -58,9 +54,8 @@ def atomic_write(path, mode="wb", **open_kwargs):
 
 @contextlib.contextmanager
 def atomic_folder(path):
-    """Yield a fresh temp folder beside path to fill; when the block ends cleanly it takes path's
-    place (what path held before is removed only once the new folder is in), when it raises it is
-    deleted and path stays as it was."""
+    """A fresh temp folder beside path to fill: it takes path's place when the block ends cleanly (the old
+    folder removed only once the new one is in), and is deleted when it raises."""
     tmp = temp_beside(path, folder=True)
     try:
         yield tmp
@@ -79,8 +74,7 @@ def atomic_folder(path):
 
 
 def remove_stale_temps(folder):
-    """Delete the temps this module left in folder when their process was killed mid-write (whose
-    pid no longer runs), and nothing else; return their names."""
+    """Delete the temps this module left in folder whose process was killed mid-write; return their names."""
     removed = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         m = TEMP_NAME.fullmatch(name)

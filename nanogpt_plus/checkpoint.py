@@ -67,13 +67,10 @@ def interrupts_deferred():
 
 
 class BackgroundWriter:
-    """Saves checkpoints in a thread, one at a time, so training goes on while a file is written.
-
-    submit() copies the state to the CPU at once (the file holds that moment), then returns.
-    A failed write is raised as a UserError by the next poll(), submit() or wait(); the file at
-    the path is then still a complete earlier checkpoint, or none. The thread is not a daemon:
-    the interpreter finishes a write in flight before it exits.
-    """
+    """Saves checkpoints in a thread, one at a time, so training goes on while a file is written: submit()
+    copies the state to the CPU (the file holds that moment) and returns. A failed write is a UserError at
+    the next poll(), submit() or wait(), the file at the path still a complete earlier checkpoint, or none.
+    The thread is not a daemon: the interpreter finishes a write in flight before it exits."""
 
     def __init__(self, written=None, on_written=None):
         self.thread, self.error = None, None
@@ -126,9 +123,8 @@ def load(path, resume=False):
             "or point --out_dir at the folder that holds ckpt.pt"
         )
     try:
-        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it (torch maps
-        # only its zip format; a file of its legacy format, torch.save(..., _use_new_zipfile_serialization=False),
-        # is read whole)
+        # mmap: the processes of a job resuming a big model share the file's pages, not copies of it (torch
+        # maps only its zip format: a file of its legacy format is read whole)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip(path))
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e):  # it asks to import something: a class or, worse, a function
@@ -147,8 +143,7 @@ def load(path, resume=False):
     return ckpt
 
 
-def is_zip(path):
-    """Whether the file begins as a zip archive does (torch.save's format since PyTorch 1.6)."""
+def is_zip(path):  # torch.save's format since PyTorch 1.6
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"PK\x03\x04"
@@ -201,20 +196,17 @@ def clean_state_dict(state_dict):
 
 
 def model_from(ckpt, dropout=None, device=None):
-    """The GPT of a checkpoint: its model_args and weights (dropout as saved, unless given).
-
-    Given a CUDA device, the model is made there, so its random init (which the weights then
-    replace) takes milliseconds, not a quarter of a second of sample.py's start for GPT-2 124M. It
-    draws from a copy of the random state: sampling on the GPU then draws what nanoGPT's would."""
+    """The GPT of a checkpoint: its model_args and weights (dropout as saved, unless given). Given a CUDA
+    device (plan.build_device), it is built there, its random init drawn from a copy of the random state:
+    the draws that follow are nanoGPT's, as if it had been built on the CPU."""
     args = {k: ckpt["model_args"][k] for k in ARCH_KEYS if k in ckpt["model_args"]}
     missing = set(ARCH_KEYS) - set(args)
     if missing:
         raise UserError(f"checkpoint model_args lack {sorted(missing)}: it was not written by nanoGPT")
     args["dropout"] = ckpt["model_args"].get("dropout", 0.0) if dropout is None else dropout
-    on_gpu = device is not None and torch.device(device).type == "cuda"
-    made_there = torch.device(device) if on_gpu else contextlib.nullcontext()
+    made_there = torch.device(device) if device else contextlib.nullcontext()
     try:
-        with torch.random.fork_rng([device] if on_gpu else [], enabled=on_gpu), made_there:
+        with torch.random.fork_rng([device] if device else [], enabled=device is not None), made_there:
             model = GPT(GPTConfig(**args))
     except ValueError as e:
         raise UserError(f"checkpoint has an invalid architecture: {e}") from None
@@ -253,10 +245,12 @@ def resume_from(out_dir, init_from, config):
 
 
 def prepare_out_dir(out_dir, fresh, overwrite, say):
-    """Create out_dir and hold it for this run (a second run into it is refused); refuse to let a run
-    that does not resume replace the checkpoint of another run there, unless asked to; remove what
-    killed runs left half-written."""
-    made = missing_folders(out_dir)
+    """Create out_dir and hold it for this run; refuse to let a run that does not resume replace the
+    checkpoint there, unless asked to; remove what killed runs left half-written."""
+    made, folder = [], os.path.normpath(out_dir)  # the folders this run creates, the deepest first
+    while folder and not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(out_dir, exist_ok=True)
         _made_folders.extend(made)
@@ -274,26 +268,14 @@ def prepare_out_dir(out_dir, fresh, overwrite, say):
         say(f"note: removed {os.path.join(out_dir, name)}, a partial checkpoint of a killed run")
 
 
-def missing_folders(path):
-    """The folders of path that do not exist yet, the deepest first."""
-    missing, path = [], os.path.normpath(path)
-    while path and not os.path.exists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
 _made_folders = []  # what prepare_out_dir created: removed at exit if the run left nothing in them
-
-
 LOCK_NAME = ".train.lock"  # held by the run writing into its folder; it holds that run's pid
 _locks = {}  # the lock files this process holds -> their descriptors
 
 
 def lock_out_dir(out_dir):
-    """Hold an OS lock on out_dir until this process ends, however it ends: the kernel drops it with
-    the process, so a killed run leaves no stale lock. A second run meets it and stops with one line.
-    (Where there is no flock, Windows, runs are not kept apart.)"""
+    """Hold an OS lock on out_dir until this process ends, however it ends: the kernel drops it with the
+    process, so a killed run leaves no stale lock. (Where there is no flock, Windows, runs are not kept apart.)"""
     try:
         import fcntl
     except ImportError:
@@ -349,8 +331,8 @@ def unlock_all():  # (atexit runs after the interpreter has waited for a checkpo
 
 
 def interrupt_note(writer, out_dir, it, torchrun):
-    """What Ctrl-C says: where the run stopped, what its checkpoint holds and the command that goes on from
-    it. A checkpoint being written is finished first."""
+    """What Ctrl-C says, once a checkpoint being written is finished: where the run stopped, what its
+    checkpoint holds and the command that goes on from it."""
     with contextlib.suppress(UserError):  # (the previous checkpoint is still there)
         writer.wait()
     saved = writer.written
@@ -383,12 +365,9 @@ def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_mode
         say("note: the checkpoint holds no RNG state for this rank: dropout will not repeat the original run")
 
 
-# ---------------------------------------------------------------------------- random number generators
-
-
 def rng_state(device):
-    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe).
-    Only this process's GPU: asking for all of them would start a CUDA context on each."""
+    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe). Only this
+    process's GPU: asking for all of them would start a CUDA context on each."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
     state = {

@@ -1,23 +1,17 @@
-"""CUDAGraph: a function recorded once as a CUDA graph and replayed, one launch for all its kernels.
-
-A small model's step launches hundreds of short kernels, and the GPU waits on the launches. Used by
-train.py for its micro-step and by engine.Sampler for its decode steps, through torch's own API
-(torch.cuda.graph); the recorded function is the very code that runs eagerly elsewhere.
+"""CUDAGraph: a function recorded once as a CUDA graph (torch.cuda.graph) and replayed, one launch for all its
+kernels, where a small model's step would wait on hundreds of launches: train.py's micro-step, the Sampler's
+decode steps. The recorded function is the very code that runs eagerly elsewhere.
 """
 
 import torch
 
 
 class CUDAGraph:
-    """fn(*inputs) recorded once as a CUDA graph, then replayed at every call: one launch for all of
-    its kernels. A call copies its inputs into the recorded ones and returns the recorded outputs,
-    which the next call overwrites.
-
-    fn first runs `warmup` times on a side stream (CUDA's rule: libraries and torch.compile set
-    themselves up there), then is recorded, which runs nothing. With rewind_rng, the CUDA random
-    state is put back afterwards, so that the replays draw the numbers (dropout) eager calls would
-    have drawn; without it, the warm-up calls count as real ones.
-    """
+    """fn(*inputs) recorded once, then replayed at every call, which copies its inputs into the recorded ones
+    and returns the recorded outputs (the next call overwrites them). fn first runs `warmup` times on a side
+    stream (CUDA's rule: libraries and torch.compile set themselves up there), then is recorded, which runs
+    nothing. With rewind_rng the CUDA random state is put back after, so that the replays draw what eager calls
+    would have drawn (dropout); without it, the warm-up calls count as real ones."""
 
     def __init__(self, fn, *inputs, warmup=2, rewind_rng=True, device=None):
         self.inputs = [x.clone() for x in inputs]

@@ -1,8 +1,6 @@
-"""Batches of token windows from data/<dataset>/train.bin and val.bin (raw uint16 token ids).
-
-Batch number `key` of a split always holds the same windows: their starts come from a generator
-seeded by (seed, split, key). So any process can draw any micro-batch, the processes of a DDP run
-together draw exactly the batches one process would, and a resumed run needs no data RNG state.
+"""Batches of token windows from data/<dataset>/train.bin and val.bin (raw uint16 token ids). Batch `key` of a
+split always holds the same windows, their starts drawn by a generator seeded by (seed, split, key): any process
+draws any micro-batch, a DDP run's processes draw together what one would, a resume needs no data RNG state.
 """
 
 import hashlib
@@ -17,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checko
 
 
 def find_data_file(dataset, name):
-    """data/<dataset>/<name> under the working directory, as nanoGPT looks for it, else beside
-    these scripts (python /path/to/train.py from elsewhere); None if neither exists."""
+    """data/<dataset>/<name> under the working directory, as nanoGPT looks for it, else beside these scripts
+    (python /path/to/train.py from elsewhere); None if neither exists."""
     for root in ("", ROOT):
         path = os.path.join(root, "data", dataset, name)
         if os.path.isfile(path):
@@ -27,8 +25,7 @@ def find_data_file(dataset, name):
 
 
 def how_to_prepare(dataset):
-    """What makes data/<dataset>/'s bins: its prepare.py, or, where there is none (a misspelled name, or your
-    own text), data/prepare_text.py."""
+    """What makes data/<dataset>/'s bins: its prepare.py, else (a misspelled name, your text) prepare_text.py."""
     if find_data_file(dataset, "prepare.py"):
         return f"run python data/{dataset}/prepare.py first"
     return (f"check --dataset, or make it from your text: python data/prepare_text.py FILE --name {dataset} "
@@ -42,10 +39,9 @@ def stream_seed(*parts):
 
 
 class Batches:
-    """Random windows of block_size + 1 tokens of a dataset: inputs x and targets y (x shifted by
-    one), both (batch_size, block_size) int64, on `device` (through pinned memory on CUDA).
-    Files up to in_memory_bytes are read once; larger ones are memory-mapped afresh for every
-    batch (a long-lived np.memmap keeps growing the resident memory)."""
+    """Random windows of block_size + 1 tokens of a dataset: inputs x and targets y (x shifted by one), both
+    (batch_size, block_size) int64, on `device`. Files up to in_memory_bytes are read once, larger ones mapped
+    afresh for every batch (a long-lived np.memmap keeps growing the resident memory)."""
 
     def __init__(self, dataset, block_size, batch_size, device, seed=1337, in_memory_bytes=1 << 30):
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed

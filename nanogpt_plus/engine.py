@@ -1,12 +1,10 @@
 """Sampling from a GPT: the KV cache, the next-token draw, and the generation loop.
 
-Every step calls the model's own forward. With a KVCache the prompt goes through once and each new
-token costs one position, until the sequence fills block_size; from there the last block_size
-tokens are recomputed at every step, as in nanoGPT, because every token's position (and so every
-cached key) changes as the window slides. A decode step's attention reads the cache only up to a
-power of two past the tokens so far (its span), not the whole block. On CUDA each kind of step
-(each span of decode step) runs once for real, is recorded as a CUDA graph and replayed: a small
-model's step is bound by kernel launches.
+Every step calls the model's own forward. With a KVCache the prompt goes through once and each new token costs
+one position, until the sequence fills block_size; from there the last block_size tokens are recomputed at every
+step, as in nanoGPT, since every cached key's position changes as the window slides. A decode step's attention
+reads the cache up to a power of two past the tokens so far (its span). On CUDA each kind of step (each span of
+decode step) runs once, is recorded as a CUDA graph and replayed: a small model's step waits on kernel launches.
 """
 
 import torch
@@ -24,12 +22,10 @@ MIN_SPAN = 256
 class KVCache:
     """The keys and values of every layer for positions 0..block_size-1, filled as sampling goes.
 
-    `pos` is the number of positions stored, kept on the device as a (1,) tensor: a forward with
-    the cache reads it, stores the new keys and values there and advances it, without the host
-    ever looking. So a decode step has the same shapes and memory addresses every time, and CUDA
-    can record it once and replay it. `span` (set by the host) is how many leading slots attention
-    reads: at least every position stored, and the whole block unless the Sampler says less.
-    """
+    `pos`, the number of positions stored, stays on the device as a (1,) tensor: a forward with the cache reads
+    it, stores the new keys and values there and advances it, the host never looking, so that a decode step has
+    the same shapes and addresses every time and CUDA can replay it. `span` (set by the host) is how many leading
+    slots attention reads: at least every position stored, the whole block unless the Sampler says less."""
 
     def __init__(self, config, batch_size, device, dtype):
         hs = config.n_embd // config.n_head
@@ -43,30 +39,25 @@ class KVCache:
     def begin(self, positions):
         """Get ready for a forward of the tokens at `positions` (T,)."""
         self.positions = positions
-        # query t may look at every stored position up to its own: the mask (T, span) added to the
-        # attention scores is 0 there and -inf elsewhere. Made here, once per forward: attention
-        # would turn a boolean mask into this in every layer, which costs 5% of a decode step.
+        # query t may look at every stored position up to its own: the mask (T, span) added to the scores is 0
+        # there and -inf elsewhere. Made once per forward: attention would turn a boolean mask into this in
+        # every layer, 5% of a decode step.
         visible = self.slots[None, : self.span] <= positions[:, None]
         self.mask = torch.zeros(visible.shape, dtype=self.k.dtype, device=visible.device)
         self.mask.masked_fill_(~visible, float("-inf"))
 
     def store(self, layer, k, v):
-        """Put one layer's new keys and values (B, nh, T, hs) at their positions; return that layer's
-        keys and values in the first span slots (B, nh, span, hs)."""
+        """Store one layer's new keys and values (B, nh, T, hs); return its first span slots (B, nh, span, hs)."""
         self.k[layer].index_copy_(2, self.positions, k.to(self.k.dtype))
         self.v[layer].index_copy_(2, self.positions, v.to(self.v.dtype))
         return self.k[layer][:, :, : self.span], self.v[layer][:, :, : self.span]
 
 
-def autocast_dtype(device_type):
-    """The dtype autocast computes in on this device type, or None where it is off."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-
-
 def kv_cache(model, batch_size):
     """An empty KVCache on the model's device, in the dtype its keys come out in (autocast's, if on)."""
-    w = model.lm_head.weight
-    return KVCache(model.config, batch_size, w.device, autocast_dtype(w.device.type) or w.dtype)
+    w, device_type = model.lm_head.weight, model.lm_head.weight.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else w.dtype
+    return KVCache(model.config, batch_size, w.device, dtype)
 
 
 def linear_weights(model, dtype):
@@ -89,12 +80,10 @@ def check_sampling(max_new_tokens, temperature, top_k):
 
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
-    """One token per row (B, 1) from last-position logits (B, V): scaled by 1/temperature (0
-    means greedy), cut to the top_k, then drawn from their softmax.
-
-    The draw is torch.multinomial's own algorithm for one sample, argmax(probs / q) with
-    q ~ Exp(1), written out: the same tokens from the same generator state, without the check
-    that multinomial reads back to the host, which would stall every step."""
+    """One token per row (B, 1) from last-position logits (B, V): scaled by 1/temperature (0: greedy), cut to
+    the top_k, drawn from their softmax. The draw is torch.multinomial's own for one sample, argmax(probs / q)
+    with q ~ Exp(1), written out: the same tokens from the same generator state, without the check multinomial
+    reads back to the host, which would stall every step."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits / temperature
@@ -107,21 +96,17 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
 
 
 class Sampler:
-    """Continuations of prompts of one shape: (B, T) tokens extended by max_new_tokens sampled from
-    model (in eval mode), again and again. The output buffer, the KV cache and the recorded CUDA
-    graphs are made at the first call and reused by the next ones: sample.py draws all of its
-    samples through one. use_cache=False recomputes every step. cuda_graph is the plan's decision
-    (plan.cuda_graph: sampling on CUDA): with it, the decode and window steps are recorded as CUDA
-    graphs and replayed; it needs the model on a CUDA device and no generator.
-
-    Under autocast each call casts the Linear weights to its dtype once, and every step runs the
-    model with those (torch.func.functional_call): autocast would cast them again at every step,
-    as its cast cache is off (plan.autocast): a tenth of a GPT-2 124M decode step on an H100.
-    The tokens are the same, since autocast casts the same way."""
+    """Continuations of prompts of one shape: (B, T) tokens extended by max_new_tokens sampled from model (in
+    eval mode), again and again; the output buffer, the KV cache and the CUDA graphs made at the first call serve
+    the next ones. use_cache=False recomputes every step. Two choices are the plan's: cuda_graph (plan.cuda_graph)
+    records the decode and window steps as CUDA graphs (the model on a CUDA device, no generator), and cast_to
+    (plan.cast_dtype, the dtype of the autocast the calls run under) has each call cast the Linear weights to it
+    once for all its steps (torch.func.functional_call), where autocast, its cast cache off, would cast them at
+    every step: a tenth of a GPT-2 124M decode step on an H100, for the same tokens."""
 
     def __init__(
         self, model, batch_size, prompt_len, max_new_tokens, temperature=1.0, top_k=None, use_cache=True,
-        cuda_graph=False, generator=None,
+        cuda_graph=False, cast_to=None, generator=None,
     ):  # fmt: skip
         check_sampling(max_new_tokens, temperature, top_k)
         if prompt_len < 1:
@@ -130,13 +115,13 @@ class Sampler:
         if cuda_graph and not (device.type == "cuda" and generator is None):
             raise ValueError("cuda_graph=True needs the model on a CUDA device and generator=None")
         self.model, self.B, self.T, self.end = model, batch_size, prompt_len, prompt_len + max_new_tokens
-        self.temperature, self.top_k, self.generator = temperature, top_k, generator
+        self.temperature, self.top_k, self.generator, self.cast_to = temperature, top_k, generator, cast_to
         self.graph_device = device if cuda_graph else None
         self.block = model.config.block_size
         self.out = torch.empty((batch_size, self.end), dtype=torch.long, device=device)  # every token lands here
         self.cached = use_cache and prompt_len <= self.block and prompt_len < self.end
         self.cache = None  # made at the first call: in the dtype of the autocast that sampling runs under
-        self.weights = None  # the Linear weights in that dtype (or {} without autocast): made at the first call
+        self.weights = None  # the Linear weights in cast_to (or {}, not cast): made at the first call
         self.window = torch.arange(self.block, device=device)  # where the last block_size tokens are
         self.replays = {}  # the recorded decode and window steps
 
@@ -150,8 +135,7 @@ class Sampler:
         """Cast the model's Linear weights for this call's steps, into the tensors that the first
         call made (the recorded CUDA graphs read those)."""
         if self.weights is None:
-            dtype = autocast_dtype(self.out.device.type)
-            self.weights = linear_weights(self.model, dtype) if dtype else {}
+            self.weights = linear_weights(self.model, self.cast_to) if self.cast_to is not None else {}
         else:
             for name, w in self.weights.items():
                 w.copy_(self.model.get_parameter(name))

@@ -15,8 +15,8 @@ interrupt_note = None  # a function giving the line Ctrl-C prints instead of "in
 
 
 def on_interrupt(note):
-    """Let Ctrl-C print note() (say, where a run stopped and how to go on) instead of "interrupted"; and
-    let SIGTERM (what `kill` and schedulers send) stop the process as Ctrl-C does, not dead in its tracks."""
+    """Let Ctrl-C print note() (where a run stopped, how to go on) instead of "interrupted", and SIGTERM (kill,
+    schedulers) stop the process as Ctrl-C does, not dead in its tracks."""
     global interrupt_note
     interrupt_note = note
     signal.signal(signal.SIGTERM, interrupt)

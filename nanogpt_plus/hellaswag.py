@@ -1,12 +1,10 @@
 """HellaSwag zero-shot, scored as the GPT-2 reproductions score it (eval_hellaswag.py, train.py).
 
-Each item is a context and four endings, one of them right. Every ending is scored by the model's
-cross-entropy on its tokens (GPT-2's tokens of " " + ending) given the context before it: acc
-counts the items whose right ending has the lowest summed loss, acc_norm the lowest mean loss per
-token. The four endings of an item are four rows of one forward pass, many items to a pass, padded
-on the right (causal attention never looks right, and the padding's targets are left out). A row
-longer than block_size + 1 tokens (the last is only a target) is cropped from the left: it loses
-context first, and the ending's first tokens only if the ending alone is that long.
+Each item is a context and four endings, one of them right. Every ending is scored by the model's cross-entropy
+on its tokens (GPT-2's tokens of " " + ending) given the context: acc counts the items whose right ending has
+the lowest summed loss, acc_norm the lowest mean loss per token. An item's endings are four rows of a forward
+pass, many items to a pass, padded on the right (causal attention never looks right; the padding's targets are
+left out). A row longer than block_size + 1 tokens is cropped from the left: context first.
 """
 
 import json
@@ -38,21 +36,17 @@ class Item(NamedTuple):
         return len(self.ctx) + max(len(e) for e in self.endings)
 
 
-# ---------------------------------------------------------------------------- the file
-
-
 def cache_path():
-    """Where the downloaded file is kept: data/hellaswag/ beside the datasets, as find_data_file
-    looks for them (under the working directory when it has a data/ folder, else beside these
-    scripts)."""
+    """Where the downloaded file is kept: data/hellaswag/, found as find_data_file finds datasets (under the
+    working directory when it has a data/ folder, else beside these scripts)."""
     found = find_data_file("hellaswag", FILE_NAME)
     root = "" if os.path.isdir("data") else ROOT
     return found or os.path.join(root, "data", "hellaswag", FILE_NAME)
 
 
 def parse(data, name):
-    """The items of a HellaSwag jsonl (bytes) as dicts with ctx, endings and label; a line that
-    is not one is an error naming the file and the line."""
+    """The items of a HellaSwag jsonl (bytes) as dicts of ctx, endings and label; a line that is not one is an
+    error naming the file and the line."""
     items = []
     for n, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
@@ -122,9 +116,8 @@ def tokenize(examples, enc):
 
 
 def prepare(hellaswag_file, procs, say=print, limit=0):
-    """The tokenized items of hellaswag_file, or of the cached download, downloaded first if it is
-    not there yet (by the first process of each machine while the others wait); the first `limit`
-    of them if limit > 0."""
+    """The tokenized items of hellaswag_file, or of the download (made by the first process of each machine
+    while the others wait), the first `limit` of them if limit > 0."""
     path = hellaswag_file
     if not path:
         path = cache_path()
@@ -135,6 +128,17 @@ def prepare(hellaswag_file, procs, say=print, limit=0):
             torch.distributed.barrier()
     examples = read(path)
     return tokenize(examples[:limit] if limit > 0 else examples, gpt2_encoding())
+
+
+def check_interval(interval, dataset, meta_path):
+    """train.py's hellaswag_interval (0: never) on its dataset (meta_path: its meta.pkl, if character-level)."""
+    if interval < 0:
+        raise UserError(f"hellaswag_interval={interval} must not be negative (0 turns HellaSwag off)")
+    if interval and meta_path:
+        raise UserError(
+            f"hellaswag_interval needs a model on GPT-2's tokens, but dataset {dataset!r} is character-level "
+            f"({meta_path}): set --hellaswag_interval=0"
+        )
 
 
 def check_model(items, vocab_size, block_size, say=print):
@@ -150,19 +154,13 @@ def check_model(items, vocab_size, block_size, say=print):
             "cropped from the left")  # fmt: skip
 
 
-def count_cropped(items, block_size):
-    """The items with an ending that does not fit: its context and tokens less the last, which is
-    only a target, are more than block_size."""
+def count_cropped(items, block_size):  # an ending's last token is only a target: the rest must fit
     return sum(item.longest() - 1 > block_size for item in items)
 
 
-# ---------------------------------------------------------------------------- scoring
-
-
 def make_batch(items, block_size):
-    """Inputs and targets (4 * len(items), T) for the four endings of each item, in order: the
-    targets are the ending's tokens where the ending is predicted and -1 everywhere else (the
-    context, the padding). T is the longest row's length, at most block_size."""
+    """Inputs and targets (4 * len(items), T) for the four endings of each item, in order: the targets are the
+    ending's tokens where it is predicted, -1 elsewhere (context, padding). T: the longest row's, <= block_size."""
     rows = []
     for item in items:
         for ending in item.endings:
@@ -180,12 +178,10 @@ def make_batch(items, block_size):
 
 @torch.no_grad()
 def scores(model, items, device, autocast_ctx):
-    """The summed and the mean loss of each ending of each item, both (len(items), 4).
-
-    The model runs its own forward; a hook on its final LayerNorm applies the head to the
-    positions that predict an ending token (forward without targets would apply it to the last
-    position only): far fewer logits than all of them. Where those positions are is worked out on
-    the CPU, so that the GPU is never waited for."""
+    """The summed and the mean loss of each ending of each item, both (len(items), 4). The model runs its own
+    forward; a hook on its final LayerNorm applies the head to the positions that predict an ending token only
+    (forward without targets applies it to the last position): far fewer logits. Those positions are worked
+    out on the CPU, so that the GPU is never waited for."""
     x, y = make_batch(items, model.config.block_size)
     where = (y.view(-1) != -1).nonzero().squeeze(1)  # the scored positions of x.view(-1)
     x, where, targets, counts = (to_device(t, device) for t in (x, where, y.view(-1)[where], (y != -1).sum(1)))
@@ -210,11 +206,9 @@ def scores(model, items, device, autocast_ctx):
 
 
 def evaluate(model, items, device, autocast_ctx, batch_items=BATCH_ITEMS, rank=0, world_size=1, progress=None):
-    """acc and acc_norm over the items, with their counts: items, correct (acc), correct_norm
-    (acc_norm), cropped. Rank r of world_size scores items r, r + world_size, ... and the counts are
-    summed over the ranks (a collective when world_size > 1). The model runs as plan.scoring says
-    (eval mode, compiled parts eagerly). `progress`, a progress.Progress over len(items), is
-    updated as batches finish."""
+    """acc and acc_norm over the items, and the counts: items, correct (acc), correct_norm, cropped. Rank r of
+    world_size scores items r, r + world_size, ..., the counts summed over the ranks (a collective). The model
+    runs as plan.scoring says. `progress`, a progress.Progress over len(items), follows the batches."""
     mine = sorted(items[rank::world_size], key=Item.longest, reverse=True)  # similar lengths together: less padding
     block_size = model.config.block_size
     counts = torch.zeros(4, dtype=torch.long, device=device)  # items, correct, correct_norm, cropped

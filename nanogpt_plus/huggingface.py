@@ -1,8 +1,6 @@
-"""The bridge to Hugging Face's GPT-2, both ways: OpenAI's weights in, our checkpoints out.
-
-Hugging Face's GPT2LMHeadModel has our parameter names, but keeps four weights of each block as
-Conv1D, (in, out): transposed from nn.Linear. `transformers` is imported only here, and only when
-a GPT-2 model is asked for.
+"""The bridge to Hugging Face's GPT-2, both ways: OpenAI's weights in, our checkpoints out. GPT2LMHeadModel has
+our parameter names, but keeps four weights of each block as Conv1D, (in, out): transposed from nn.Linear.
+`transformers` is imported only here, and only when a GPT-2 model is asked for.
 """
 
 import json
@@ -32,9 +30,6 @@ def is_model_name(name):
     return name in PRETRAINED or os.path.isdir(name)
 
 
-# ---------------------------------------------------------------------------- weights in
-
-
 @torch.no_grad()
 def load_hf_state_dict(model, hf_sd):
     """Copy a Hugging Face GPT2LMHeadModel state dict into model (same names, Conv1D transposed)."""
@@ -54,9 +49,8 @@ def load_hf_state_dict(model, hf_sd):
 
 
 def from_pretrained(model_type, override_args=None):
-    """nanoGPT's GPT.from_pretrained, which lives here: a GPT with OpenAI's GPT-2 weights through
-    transformers, from a name of PRETRAINED or a local folder that GPT2LMHeadModel.from_pretrained
-    reads; override_args may set dropout only. The scripts call load_pretrained."""
+    """nanoGPT's GPT.from_pretrained, which lives here: a GPT with OpenAI's GPT-2 weights through transformers,
+    from a name of PRETRAINED or a folder GPT2LMHeadModel reads; override_args may set dropout only."""
     override_args = override_args or {}
     if set(override_args) - {"dropout"}:
         raise ValueError(f"only 'dropout' can be overridden for pretrained models, not {sorted(override_args)}")
@@ -78,8 +72,8 @@ def from_pretrained(model_type, override_args=None):
 
 
 def load_pretrained(name, dropout=0.0):
-    """from_pretrained for the scripts: from the Hugging Face cache, downloaded, or a local folder;
-    offline, a one-line error within seconds."""
+    """from_pretrained for the scripts: from the Hugging Face cache, a download or a folder; offline, a one-line
+    error within seconds."""
     try:
         import huggingface_hub
         import requests  # here, not at the top: it costs every script's start-up for this one check
@@ -109,8 +103,8 @@ def load_pretrained(name, dropout=0.0):
 
 
 def check_model_folder(folder):
-    """A local model folder, checked before transformers reads it, so that a training run's folder,
-    a folder without a model or one whose files are cut short is one line that says which."""
+    """A local model folder, checked before transformers reads it: a training run's folder, a folder without a
+    model or one whose files are cut short is one line that says which."""
     config = os.path.join(folder, "config.json")
     if not os.path.isfile(config):
         if os.path.isfile(os.path.join(folder, "ckpt.pt")):
@@ -135,14 +129,10 @@ def check_model_folder(folder):
             raise UserError(f"{weights} is cut short or corrupt ({reason(e)}): export the model again") from None
 
 
-# ---------------------------------------------------------------------------- a checkpoint out
-
-
 @torch.no_grad()
 def hf_state_dict(model):
-    """The inverse of load_hf_state_dict: model's weights as GPT2LMHeadModel names them, the Conv1D
-    weights transposed and the tied head once (as transformer.wte.weight; Hugging Face ties it).
-    Its GPT-2 always has biases: a model without them gets zeros, which is the same math."""
+    """The inverse of load_hf_state_dict: model's weights as GPT2LMHeadModel names them, Conv1D transposed, the
+    tied head once (as transformer.wte.weight), zero biases for a model without them (the same math)."""
     sd = {k: v.t() if k.endswith(TRANSPOSED) else v for k, v in model.state_dict().items()}
     del sd["lm_head.weight"]
     for name, module in model.transformer.named_modules(prefix="transformer"):

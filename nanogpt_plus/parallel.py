@@ -1,10 +1,8 @@
 """Several processes of one job (torchrun): joining the process group, DDP's gradient sync, and FSDP.
 
-Under FSDP each transformer block is its own unit (gathered just before it runs, freed right
-after); the embeddings, final LayerNorm and the tied lm_head form the root unit. Checkpoints hold
-full tensors under the usual names and the optimizer state numbered as torch.optim's own
-state_dict() numbers it, so sample.py, a plain resume, or a resume on another number of GPUs all
-read them unchanged.
+Under FSDP each transformer block is its own unit (gathered just before it runs, freed right after), the rest
+the root unit. Checkpoints hold full tensors under the usual names and the optimizer state numbered as
+torch.optim's state_dict() numbers it: sample.py and a resume on any number of GPUs read them unchanged.
 """
 
 import gc
@@ -53,9 +51,8 @@ def split_grad_accum(gradient_accumulation_steps, world_size):
 
 
 def init(backend, device):
-    """Join the torchrun job's process group, if there is one; return it and this process's device,
-    as plan.device_for_rank picks it: cuda:LOCAL_RANK with the configured backend (nccl), or the CPU
-    with gloo whatever it says. The GPU is made current before the group starts (NCCL binds to it)."""
+    """Join the torchrun job's process group, if any; return it and this process's device (plan.device_for_rank):
+    cuda:LOCAL_RANK with the configured backend, made current first (NCCL binds to it), or the CPU with gloo."""
     if torchrun_rank() is None:
         return Processes(), device
     rank, local_rank, processes = torchrun_rank(), int(os.environ.get("LOCAL_RANK", 0)), world_size()
@@ -74,10 +71,9 @@ def init(backend, device):
 
 
 def this_attempt_store(rank, world_size):
-    """The store of this attempt of a torchrun job, as init_process_group's keywords. The workers that
-    torchrun --max-restarts starts again share the store of the killed ones, their keys still in it
-    (torch 2.13): the new process group would dial the dead processes. Each attempt's keys go under a
-    prefix of their own, as torch once did."""
+    """The store of this attempt of a torchrun job, as init_process_group's keywords. Workers that torchrun
+    --max-restarts starts again share the killed ones' store, their keys still in it (torch 2.13), and would dial
+    the dead processes: each attempt's keys go under a prefix of their own, as torch once did."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
     store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size)
@@ -86,8 +82,8 @@ def this_attempt_store(rank, world_size):
 
 
 def close():
-    """Leave the process group once every rank has arrived (rank 0 may still be saving). Any DDP
-    wrapper must be gone first: its reducer outliving the group can abort the process at exit."""
+    """Leave the process group once every rank has arrived (rank 0 may still be saving). Any DDP wrapper must be
+    gone first: its reducer outliving the group can abort the process at exit."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         gc.collect()
         torch.distributed.barrier()
@@ -101,8 +97,8 @@ NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in _ddp_optio
 
 
 def sync_gradients(model, now):
-    """Whether the next backward all-reduces (DDP) or reduce-scatters (FSDP) the gradients: only on
-    the last micro-step of an iteration, so the others just accumulate locally."""
+    """Whether the next backward all-reduces (DDP) or reduce-scatters (FSDP) the gradients: only on an
+    iteration's last micro-step."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model.require_backward_grad_sync = now
     elif hasattr(model, "set_requires_gradient_sync"):  # fully_shard's
@@ -116,9 +112,6 @@ def gather_rng_states(state, processes):
     states = [None] * processes.world_size
     torch.distributed.all_gather_object(states, state)
     return states
-
-
-# ---------------------------------------------------------------------------- FSDP
 
 
 def shard(model, device_type):
@@ -143,8 +136,8 @@ def state_dict_options(**kw):
 
 
 def torch_optimizers(optimizer):
-    """The torch.optim optimizers behind ours: muon.MuonAndAdamW's two (in the order of its param
-    groups, which is the order torch.distributed.checkpoint joins their states in), or AdamW alone."""
+    """The torch.optim optimizers behind ours: muon.MuonAndAdamW's two (in the order of its param groups, in
+    which torch.distributed.checkpoint joins their states), or AdamW alone."""
     return getattr(optimizer, "optimizers", (optimizer,))
 
 
@@ -155,8 +148,8 @@ def param_names(model, optimizer):
 
 
 def full_state(model, optimizer):
-    """The full model and optimizer state dicts (classic layout) on rank 0's CPU; other ranks get
-    empty dicts. A collective: every rank calls it."""
+    """The full model and optimizer state dicts (classic layout) on rank 0's CPU, empty dicts on the other ranks
+    (a collective)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     model_sd = get_model_state_dict(model, options=state_dict_options(cpu_offload=True))
@@ -169,8 +162,8 @@ def full_state(model, optimizer):
 
 
 def load_optimizer_state(model, optimizer, optim_sd):
-    """Scatter a classic checkpoint's full optimizer state into the sharded optimizer (a collective;
-    the model's weights are loaded before sharding, as in a plain resume)."""
+    """A classic checkpoint's full optimizer state into the sharded optimizer (a collective; the model's weights
+    are loaded before sharding, as in a plain resume)."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     names = param_names(model, optimizer)

@@ -1,18 +1,13 @@
 """How a script runs on this machine, decided once and printed in one line: the Plan.
 
-make_plan turns the config's device, dtype, compile, compile_mode, head_loss and attention (each
-'auto' or a concrete choice) and the number of processes and micro-steps into a frozen Plan of
-concrete choices; train.py, bench.py, sample.py and eval_hellaswag.py make one, print
-plan.describe() and follow it: Plan.apply sets the model's attention path and head and loss and
-compiles it, the optimizer is fused where plan.fused_optimizer says, the Sampler replays CUDA
-graphs where plan.cuda_graph says. Also decided here, for every script: the device and its
-default dtype, the device of each process of a torchrun job, how HellaSwag's forward passes run
-(scoring), autocast, and the GPU peaks behind MFU.
+make_plan turns the config's device, dtype, compile, compile_mode, head_loss and attention ('auto' or a choice),
+the processes and the micro-steps into a frozen Plan, which train.py, bench.py, sample.py and eval_hellaswag.py
+print and follow. Also decided here: the device and its default dtype, each torchrun process's device, how
+HellaSwag's forward passes run (scoring), autocast, and the GPU peaks behind MFU.
 """
 
 import functools
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -26,22 +21,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Dense bf16 tensor-core peaks in FLOP/s, by a substring of torch.cuda.get_device_name(); the first
 # match counts, so longer names come first
 PEAK_FLOPS = (
-    ("GH200", 989e12),
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("A10G", 70e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
+    ("GH200", 989e12), ("H200", 989e12), ("H100", 989e12), ("H800", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("A800", 312e12), ("A10G", 70e12), ("L40S", 362e12), ("L40", 181e12),
     ("L4", 121e12),  # after the L40s, whose names contain it
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),  # float16: no bf16 on a V100
-    ("T4", 65e12),  # float16
-)
+    ("RTX 4090", 165e12), ("RTX 3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),  # float16: no bf16 on these
+)  # fmt: skip
 
 
 def default_device():
@@ -108,10 +93,9 @@ def autocast(device_type, dtype):
 
 @contextmanager
 def scoring(model):
-    """How HellaSwag's forward passes run, whatever the script's plan: in eval mode (no dropout), and
-    compiled parts as their plain Python, since they would recompile for every new batch length
-    (torch.compiler.set_stance, from torch 2.6 on; nothing can be compiled before torch's compiler is
-    imported, and importing it takes seconds: only then). The model's mode is put back after."""
+    """How HellaSwag's forward passes run, whatever the plan: in eval mode, and compiled parts as plain Python,
+    since they would recompile for every new batch length (torch.compiler.set_stance, torch 2.6 on; only where
+    the compiler is imported already, as importing it takes seconds). The model's mode is put back after."""
     was_training = model.training
     model.eval()
     eager = "torch._dynamo" in sys.modules and hasattr(torch.compiler, "set_stance")
@@ -120,17 +104,6 @@ def scoring(model):
             yield
     finally:
         model.train(was_training)
-
-
-def cpu_matmul_flops(n=1024):
-    """The float32 FLOP/s of this CPU in an n x n matmul, the best of 3: more than training reaches on it."""
-    a = torch.full((n, n), 0.5)  # (not drawn at random: training's RNG stays where it was)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def peak_flops(device):
@@ -142,9 +115,6 @@ def peak_flops(device):
         if key in name:
             return flops, f"MFU against the {flops / 1e12:.0f} TFLOP/s dense bf16 peak of an {name}"
     return None, f"no MFU: no reference peak known for {name}"
-
-
-# ---------------------------------------------------------------------------- the plan
 
 
 @dataclass(frozen=True)
@@ -173,9 +143,12 @@ class Plan:
     def autocast(self):
         return autocast(self.device_type, self.dtype)
 
+    @property
+    def peak_flops(self):  # (peak FLOP/s or None, a line saying what MFU is measured against)
+        return peak_flops(self.device)
+
     def describe(self):
-        """The plan as one line, e.g. 'cuda bfloat16, blocks compiled, micro-step replayed as a CUDA
-        graph, chunked head+loss, SDPA attention'."""
+        """The plan as one line, e.g. 'cuda bfloat16, each block compiled, ..., SDPA attention'."""
         parts = [f"{self.device} {self.dtype}"]
         if self.processes > 1:
             parts.append(f"{'FSDP' if self.fsdp else 'DDP'} over {self.processes} processes")
@@ -183,7 +156,7 @@ class Plan:
         parts.append(compiled.get(self.compile, f"model compiled (mode {self.compile_mode})"))
         if self.cuda_graph:
             parts.append("micro-step replayed as a CUDA graph" if self.training else "decode replayed as CUDA graphs")
-        if self.cast_blocks:
+        if self.cast_dtype is not None:
             parts.append(f"block weights held in {self.dtype}")
         if self.training:
             parts.append("chunked head+loss" if self.head_loss == "chunked" else "full logits")
@@ -191,13 +164,21 @@ class Plan:
         return ", ".join(parts)
 
     @property
-    def cast_blocks(self):
-        """Sampling or evaluating under autocast: the blocks' Linear weights are cast to the autocast
-        dtype once, not at every forward pass (the same values: autocast rounds them alike)."""
-        return not self.training and self.dtype != "float32"
+    def cast_dtype(self):
+        """Sampling or evaluating under autocast: the dtype the blocks' Linear weights are held in (apply) and
+        the Sampler casts the others to once per call (its cast_to), not autocast at every forward pass (the same
+        values: autocast rounds them alike); None where weights are not cast."""
+        return DTYPES[self.dtype] if not self.training and self.dtype != "float32" else None
+
+    @property
+    def build_device(self):
+        """Where sampling builds a checkpoint's model (checkpoint.model_from's device): on CUDA the GPU, where its
+        random init, which the weights then replace, takes milliseconds, not a quarter of a second of
+        sample.py's start for GPT-2 124M; elsewhere None, the CPU."""
+        return self.device if self.task == "sample" and self.device_type == "cuda" else None
 
     def apply(self, model):
-        """Give model this plan's attention and head and loss (how its math runs, not what it
+        """Give model this plan's attention, head and loss and weights' dtype (how its math runs, not what it
         computes), and compile it in place (its state dict keeps its names)."""
         model.set_attention(self.attention)
         if self.head_loss == "chunked":  # (imported here: chunked_loss loads torch's compiler, which takes seconds)
@@ -206,10 +187,10 @@ class Plan:
             model.head_loss = functools.partial(chunked_loss.head_loss, compile_step=self.chunk_step_compiled)
         else:
             model.head_loss = full_logits_loss  # nanoGPT's, model.py's own
-        if self.cast_blocks:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
+        if self.cast_dtype is not None:  # (LayerNorm and the embeddings stay: autocast computes those in float32)
             for module in model.transformer.h.modules():
                 if isinstance(module, torch.nn.Linear):
-                    module.to(DTYPES[self.dtype])
+                    module.to(self.cast_dtype)
         if self.compile == "blocks":  # all blocks share one graph: compiled in seconds
             for block in model.transformer.h:
                 block.compile(dynamic=False)
@@ -273,8 +254,8 @@ def make_plan(
 
 
 def prepare_torch(seed):
-    """What every script sets before it builds a model: the seed, and TF32 for float32 matmuls
-    and convolutions on CUDA (the precision nanoGPT trains with)."""
+    """What every script sets before it builds a model: the seed, and TF32 for float32 matmuls and
+    convolutions on CUDA (the precision nanoGPT trains with)."""
     if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
         raise UserError(f"seed={seed} is out of range: give an integer from 0 to 2**64 - 1")
     torch.manual_seed(seed)

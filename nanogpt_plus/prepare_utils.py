@@ -1,23 +1,14 @@
-"""Helpers shared by the data/<name>/prepare.py scripts.
-
-They cover the parts every script needs to get exactly right: finding the input text, turning
-user mistakes into one-line errors, and writing outputs atomically as flat uint16 token streams
-(the classic nanoGPT format, so bins from either project are interchangeable); and, for the large
-datasets, the optional `datasets` import, the number of cores and a progress report.
+"""What the data/ prepare scripts share: the input text, one-line errors, flat uint16 token files written atomically
+(classic nanoGPT's: either project reads the other's); for the large datasets, `datasets` and the number of cores.
 """
-
-from __future__ import annotations
 
 import argparse
 import filecmp
 import os
-import pickle
 import shutil
 import stat
 import sys
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -37,27 +28,24 @@ TRAIN_FRACTION = 0.9
 UINT16_LIMIT = int(np.iinfo(np.uint16).max) + 1
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+@contextmanager
+def user_errors():
+    """Wrap a script's work so user and OS errors (missing file, full disk) exit 1 without a traceback."""
+    try:
+        yield
+        return
+    except UserError as exc:
+        line = f"error: {exc}"
+    except OSError as exc:
+        line = f"error: {reason(exc)}" + (f": {exc.filename}" if exc.filename else "")
+    except KeyboardInterrupt:  # what was being written is gone (atomic_write): no traceback to show
+        line = "interrupted"
+    print(line, file=sys.stderr)
     sys.exit(1)
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Wrap a script's work so user and OS errors (missing file, full disk) exit 1 without a traceback."""
-    try:
-        yield
-    except UserError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{reason(exc)}: {exc.filename}" if exc.filename else reason(exc))
-    except KeyboardInterrupt:  # what was being written is gone (atomic_write): no traceback to show
-        print("interrupted", file=sys.stderr)
-        sys.exit(1)
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
+def writing(path):
     """Around the writing of path: an OS error (a full disk, a read-only folder) is one line that names it."""
     try:
         yield
@@ -65,12 +53,7 @@ def writing(path: Path) -> Iterator[None]:
         raise cannot_write(path, exc, "--out-dir") from None
 
 
-def make_out_dir(out_dir: Path) -> None:
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def default_num_proc() -> int:
+def default_num_proc():
     # The cores this process may use: a container or taskset can allow fewer than the machine has.
     try:
         return len(os.sched_getaffinity(0))
@@ -78,7 +61,7 @@ def default_num_proc() -> int:
         return os.cpu_count() or 1
 
 
-def import_datasets(name: str):
+def import_datasets(name):
     """The optional `datasets` package, imported only when a script that needs it runs."""
     try:
         import datasets
@@ -89,10 +72,9 @@ def import_datasets(name: str):
     return datasets
 
 
-def from_hub(datasets, path: str, **kwargs):
-    """datasets.load_dataset(path, **kwargs) from the Hugging Face hub. Offline (and not in the cache,
-    or HF_HUB_OFFLINE unset), a one-line error within seconds: the hub's client would retry for half
-    a minute, printing each try."""
+def from_hub(datasets, path, **kwargs):
+    """datasets.load_dataset(path, **kwargs) from the Hugging Face hub; offline and not in the cache, a one-line
+    error within seconds, where the hub's client would retry for half a minute, printing each try."""
     import huggingface_hub
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -114,55 +96,39 @@ def from_hub(datasets, path: str, **kwargs):
         ) from None
 
 
-def shakespeare_arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentParser:
-    """Command line shared by the two shakespeare scripts."""
+def shakespeare_main(prepare, description, default_out_dir, argv):
+    """The command line of the two shakespeare scripts: [path/to/input.txt] [--out-dir DIR]; prepare(out_dir,
+    input_path) does the work, and what it made is printed."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "input",
-        nargs="?",
-        default=None,
-        help=f"local text file to use instead of downloading; copied to <out-dir>/{INPUT_NAME} "
-        f"(also read from ${INPUT_ENV})",
-    )
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=default_out_dir,
-        help="where input.txt, train.bin, val.bin (and meta.pkl) go (default: beside this script)",
-    )
-    return parser
+    parser.add_argument("input", nargs="?", help=f"a local copy of the text, not a download (also ${INPUT_ENV})")
+    parser.add_argument("--out-dir", default=default_out_dir, help="where the bins go (default: beside the script)")
+    args = parser.parse_args(argv)
+    with user_errors():
+        counts = prepare(out_dir=args.out_dir, input_path=args.input)
+    print(f"length of dataset in characters: {counts.pop('chars'):,}")
+    vocab_size = counts.pop("vocab_size", None)  # a character-level dataset's, with its meta.pkl
+    if vocab_size:
+        print(f"vocab size: {vocab_size:,}")
+    print_counts(counts, args.out_dir, meta=bool(vocab_size))
 
 
-def local_copy_hint(script: str) -> str:
-    return f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV})"
-
-
-def download(url: str, target: Path, script: str) -> None:
+def download(url, target, script):
     """Fetch `url` into `target`; on any failure leave nothing behind and raise a UserError."""
     try:
         response = requests.get(url, timeout=DOWNLOAD_TIMEOUT_S)
         response.raise_for_status()
     except requests.RequestException as exc:
-        where = f"{Path(url).name} from {urlsplit(url).hostname}"
-        raise UserError(f"could not download {where} ({reason(exc)}); {local_copy_hint(script)}") from None
+        where = f"{os.path.basename(url)} from {urlsplit(url).hostname}"
+        hint = f"pass a local copy: python {script} path/to/input.txt (or set {INPUT_ENV})"
+        raise UserError(f"could not download {where} ({reason(exc)}); {hint}") from None
     with writing(target), atomic_write(target) as f:
         f.write(response.content)
 
 
-def copy_input(source: Path, target: Path) -> None:
+def not_a_text_file(path):
+    """The UserError for a path that is there but is no file nor folder (/dev/null, a pipe); else None."""
     try:
-        src = open(source, "rb")
-    except OSError as exc:
-        raise UserError(f"cannot read {source} ({reason(exc)})") from None
-    with src, writing(target), atomic_write(target) as f:
-        shutil.copyfileobj(src, f)
-
-
-def not_a_text_file(path: Path) -> UserError | None:
-    """The UserError for a path that exists but is neither a file nor a folder (/dev/null, a named pipe,
-    a socket): something that is there, not something not found. None for anything else."""
-    try:
-        mode = path.stat().st_mode
+        mode = os.stat(path).st_mode
     except OSError:
         return None
     kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a named pipe",
@@ -171,59 +137,58 @@ def not_a_text_file(path: Path) -> UserError | None:
     return UserError(f"{path} is {kind}, not a text file: pass a UTF-8 text file") if kind else None
 
 
-def given_input(given: str | os.PathLike | None, script: str) -> Path | None:
-    """The user's local input file (argument first, then the env var), checked to exist."""
-    if given is None or str(given) == "":
-        given = os.environ.get(INPUT_ENV) or None
-    if given is None:
+def given_input(given, script):
+    """The user's local input file (argument first, then the env var), checked to exist; None if none."""
+    given = given or os.environ.get(INPUT_ENV)
+    if not given:
         return None
-    source = Path(given).expanduser()
-    if source.is_dir():
+    source = os.path.expanduser(given)
+    if os.path.isdir(source):
         raise UserError(f"{source} is a folder: pass a text file (data/prepare_text.py takes a folder of them)")
-    if not source.is_file():
-        special = not_a_text_file(source)
-        if special:
-            raise special
-        raise UserError(
+    if not os.path.isfile(source):
+        raise not_a_text_file(source) or UserError(
             f"input file not found: {source}; pass an existing text file as the first argument "
             f"(python {script} path/to/input.txt) or via {INPUT_ENV}"
         )
     return source
 
 
-def ensure_input(out_dir: Path, given: str | os.PathLike | None, script: str) -> Path:
-    """Make sure <out_dir>/input.txt exists: keep it, else copy the given file, else download."""
-    target = out_dir / INPUT_NAME
+def input_text(out_dir, given, script):
+    """The text of <out_dir>/input.txt, made first if need be: a copy of the given file, else a download. An
+    input.txt already there wins (classic behaviour), and a path it overrules is said, not silently ignored."""
+    with writing(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, INPUT_NAME)
     source = given_input(given, script)
-    if target.is_file():
-        # An existing input.txt wins (classic behaviour); say so rather than silently ignore a path.
+    if os.path.isfile(target):
         if source is not None and not filecmp.cmp(source, target, shallow=False):
             print(f"note: using existing {target}; ignoring {source} (delete {target} to use it)", file=sys.stderr)
-        return target
-    if source is not None:
-        copy_input(source, target)
+    elif source is not None:
+        try:
+            src = open(source, "rb")
+        except OSError as exc:
+            raise UserError(f"cannot read {source} ({reason(exc)})") from None
+        with src, writing(target), atomic_write(target) as f:
+            shutil.copyfileobj(src, f)
     else:
         print(f"downloading {TINY_SHAKESPEARE_URL}")
         download(TINY_SHAKESPEARE_URL, target, script)
-    return target
-
-
-def read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(target, encoding="utf-8") as f:
+            return f.read()
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; pass a plain text file") from None
+        raise UserError(f"{target} is not UTF-8 text; pass a plain text file") from None
     except OSError as exc:
-        raise UserError(f"cannot read {path} ({reason(exc)})") from None
+        raise UserError(f"cannot read {target} ({reason(exc)})") from None
 
 
-def split_text(text: str) -> tuple[str, str]:
+def split_text(text):
     """First 90% of the characters for training, the rest for validation."""
     cut = int(len(text) * TRAIN_FRACTION)
     return text[:cut], text[cut:]
 
 
-def check_uint16(ids: np.ndarray) -> None:
+def check_uint16(ids):
     # Casting would silently wrap larger ids, corrupting the stream instead of failing.
     if ids.size and int(ids.max()) >= UINT16_LIMIT:
         raise UserError(
@@ -231,7 +196,7 @@ def check_uint16(ids: np.ndarray) -> None:
         )
 
 
-def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
+def write_tokens(ids, path):
     """Write ids as one flat raw uint16 stream (np.ndarray.tofile), atomically; return the count."""
     arr = np.asarray(ids, dtype=np.int64)
     check_uint16(arr)
@@ -240,12 +205,9 @@ def write_tokens(ids: Sequence[int] | np.ndarray, path: Path) -> int:
     return int(arr.size)
 
 
-def write_pickle(obj: object, path: Path) -> None:
-    with writing(path), atomic_write(path) as f:
-        pickle.dump(obj, f)
-
-
-def print_counts(counts: dict[str, int], out_dir: Path) -> None:
+def print_counts(counts, out_dir, meta=False):
+    """The tokens of each split ({split: tokens}) and where they went (with meta.pkl, if meta)."""
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens")
-    print(f"wrote {', '.join(f'{split}.bin' for split in counts)} to {Path(out_dir).resolve()}")
+    made = [f"{split}.bin" for split in counts] + ["meta.pkl"] * meta
+    print(f"wrote {', '.join(made)} to {os.path.realpath(out_dir)}")

@@ -1,11 +1,8 @@
-"""How far a long task has come and the time left, at the rate since it began.
-
-Nothing is shown for a task done within EVERY_S seconds. From then on, on a terminal the line is
-redrawn in place; elsewhere (a log file, nohup) a line is printed every EVERY_S seconds. Used by
-the data scripts, train.py's long evals and eval_hellaswag.py. Also train.py's own: TimeSplit, where a run's
-time went, and TimeLeft, the time left at the end of its log lines.
+"""How far a long task has come and the time left (Progress: the data scripts, evals, HellaSwag); where a
+training run's time went (TimeSplit) and the time it has left (TimeLeft, with the note on a long run on a CPU).
 """
 
+import contextlib
 import statistics
 import sys
 import time
@@ -32,8 +29,10 @@ def clock(seconds):
 
 
 class Progress:
-    """update(done) with done out of total; close() ends the line on a terminal. Counts are shown
-    divided by scale, in `unit`s (bytes as MB: unit="MB", scale=1e6); `first` were done before."""
+    """update(done) with done out of total, at the rate since it began; close() ends the line on a terminal.
+    Nothing is shown for a task done within EVERY_S seconds; then the line is redrawn in place on a terminal,
+    printed every EVERY_S seconds elsewhere (a log file). Counts are shown divided by scale, in `unit`s (bytes
+    as MB: unit="MB", scale=1e6); `first` were done before."""
 
     def __init__(self, what, total, unit="", scale=1, file=None, first=0):
         self.what, self.total, self.unit, self.scale, self.first = what, total, unit, scale, first
@@ -69,15 +68,17 @@ class Progress:
 
 
 class TimeSplit:
-    """Where a training run's time went, for its last line: start-up (imports, data, model: all
-    before the first step), compilation (what the first timed stretch of steps and the first of each
-    kind of evaluation took over the later ones: compiling, recording the CUDA graph), training
-    steps, evaluations, HellaSwag, and checkpoints with the log's last drawing."""
+    """Where a training run's time went, for its last line: start-up (imports, data, model: all before the
+    first step), compilation (what the first timed stretch of steps and the first of each kind of evaluation
+    took over the later ones: compiling, recording the CUDA graph), training steps, evaluations, HellaSwag,
+    and checkpoints with the log's last drawing. Made as the loop starts, at iteration first_iter."""
 
-    def __init__(self, started):
+    def __init__(self, started, first_iter=0):
         self.started, self.loop_started = started, time.time()  # the process's start, and the loop's (now)
         self.durations = {"evaluations": [], "HellaSwag": [], "checkpoints": []}
         self.stretches = []  # (seconds, steps) of each timed stretch of training steps
+        self.first_iter = first_iter
+        self.stretch_start = (self.loop_started, first_iter)  # when, and at which iteration, the next one began
 
     def add(self, part, seconds):
         self.durations[part].append(seconds)
@@ -85,8 +86,24 @@ class TimeSplit:
     def add_steps(self, seconds, steps):
         self.stretches.append((seconds, steps))
 
-    def line(self, steps):
-        """'time 41.0 s: start-up 3.1 s, compilation 6.2 s, 5000 training steps 24.2 s, ...' at the end."""
+    @contextlib.contextmanager
+    def timed(self, part, it):
+        """Time a part of the loop at iteration it apart from the steps (an eval, HellaSwag, a checkpoint):
+        the next stretch of steps begins as it ends."""
+        start = time.time()
+        yield
+        self.add(part, time.time() - start)
+        self.stretch_start = (time.time(), it)
+
+    def steps_done(self, it):
+        """The time per step and the number of steps of the stretch that ends with iteration it (a log line's)."""
+        (start, first), now = self.stretch_start, time.time()
+        self.add_steps(now - start, it + 1 - first)
+        self.stretch_start = (now, it + 1)
+        return (now - start) / (it + 1 - first), it + 1 - first
+
+    def line(self, it):
+        """At the end, at iteration it: 'time 41.0 s: start-up 3.1 s, compilation 6.2 s, 5000 training steps ...'."""
         now = time.time()
         spent, compiling = {}, 0.0
         for part, durations in self.durations.items():
@@ -101,7 +118,7 @@ class TimeSplit:
             compiling += max(0.0, self.stretches[0][0] - self.stretches[0][1] * pace)
         in_steps = now - self.loop_started - compiling - sum(spent.values())
         parts = [f"start-up {self.loop_started - self.started:.1f} s", f"compilation {compiling:.1f} s",
-                 f"{steps} training steps {in_steps:.1f} s"]  # fmt: skip
+                 f"{it - self.first_iter} training steps {in_steps:.1f} s"]  # fmt: skip
         for part, durations in self.durations.items():
             if durations:
                 count = f"{len(durations)} " if part != "checkpoints" else ""
@@ -109,19 +126,30 @@ class TimeSplit:
         return f"time {now - self.started:.1f} s: " + ", ".join(parts)
 
 
+def cpu_matmul_flops(n=1024):
+    """The float32 FLOP/s of this CPU in an n x n matmul, the best of 3: more than training reaches on it."""
+    import torch  # (here: the data scripts report their progress without torch)
+
+    a = torch.full((n, n), 0.5)  # (not drawn at random: training's RNG stays where it was)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
 HOPELESS_S = 7 * 86400  # a run that needs more than a week on a CPU is no run to start there
 HALF_LIFE_STEPS = 20  # the time left follows the pace of about the last few dozen steps
 
 
 class TimeLeft:
-    """The time left of a training run, at the end of its log lines (', eta H:MM:SS'), and, on a CPU, the
-    note on a run of more than an hour (once). The steps left go at the recent time per step: an average
-    of the log lines' step times in which a line's weight halves with every HALF_LIFE_STEPS steps logged
-    after it, so that the estimate follows a change of speed (a busy machine, a freed one) within a few
-    dozen steps; this process's first log line is left out (its steps compile). The evals left go at the
-    last one's duration, eval_seconds (before one, as 2 * eval_iters forwards, each a third of a
-    micro-step); the HellaSwag evals at the last one's, hellaswag_seconds, once there was one. train.py
-    sets both."""
+    """The time left of a training run at the end of its log lines (', eta H:MM:SS') and, on a CPU, the note on
+    a run of more than an hour (once). The steps left go at the recent time per step: an average of the log
+    lines' in which a line's weight halves with every HALF_LIFE_STEPS steps logged after it, to follow a change
+    of speed within a few dozen steps; this process's first line is left out (its steps compile). The evals left
+    go at the last one's duration, eval_seconds (before one, as 2 * eval_iters forwards of a third of a
+    micro-step each), the HellaSwag evals at hellaswag_seconds: train.py sets both."""
 
     def __init__(self, max_iters, eval_interval, eval_iters, micro_steps, hellaswag_interval, on_cpu, say):
         self.max_iters, self.eval_interval, self.hellaswag_interval = max_iters, eval_interval, hellaswag_interval
@@ -146,7 +174,7 @@ class TimeLeft:
                 self.say(f"note: this run needs about {duration(seconds)} on this CPU; without a GPU, {quick}")
             self.noted = True
 
-    def note_before_start(self, iter_num, step_flops, cpu_flops):
+    def note_before_start(self, iter_num, step_flops, cpu_flops=cpu_matmul_flops):
         """A model too big for a CPU says so before its first step: the FLOPs left (steps of step_flops, and
         the evals) at cpu_flops() FLOP/s, a probe run only where the run could last an hour."""
         evals = self.evals_left(iter_num, self.eval_interval)
@@ -155,25 +183,15 @@ class TimeLeft:
             self.note_long_run(flops / cpu_flops())
 
     def estimate(self, iter_num, dt, steps):
-        """', eta ...' for the log line of iter_num, which timed `steps` steps at dt each ('' for this
-        process's first line)."""
+        """', eta ...' for the log line of iter_num, which timed `steps` steps at dt each ('' for the first)."""
         if not self.first_line_seen:
             self.first_line_seen = True
             return ""
-        self.step_seconds = recent_average(self.step_seconds, dt, steps)
-        step = self.step_seconds
+        keep = 0.5 ** (steps / HALF_LIFE_STEPS)  # the earlier average's weight
+        step = self.step_seconds = dt if self.step_seconds is None else keep * self.step_seconds + (1 - keep) * dt
         eval_time = self.eval_seconds or step * 2 * self.eval_iters / (3 * self.micro_steps)
         seconds = (self.max_iters - iter_num - 1) * step + self.evals_left(iter_num, self.eval_interval) * eval_time
         if self.hellaswag_interval:
             seconds += self.evals_left(iter_num, self.hellaswag_interval) * self.hellaswag_seconds
         self.note_long_run(seconds)
         return f", eta {clock(seconds)}"
-
-
-def recent_average(average, dt, steps):
-    """The average time per step after a log line of `steps` steps at dt each: the earlier average
-    counts for half after every HALF_LIFE_STEPS steps (None: no earlier one)."""
-    if average is None:
-        return dt
-    keep = 0.5 ** (steps / HALF_LIFE_STEPS)
-    return keep * average + (1 - keep) * dt

@@ -1,22 +1,18 @@
-"""Tokenize datasets of documents into flat uint16 GPT-2 token files, on every core, resumably.
+"""Tokenize datasets of documents into flat uint16 GPT-2 token files, on every core, resumably:
 
     counts = token_bins.write_bins({"train": train, "val": val}, out_dir, recipe={"seed": 2357})
 
 Each split (a `datasets.Dataset` with a "text" column) becomes <out_dir>/<split>.bin: each document's
-`encode_ordinary` ids and the end-of-text token 50256, in document order, as classic nanoGPT writes them. Worker
-processes tokenize shards of `shard_docs` documents; the main process appends them in order to <split>.bin.partial.
-At most two shards per worker are in flight, so memory does not grow with the dataset.
-
-Resuming: after each shard is on disk (fsync), prepare_progress.json records the documents and tokens written per
-split, with a fingerprint of the input. Run again after Ctrl-C, kill -9 or a full disk, and each partial file is cut
-back to its recorded length and goes on from the next document: the bytes equal an uninterrupted run's. Complete
-splits are renamed to <split>.bin, then the record is removed. A record of other inputs is a one-line error.
+`encode_ordinary` ids and the end-of-text token, in order, as classic nanoGPT writes them. Workers tokenize shards
+of `shard_docs` documents, at most two each in flight (memory does not grow with the dataset); the main process
+appends them to <split>.bin.partial. After each shard is on disk, prepare_progress.json records the documents and
+tokens written, with a fingerprint of the input: run again after Ctrl-C, kill -9 or a full disk and each partial
+file is cut back to its record and goes on, to the bytes of an uninterrupted run.
 """
-
-from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import hashlib
 import json
 import multiprocessing
@@ -25,7 +21,6 @@ import signal
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +34,7 @@ PROGRESS_NAME = "prepare_progress.json"
 SAMPLE_DOCS = 32
 
 
-def tokenize_texts(texts) -> np.ndarray:
+def tokenize_texts(texts):
     """GPT-2 ids of each text, each followed by end-of-text, as one uint16 array."""
     enc = gpt2_encoding()  # tiktoken caches it after the first call
     # One small array per document: a Python list of all the shard's ids would take ~18x the memory.
@@ -49,21 +44,21 @@ def tokenize_texts(texts) -> np.ndarray:
     return ids.astype(np.uint16)
 
 
-_worker_splits: dict = {}
+_worker_splits = {}
 
 
-def start_worker(splits: dict) -> None:
+def start_worker(splits):
     # Ctrl-C reaches the whole process group; the main process alone handles it, and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_splits.update(splits)
 
 
-def tokenize_shard(task: tuple[str, int, int]) -> np.ndarray:
+def tokenize_shard(task):
     split, start, stop = task
     return tokenize_texts(_worker_splits[split][start:stop]["text"])
 
 
-def shard_tokens(splits: dict, tasks: list, num_proc: int):
+def shard_tokens(splits, tasks, num_proc):
     """Yield the tokens of each (split, start, stop) task, in task order."""
     num_proc = min(num_proc, len(tasks))
     if num_proc <= 1:
@@ -85,7 +80,7 @@ def shard_tokens(splits: dict, tasks: list, num_proc: int):
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def fingerprint(splits: dict, recipe: dict) -> dict:
+def fingerprint(splits, recipe):
     """What decides the bytes: the recipe (e.g. split seed), each split's size and a hash of sampled documents."""
     digest = hashlib.sha256()
     for dset in splits.values():
@@ -96,36 +91,39 @@ def fingerprint(splits: dict, recipe: dict) -> dict:
     return {"tokenizer": "gpt2", "recipe": recipe, "docs": sizes, "sample_sha256": digest.hexdigest()}
 
 
-def load_progress(path: Path, expected: dict) -> dict:
+def load_progress(path, expected):
     """{split: {"docs", "tokens"}} from an earlier run on the same inputs; {} when there was none."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a kill during a save
-        stale.unlink()
-    if not path.exists():
+    folder, name = os.path.split(path)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):  # a kill during a save
+        os.unlink(stale)
+    if not os.path.exists(path):
         return {}
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
     if saved.get("fingerprint") != expected:
         raise pu.UserError(
             f"{path} records an unfinished run on other data or arguments: rerun that command to finish it, "
-            f"or delete {path.name} and the *.bin.partial files beside it to start over"
+            f"or delete {name} and the *.bin.partial files beside it to start over"
         )
     return saved["splits"]
 
 
-def save_progress(path: Path, expected: dict, done: dict) -> None:
+def save_progress(path, expected, done):
     with pu.atomic_write(path, "w", encoding="utf-8") as f:
         json.dump({"fingerprint": expected, "splits": done}, f, indent=1)
 
 
-def file_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else -1
+def file_size(path):
+    return os.path.getsize(path) if os.path.isfile(path) else -1
 
 
-def resume_points(splits: dict, out_dir: Path, saved: dict) -> tuple[dict, list]:
+def resume_points(splits, out_dir, saved):
     """Documents and tokens of each split safely on disk ({split: {"docs", "tokens"}}), and the unfinished splits."""
     done, todo = {}, []
     for split, dset in splits.items():
         entry = saved.get(split, {"docs": 0, "tokens": 0})
-        partial, final = file_size(out_dir / f"{split}.bin.partial"), file_size(out_dir / f"{split}.bin")
+        final = os.path.join(out_dir, f"{split}.bin")
+        partial, final = file_size(final + ".partial"), file_size(final)
         if entry["docs"] == len(dset) and partial < 0 and final == 2 * entry["tokens"]:
             done[split] = entry  # renamed into place before the run stopped
             continue
@@ -135,7 +133,7 @@ def resume_points(splits: dict, out_dir: Path, saved: dict) -> tuple[dict, list]
     return done, todo
 
 
-def open_partial(partial: Path, tokens: int):
+def open_partial(partial, tokens):
     # Bytes past the recorded length are from a shard whose record never reached the disk: cut them off.
     f = open(partial, "r+b" if tokens else "wb")
     f.truncate(2 * tokens)
@@ -143,20 +141,20 @@ def open_partial(partial: Path, tokens: int):
     return f
 
 
-def append_durably(f, ids: np.ndarray) -> None:
+def append_durably(f, ids):
     f.write(ids.tobytes())  # not tofile: a short write there is an OSError without the errno that says why
     f.flush()
     os.fsync(f.fileno())  # on disk before the record says so
 
 
-def text_only(splits: dict) -> dict:
+def text_only(splits):
     for split, dset in splits.items():
         if "text" not in dset.column_names:
             raise pu.UserError(f"the {split} split has no 'text' column (its columns: {', '.join(dset.column_names)})")
     return {split: dset.select_columns(["text"]) for split, dset in splits.items()}
 
 
-def shard_tasks(splits: dict, done: dict, todo: list, shard_docs: int) -> list[tuple[str, int, int]]:
+def shard_tasks(splits, done, todo, shard_docs):
     """(split, start, stop) for every shard of documents not yet written, in the order they go into the files."""
     return [
         (split, start, min(start + shard_docs, len(splits[split])))
@@ -165,20 +163,20 @@ def shard_tasks(splits: dict, done: dict, todo: list, shard_docs: int) -> list[t
     ]
 
 
-def totals(done: dict) -> tuple[int, int]:
+def totals(done):
     """Documents and tokens written so far, over all splits."""
     return sum(entry["docs"] for entry in done.values()), sum(entry["tokens"] for entry in done.values())
 
 
-def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None, shard_docs: int = SHARD_DOCS):
+def write_bins(splits, out_dir, recipe, num_proc=None, shard_docs=SHARD_DOCS):
     """Write <out_dir>/<split>.bin for every split, resuming an interrupted run; return {split: tokens}."""
-    out_dir = Path(out_dir)
     if shard_docs < 1:
         raise pu.UserError(f"--shard-docs={shard_docs} must be at least 1")
-    pu.make_out_dir(out_dir)
+    with pu.writing(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
     splits = text_only(splits)
     gpt2_encoding()  # a missing tokenizer is one line here, not a traceback in every worker
-    record, expected = out_dir / PROGRESS_NAME, fingerprint(splits, recipe)
+    record, expected = os.path.join(out_dir, PROGRESS_NAME), fingerprint(splits, recipe)
     done, todo = resume_points(splits, out_dir, load_progress(record, expected))
     tasks = shard_tasks(splits, done, todo, shard_docs)
     total_docs, (first, _) = sum(map(len, splits.values())), totals(done)
@@ -186,7 +184,8 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
         print(f"resuming from {first:,} of {total_docs:,} documents, written by an earlier run", flush=True)
     files, progress = {}, pu.Progress("tokenizing", total_docs, unit="documents", first=first)
     try:
-        files = {split: open_partial(out_dir / f"{split}.bin.partial", done[split]["tokens"]) for split in todo}
+        bins = {split: os.path.join(out_dir, f"{split}.bin") for split in todo}
+        files = {split: open_partial(bins[split] + ".partial", done[split]["tokens"]) for split in todo}
         save_progress(record, expected, done)
         for (split, _, stop), ids in zip(tasks, shard_tokens(splits, tasks, num_proc or pu.default_num_proc())):
             append_durably(files[split], ids)
@@ -196,7 +195,7 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
             progress.update(docs, f"{tokens:,} tokens")
         for split in todo:
             files.pop(split).close()
-            os.replace(out_dir / f"{split}.bin.partial", out_dir / f"{split}.bin")
+            os.replace(bins[split] + ".partial", bins[split])
     except KeyboardInterrupt:
         raise pu.UserError("interrupted: run the same command again to go on from here") from None
     except BrokenProcessPool:
@@ -214,14 +213,14 @@ def write_bins(splits: dict, out_dir, recipe: dict, num_proc: int | None = None,
         progress.close(totals(done)[0])
         for f in files.values():
             f.close()
-    record.unlink()
+    os.unlink(record)
     return {split: entry["tokens"] for split, entry in done.items()}
 
 
-def arg_parser(description: str, default_out_dir: Path) -> argparse.ArgumentParser:
+def arg_parser(description, default_out_dir):
     """The options of every script built on this pipeline."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out-dir", "--out_dir", type=Path, default=default_out_dir, help="default: beside the script")
+    parser.add_argument("--out-dir", "--out_dir", default=default_out_dir, help="default: beside the script")
     cores = pu.default_num_proc()
     parser.add_argument(
         "--num-proc", "--num_proc", type=int, default=cores, help="worker processes (default: %(default)s)"

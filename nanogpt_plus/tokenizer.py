@@ -1,10 +1,6 @@
-"""The two tokenizers of nanoGPT's datasets: a character-level dataset's vocabulary, in its meta.pkl, and
-GPT-2's BPE through tiktoken. Encoding, decoding and their checks, for sample.py, export_hf.py, HellaSwag,
-train.py (a dataset's vocabulary size) and the data/ prepare scripts.
-
-A meta.pkl is nanoGPT's plain dict {'vocab_size', 'itos', 'stoi'}, written here the same way by every script
-(so the same bytes) and read without running code. tiktoken downloads GPT-2's files once, or finds them in
-TIKTOKEN_CACHE_DIR.
+"""The two tokenizers of nanoGPT's datasets: a character-level dataset's vocabulary, its meta.pkl (nanoGPT's plain
+dict {'vocab_size', 'itos', 'stoi'}, written alike by every script and read without running code), and GPT-2's
+BPE through tiktoken (downloaded once, or found in TIKTOKEN_CACHE_DIR): encoding, decoding and their checks.
 """
 
 import io
@@ -13,8 +9,6 @@ import pickle
 from nanogpt_plus.dataloader import find_data_file
 from nanogpt_plus.errors import UserError, first_line, reason
 
-# ---------------------------------------------------------------------------- characters: meta.pkl
-
 
 def char_meta(chars):
     """The meta.pkl of a vocabulary of `chars` (in id order), the dict classic nanoGPT writes."""
@@ -22,8 +16,7 @@ def char_meta(chars):
 
 
 def dataset_meta(ckpt):
-    """The dataset a checkpoint was trained on (its config's) and that dataset's meta.pkl, found as
-    train.py finds it: a character-level model's vocabulary. Either is None where unknown or absent."""
+    """The dataset a checkpoint was trained on and its meta.pkl, found as train.py finds it (None if absent)."""
     dataset = ckpt["config"].get("dataset") if isinstance(ckpt.get("config"), dict) else None
     return dataset, find_data_file(str(dataset), "meta.pkl") if dataset else None
 
@@ -36,8 +29,7 @@ class PlainUnpickler(pickle.Unpickler):
 
 
 def load_meta(path, keys=("vocab_size",)):
-    """A character-level dataset's meta.pkl ({'vocab_size', 'itos', 'stoi'}) without running code;
-    it must hold vocab_size and `keys` (train.py needs only the vocab_size, sample.py all three)."""
+    """A character-level dataset's meta.pkl, read without running code; it must hold vocab_size and `keys`."""
     try:
         with open(path, "rb") as f:
             meta = PlainUnpickler(io.BytesIO(f.read())).load()
@@ -55,9 +47,9 @@ def load_meta(path, keys=("vocab_size",)):
 
 
 def char_vocabulary(meta, path, vocab_size):
-    """The characters of a meta.pkl by id ({id: str}; nanoGPT's itos is a dict, a list also does),
-    checked to be the vocabulary of a model of vocab_size tokens: a dataset prepared again from
-    other text after training would decode the model's ids as other characters."""
+    """The characters of a meta.pkl by id ({id: str}; nanoGPT's itos is a dict, a list also does), checked to be
+    the vocabulary of a model of vocab_size tokens: a dataset prepared again from other text would decode the
+    model's ids as other characters."""
     itos = dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
     stoi = meta.get("stoi", {})
     plain = isinstance(itos, dict) and all(type(i) is int and type(ch) is str for i, ch in itos.items())
@@ -75,8 +67,7 @@ def char_vocabulary(meta, path, vocab_size):
 
 def check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, vocab_size):
     """A resumed model of vocab_size tokens and its dataset as it is now (meta_path: its meta.pkl, if any) must
-    have one vocabulary: a dataset prepared again from other text or with the other tokenizer would be trained
-    on with ids that mean other text, and the checkpoint overwritten."""
+    have one vocabulary, or ids that mean other text would be trained on, and the checkpoint overwritten."""
     if vocab_size is None:  # (model_from says what such a checkpoint lacks)
         return
     if meta_path and meta_vocab_size != vocab_size:
@@ -92,8 +83,7 @@ def check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, vocab_size):
 
 
 class CharTokenizer:
-    """A character vocabulary (a meta dict), checked to be that of a model of vocab_size tokens; `path` is
-    where it comes from, for the messages."""
+    """A character vocabulary (a meta dict from `path`), checked to be that of a model of vocab_size tokens."""
 
     def __init__(self, meta, path, vocab_size):
         self.path, self.stoi, self.itos = path, meta["stoi"], char_vocabulary(meta, path, vocab_size)
@@ -115,8 +105,6 @@ class CharTokenizer:
     def decode_bytes(self, ids):
         return self.decode(ids).encode()
 
-
-# ---------------------------------------------------------------------------- GPT-2's BPE (tiktoken)
 
 GPT2_VOCAB, EOT = 50257, 50256  # GPT-2's tokens, and the id of <|endoftext|>, its only special one
 
@@ -157,7 +145,7 @@ def gpt2_tokenizer_files():
 
 class GPT2Tokenizer:
     """GPT-2's BPE for prompts and samples: "<|endoftext|>" in a prompt is the special token, and the ids past
-    GPT-2's 50257 (the padding of a 50304 vocabulary) have no text."""
+    50257 (the padding of a 50304 vocabulary) have no text."""
 
     def __init__(self):
         self.enc = gpt2_encoding()

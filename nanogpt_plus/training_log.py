@@ -1,10 +1,8 @@
-"""A run's training log, out_dir/train_log.csv, and its picture, out_dir/loss.png.
+"""A run's training log, out_dir/train_log.csv, and its picture, out_dir/loss.png (plot.py draws it afterwards).
 
-train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu), a
-row per eval (iter, train loss in `loss`, val_loss) and, with --hellaswag_interval, a row per
-HellaSwag eval (iter, hellaswag: its acc_norm); when matplotlib is installed (pip install
-matplotlib), it redraws loss.png at each eval. Logs written before the hellaswag column read alike.
-plot.py draws the logs of finished runs, one, or several on the same axes.
+train.py appends a row per log line (iter, loss of the last micro-batch, lr, time_ms, mfu), a row per eval (iter,
+train loss in `loss`, val_loss) and per HellaSwag eval (iter, hellaswag: its acc_norm), and, with matplotlib,
+redraws loss.png at each eval. Logs written before the hellaswag column read alike.
 """
 
 import atexit
@@ -25,18 +23,16 @@ HEADER = ("iter", "loss", "val_loss", "lr", "time_ms", "mfu", "hellaswag")  # (o
 def log_text(path):
     """The text of a train_log.csv; a file that is not UTF-8 text is a ValueError that names it."""
     with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a training log: it is not text (byte {e.start:,} is no UTF-8)") from None
+        try:
+            return f.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not a training log: it is not text (byte {e.start:,} is no UTF-8)") from None
 
 
 def log_rows(path, text=None):
-    """The rows of a train_log.csv (its text, if read already) as lists of cells, header first, with
-    their line numbers. A last line without its newline was cut short (the run was killed while
-    writing it): it is left out, and so are blank lines. Whatever cannot be read as a log is a
-    ValueError that names the file: plot.py and a resumed run say it in one line."""
+    """The rows of a train_log.csv (its text, if read already) as lists of cells, header first, with their line
+    numbers. A last line without its newline was cut short (by a kill while it was written): it is left out,
+    and so are blank lines. What cannot be read as a log is a ValueError that names the file."""
     text = log_text(path) if text is None else text
     reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
     try:
@@ -46,9 +42,9 @@ def log_rows(path, text=None):
 
 
 def read_log(path):
-    """The rows of a train_log.csv: ([(iter, loss)] of the log lines, [(iter, train, val)] of the
-    evals, [(iter, acc_norm)] of the HellaSwag evals). A log of an earlier version, without the last
-    columns of HEADER, reads alike; a row that fits no header is a ValueError that names its line."""
+    """([(iter, loss)] of the log lines, [(iter, train, val)] of the evals, [(iter, acc_norm)] of the HellaSwag
+    evals) of a train_log.csv, also of an earlier version's, which lacks the last columns of HEADER; a row that
+    fits no header is a ValueError that names its line."""
     rows = log_rows(path)
     header = rows[0][1] if rows else list(HEADER)
     if header != list(HEADER[: len(header)]) or len(header) < 3:
@@ -72,9 +68,8 @@ def read_log(path):
 
 
 def draw(out_dirs, png_path):
-    """Train and val loss against iteration into png_path, one run's or several runs' on the same axes (to
-    compare them: each run in a colour of its own, val dashed), with a legend, and HellaSwag's acc_norm on
-    a right-hand axis where a run has it; returns the matplotlib Figure (None without matplotlib)."""
+    """Train and val loss against iteration into png_path, of one run or of several on the same axes (each in a
+    colour of its own, val dashed), HellaSwag's acc_norm on a right-hand axis; the Figure (None without matplotlib)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -109,16 +104,13 @@ def draw(out_dirs, png_path):
 
 
 class TrainingLog:
-    """train.py's log: rows appended to out_dir/train_log.csv, and loss.png redrawn after an eval, in
-    a thread so that training need not wait for it: at most every 10 seconds (a drawing takes the
-    Python lock for about 0.1 s) and at the end. A new run (`truncate`) starts a new log; while
-    out_dir holds an earlier one, the new rows go to PENDING_NAME beside it, which takes its place
-    when the new run's first checkpoint is written (adopt()) and is removed if the run ends before:
-    until then the old checkpoint keeps its log and picture, whatever becomes of the new run.
-    A run resumed at iteration `resumed_at` redoes what the stopped one did after its checkpoint
-    (saved right after the eval at resumed_at): those rows go, so that none appears twice. So do the
-    blank and cut-short lines a killed run may leave. A file that cannot be written (a full disk) is
-    one line: an error for the log, a note for the picture, which training can go on without."""
+    """train.py's log: rows appended to out_dir/train_log.csv, and loss.png redrawn after an eval in a thread, at
+    most every 10 seconds (a drawing holds the Python lock for about 0.1 s) and at the end. A new run (`truncate`)
+    starts a new log; while out_dir holds an earlier one, the new rows go to PENDING_NAME beside it, which takes
+    its place when the new run's first checkpoint is written (adopt()) and goes if the run ends before: the old
+    checkpoint keeps its log and picture until then. A run resumed at `resumed_at` drops the rows logged after
+    its checkpoint (saved right after that eval), so that none appears twice, and the blank and cut-short lines
+    a killed run may leave. A full disk is an error for the log, a note for the picture."""
 
     def __init__(self, out_dir, truncate, say, resumed_at=None):
         self.out_dir, self.say, self.drawing, self.drawn_at, self.draw_failed = out_dir, say, None, 0.0, False
@@ -138,9 +130,8 @@ class TrainingLog:
             raise cannot_write(self.path, e, "--out_dir") from None
 
     def tidy(self, resumed_at):
-        """Rewrite the log atomically, if need be: with every column of HEADER (a log of an earlier
-        version lacks the last ones), without blank and cut-short lines, without the rows past the
-        eval at resumed_at (if given)."""
+        """Rewrite the log atomically, if need be: with every column of HEADER (an earlier version's lacks the
+        last), without blank and cut-short lines, without the rows past the eval at resumed_at (if given)."""
         try:
             text = log_text(self.path)
             rows = log_rows(self.path, text)
@@ -187,23 +178,20 @@ class TrainingLog:
         """Append a row of HEADER's cells; if the disk is full, the file is cut back to the rows before it."""
         data = (",".join("" if cells.get(c) is None else str(cells[c]) for c in HEADER) + "\n").encode()
         with self.lock:
-            self.append(data)
-
-    def append(self, data):
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            raise cannot_write(self.path, e, "--out_dir") from None
-        end = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            while data:
-                data = data[os.write(fd, data) :]
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, end)
-            raise cannot_write(self.path, e, "--out_dir") from None
-        finally:
-            os.close(fd)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            except OSError as e:
+                raise cannot_write(self.path, e, "--out_dir") from None
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise cannot_write(self.path, e, "--out_dir") from None
+            finally:
+                os.close(fd)
 
     def step_row(self, it, loss, lr, dt, mfu):
         self.row(iter=it, loss=loss, lr=lr, time_ms=f"{dt * 1000:.2f}", mfu=f"{mfu * 100:.2f}" if mfu >= 0 else None)
@@ -222,14 +210,11 @@ class TrainingLog:
             if self.pending:  # loss.png is the earlier run's until this one adopts the log
                 self.draw_due = True
             elif last or time.time() - self.drawn_at > 10:
-                self.start_drawing()
-
-    def start_drawing(self):
-        first = self.drawing is None
-        self.wait()
-        self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
-        self.drawing.start()
-        self.drawn_at = time.time()
+                first = self.drawing is None
+                self.wait()
+                self.drawing = threading.Thread(target=self.draw, args=(first,), name="loss-plot")
+                self.drawing.start()
+                self.drawn_at = time.time()
 
     def draw(self, first):
         png = os.path.join(self.out_dir, "loss.png")
@@ -250,8 +235,7 @@ class TrainingLog:
 
 
 def well_formed(cells, header=HEADER):
-    """Whether a row of train_log.csv fits its header: an iteration, then numbers or nothing, at least one
-    number (a HellaSwag row has no loss)."""
+    """Whether a row fits its header: an iteration, then numbers or nothing, at least one number."""
     try:
         int(cells[0]), [float(c) for c in cells[1:] if c]
     except (ValueError, IndexError):

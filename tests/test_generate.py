@@ -386,8 +386,8 @@ def weight_casts(step):
 
 
 def test_under_autocast_the_sampler_casts_the_linear_weights_once_per_call_with_the_same_logits(monkeypatch):
-    """Autocast with its cast cache off casts every weight at every forward. The Sampler casts the
-    Linear weights once per call and runs its steps with those: a decode step casts no weight, the
+    """Autocast with its cast cache off casts every weight at every forward. The Sampler told to (cast_to)
+    casts the Linear weights once per call and runs its steps with those: a decode step casts no weight, the
     logits equal those of the model's own forward under autocast (the Sampler with the casting
     turned off), and weights changed between calls are the ones the next call uses."""
     model = make_model(seed=5, std=0.1, block_size=32)
@@ -400,9 +400,8 @@ def test_under_autocast_the_sampler_casts_the_linear_weights_once_per_call_with_
             sampler(idx)
         return torch.stack(recorder.logits)
 
-    once = engine.Sampler(model, 2, 3, 40)
+    once = engine.Sampler(model, 2, 3, 40, cast_to=torch.bfloat16)  # (the plan's cast_dtype)
     every_step = engine.Sampler(model, 2, 3, 40)
-    monkeypatch.setattr(every_step, "cast_weights", lambda: setattr(every_step, "weights", {}))
     assert torch.equal(logits_of(once), logits_of(every_step))  # past block_size too: the window steps
     assert model.lm_head.weight.dtype == torch.float32 and model.lm_head.weight is model.transformer.wte.weight
 

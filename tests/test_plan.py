@@ -201,3 +201,15 @@ def test_the_sampler_replays_cuda_graphs_only_where_told():
     assert sampler.graph_device is None and sampler.replays == {}
     with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
         engine.Sampler(model, 1, 2, 10, cuda_graph=True)
+
+
+def test_the_plan_says_how_sampling_casts_weights_and_where_it_builds_a_checkpoints_model():
+    """Sampling or evaluating under a 16-bit autocast casts Linear weights once (Plan.apply, the Sampler's
+    cast_to); training and float32 cast none. Only sampling on CUDA builds a checkpoint's model on the GPU."""
+    assert make_plan("cpu", "bfloat16", task="sample").cast_dtype == torch.bfloat16
+    assert make_plan("cpu", "bfloat16", task="eval").cast_dtype == torch.bfloat16
+    assert (
+        make_plan("cpu", "bfloat16").cast_dtype is None
+        and make_plan("cpu", "float32", task="sample").cast_dtype is None
+    )
+    assert make_plan("cpu", "float32", task="sample").build_device is None

@@ -47,12 +47,13 @@ def test_prepare_on_a_read_only_filesystem_says_so(tmp_path, monkeypatch, capsys
     from test_data import load_script
     from test_prepare_text import pt
 
-    def read_only(self, *args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
     monkeypatch.chdir(tmp_path)
     small_text(tmp_path / "in.txt")
-    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(Path, "mkdir", read_only)  # (prepare_text.py makes its folder with pathlib)
+    monkeypatch.setattr(os, "makedirs", read_only)  # (the other scripts with os.makedirs)
     if script == "prepare_text":
         message = main_error(pt.main, ["in.txt", "--out_dir", "ro/new", "--block_size=8"], capsys)
     else:

@@ -260,10 +260,8 @@ def test_train_py_says_a_run_is_hopeless_on_a_cpu_before_its_first_eval(tmp_path
 
 def test_the_cpu_speed_probe_behind_the_long_run_note_leaves_the_rng_alone():
     """It runs before the first step: a draw from the RNG would change the dropout of a resumed run."""
-    from nanogpt_plus import plan
-
     state = torch.get_rng_state()
-    assert plan.cpu_matmul_flops(64) > 1e6
+    assert progress.cpu_matmul_flops(64) > 1e6
     assert torch.equal(torch.get_rng_state(), state)
 
 

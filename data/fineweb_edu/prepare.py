@@ -1,21 +1,18 @@
 """FineWeb-Edu's 10B-token sample with the GPT-2 BPE tokenizer: uint16 token ids in train.bin/val.bin.
 
 Usage: python data/fineweb_edu/prepare.py [--parquet_dir DIR] [--val_docs N] [--out-dir DIR] [--num-proc N]
-It is the data llm.c and build-nanogpt train GPT-2 124M on: HuggingFaceFW/fineweb-edu, config sample-10BT,
-downloaded with Hugging Face `datasets` (pip install 'nanogpt-plus[datasets]'), or read from a folder of its
-parquet files (--parquet_dir). The first --val_docs documents, in the dataset's order, are the validation split;
-all the others are the training split. Disk: ~28GB of parquet download, the Arrow cache `datasets` builds from it,
-and ~20GB of output. An interrupted run goes on from where it stopped when the same command is run again.
+The data llm.c and build-nanogpt train GPT-2 124M on: HuggingFaceFW/fineweb-edu, sample-10BT, downloaded with
+`datasets` (pip install 'nanogpt-plus[datasets]') or read from its parquet files (--parquet_dir). The first
+--val_docs documents are val, the rest train. Disk: ~28GB of download, the Arrow cache, ~20GB of output. An
+interrupted run goes on from where it stopped when the same command is run again.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
+import os
 
 from nanogpt_plus import prepare_utils as pu
 from nanogpt_plus import token_bins
 
-HERE = Path(__file__).resolve().parent
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 HF_NAME = "HuggingFaceFW/fineweb-edu"
 HF_CONFIG = "sample-10BT"
@@ -23,17 +20,19 @@ HF_CONFIG = "sample-10BT"
 VAL_DOCS = 10_000
 
 
-def parquet_files(parquet_dir: Path) -> list[str]:
+def parquet_files(parquet_dir):
     """Every .parquet file under the folder, in path order (the order their documents are read in)."""
-    files = sorted(str(path) for path in Path(parquet_dir).rglob("*.parquet"))
+    files = sorted(
+        os.path.join(root, n) for root, _, names in os.walk(parquet_dir) for n in names if n.endswith(".parquet")
+    )
     if not files:
         raise pu.UserError(f"no .parquet files under {parquet_dir}; pass the folder that holds FineWeb-Edu's shards")
     return files
 
 
-def check_parquet(files: list[str]) -> None:
-    """Refuse a shard whose download was cut short, naming it. Only each file's footer is read (milliseconds): a
-    cut-short file has lost it. Left to `datasets`, the same file is a traceback that does not name it."""
+def check_parquet(files):
+    """Refuse a shard cut short, naming it (`datasets` would raise a traceback that does not): only each file's
+    footer is read, which a cut-short file has lost."""
     import pyarrow.parquet as pq
 
     for path in files:
@@ -48,7 +47,7 @@ def check_parquet(files: list[str]) -> None:
             ) from None
 
 
-def load_fineweb(parquet_dir: Path | None = None, num_proc: int | None = None):
+def load_fineweb(parquet_dir=None, num_proc=None):
     """The whole sample as one Dataset: from the Hugging Face hub, or from local parquet shards."""
     datasets = pu.import_datasets("fineweb_edu")
     num_proc = num_proc or pu.default_num_proc()
@@ -59,36 +58,24 @@ def load_fineweb(parquet_dir: Path | None = None, num_proc: int | None = None):
     return datasets.load_dataset("parquet", data_files=files, split="train", num_proc=min(num_proc, len(files)))
 
 
-def split_val_first(dataset, val_docs: int = VAL_DOCS) -> dict:
+def split_val_first(dataset, val_docs=VAL_DOCS):
     """val: the first val_docs documents; train: the rest, in order."""
     if not 0 < val_docs < len(dataset):
         raise pu.UserError(f"--val_docs must be between 1 and {len(dataset) - 1} (the dataset has {len(dataset)})")
     return {"train": dataset.select(range(val_docs, len(dataset))), "val": dataset.select(range(val_docs))}
 
 
-def prepare(
-    out_dir: str | Path = HERE,
-    parquet_dir: Path | None = None,
-    val_docs: int = VAL_DOCS,
-    num_proc: int | None = None,
-    shard_docs: int = token_bins.SHARD_DOCS,
-) -> dict[str, int]:
+def prepare(out_dir=HERE, parquet_dir=None, val_docs=VAL_DOCS, num_proc=None, shard_docs=token_bins.SHARD_DOCS):
     """Load the sample, split it, write train.bin/val.bin; return their token counts."""
     splits = split_val_first(load_fineweb(parquet_dir, num_proc), val_docs)
     recipe = {"dataset": f"{HF_NAME}/{HF_CONFIG}", "val_docs": val_docs}
     return token_bins.write_bins(splits, out_dir, recipe, num_proc=num_proc, shard_docs=shard_docs)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv=None):
     parser = token_bins.arg_parser("Prepare FineWeb-Edu (sample-10BT) with the GPT-2 tokenizer.", HERE)
-    parser.add_argument("--parquet-dir", "--parquet_dir", type=Path, help="read local parquet shards, not the hub")
-    parser.add_argument(
-        "--val-docs",
-        "--val_docs",
-        type=int,
-        default=VAL_DOCS,
-        help="the first N documents are val (default: %(default)s)",
-    )
+    parser.add_argument("--parquet-dir", "--parquet_dir", help="read local parquet shards, not the hub")
+    parser.add_argument("--val-docs", "--val_docs", type=int, default=VAL_DOCS, help="the first N documents are val")
     args = parser.parse_args(argv)
     with pu.user_errors():
         counts = prepare(args.out_dir, args.parquet_dir, args.val_docs, args.num_proc, args.shard_docs)

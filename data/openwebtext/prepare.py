@@ -1,20 +1,17 @@
 """OpenWebText with the GPT-2 BPE tokenizer: uint16 token ids in train.bin/val.bin, as classic nanoGPT writes them.
 
 Usage: python data/openwebtext/prepare.py [--out-dir DIR] [--num-proc N] [--shard-docs N] [--hf-name NAME]
-Needs the optional Hugging Face `datasets` package (pip install 'nanogpt-plus[datasets]'), network access on first
-run, and lots of disk: ~54GB in the Hugging Face cache plus ~17GB of output. Tokenizing is shared with the other
-large datasets (nanogpt_plus/token_bins.py): all cores, bounded memory, and an interrupted run (Ctrl-C, kill, full disk)
-goes on from where it stopped when the same command is run again.
+Needs `datasets` (pip install 'nanogpt-plus[datasets]'), the network on the first run, and ~54GB in the Hugging
+Face cache plus ~17GB of output. Tokenizing (nanogpt_plus/token_bins.py) uses every core in bounded memory, and an
+interrupted run goes on from where it stopped when the same command is run again.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
+import os
 
 from nanogpt_plus import prepare_utils as pu
 from nanogpt_plus import token_bins
 
-HERE = Path(__file__).resolve().parent
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 HF_NAME = "openwebtext"
 # The classic split: a 0.05% validation set, shuffled with a fixed seed so it is reproducible.
@@ -22,44 +19,30 @@ TEST_SIZE = 0.0005
 SEED = 2357
 
 
-def load_openwebtext(name: str = HF_NAME, num_proc: int | None = None):
-    """The raw dataset from the Hugging Face hub: a DatasetDict with a single 'train' split."""
+def raw_dataset(dataset, hf_name, num_proc):
+    """The raw dataset, a DatasetDict of one 'train' split: the hub's, or the one given (a bare Dataset too)."""
     datasets = pu.import_datasets("openwebtext")
-    return pu.from_hub(datasets, name, num_proc=num_proc or pu.default_num_proc())
+    if dataset is None:
+        return pu.from_hub(datasets, hf_name, num_proc=num_proc or pu.default_num_proc())
+    return datasets.DatasetDict({"train": dataset}) if isinstance(dataset, datasets.Dataset) else dataset
 
 
-def split_train_val(dataset, test_size: float = TEST_SIZE, seed: int = SEED):
+def split_train_val(dataset, test_size=TEST_SIZE, seed=SEED):
     """Carve the validation set out of the raw 'train' split; returns a DatasetDict train/val."""
     split = dataset["train"].train_test_split(test_size=test_size, seed=seed, shuffle=True)
     split["val"] = split.pop("test")
     return split
 
 
-def as_dataset_dict(dataset):
-    """Accept a bare Dataset (e.g. from Dataset.from_dict in tests) as the raw 'train' split."""
-    datasets = pu.import_datasets("openwebtext")
-    if isinstance(dataset, datasets.Dataset):
-        return datasets.DatasetDict({"train": dataset})
-    return dataset
-
-
-def prepare(
-    out_dir: str | Path = HERE,
-    dataset=None,
-    num_proc: int | None = None,
-    test_size: float = TEST_SIZE,
-    seed: int = SEED,
-    hf_name: str = HF_NAME,
-    shard_docs: int = token_bins.SHARD_DOCS,
-) -> dict[str, int]:
+def prepare(out_dir=HERE, dataset=None, num_proc=None, test_size=TEST_SIZE, seed=SEED, hf_name=HF_NAME,
+            shard_docs=token_bins.SHARD_DOCS):  # fmt: skip
     """Load (or take) the raw dataset, split it, write train.bin/val.bin; return their token counts."""
-    raw = load_openwebtext(hf_name, num_proc) if dataset is None else as_dataset_dict(dataset)
-    splits = split_train_val(raw, test_size=test_size, seed=seed)
+    splits = split_train_val(raw_dataset(dataset, hf_name, num_proc), test_size=test_size, seed=seed)
     recipe = {"dataset": hf_name, "test_size": test_size, "seed": seed}
     return token_bins.write_bins(splits, out_dir, recipe, num_proc=num_proc, shard_docs=shard_docs)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv=None):
     parser = token_bins.arg_parser("Prepare OpenWebText with the GPT-2 tokenizer.", HERE)
     parser.add_argument("--hf-name", default=HF_NAME, help="Hugging Face dataset name (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -5,47 +5,31 @@ The input text is, in order: input.txt already in the out dir, the given path (o
 else a download of Tiny Shakespeare.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import tiktoken
+import os
 
 from nanogpt_plus import prepare_utils as pu
 from nanogpt_plus.tokenizer import gpt2_encoding
 
-HERE = Path(__file__).resolve().parent
-
-SCRIPT = "data/shakespeare/prepare.py"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def encode(text: str, enc: tiktoken.Encoding) -> list[int]:
-    # encode_ordinary: "<|endoftext|>" in the text is plain text, never the special token.
+def encode(text, enc):
     return enc.encode_ordinary(text)
 
 
-def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) -> dict[str, int]:
+def prepare(out_dir=HERE, input_path=None):
     """Write train.bin and val.bin into out_dir; return the counts."""
-    out_dir = Path(out_dir)
-    pu.make_out_dir(out_dir)
-    text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
+    text = pu.input_text(out_dir, input_path, "data/shakespeare/prepare.py")
     enc = gpt2_encoding()
     # Split on characters before tokenizing, as classic nanoGPT does; token counts follow from that.
     train_text, val_text = pu.split_text(text)
-    n_train = pu.write_tokens(encode(train_text, enc), out_dir / "train.bin")
-    n_val = pu.write_tokens(encode(val_text, enc), out_dir / "val.bin")
+    n_train = pu.write_tokens(encode(train_text, enc), os.path.join(out_dir, "train.bin"))
+    n_val = pu.write_tokens(encode(val_text, enc), os.path.join(out_dir, "val.bin"))
     return {"chars": len(text), "train": n_train, "val": n_val}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = pu.shakespeare_arg_parser("Prepare Tiny Shakespeare with the GPT-2 tokenizer.", HERE)
-    args = parser.parse_args(argv)
-    with pu.user_errors():
-        counts = prepare(out_dir=args.out_dir, input_path=args.input)
-    print(f"length of dataset in characters: {counts['chars']:,}")
-    print(f"train.bin has {counts['train']:,} tokens")
-    print(f"val.bin has {counts['val']:,} tokens")
-    print(f"wrote train.bin, val.bin to {Path(args.out_dir).resolve()}")
+def main(argv=None):
+    pu.shakespeare_main(prepare, "Prepare Tiny Shakespeare with the GPT-2 tokenizer.", HERE, argv)
 
 
 if __name__ == "__main__":

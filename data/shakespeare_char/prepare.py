@@ -5,43 +5,32 @@ The input text is, in order: input.txt already in the out dir, the given path (o
 else a download of Tiny Shakespeare.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
+import os
+import pickle
 
 from nanogpt_plus import prepare_utils as pu
 from nanogpt_plus.tokenizer import CharTokenizer, char_meta
 
-HERE = Path(__file__).resolve().parent
-
-SCRIPT = "data/shakespeare_char/prepare.py"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def prepare(out_dir: str | Path = HERE, input_path: str | Path | None = None) -> dict[str, int]:
+def prepare(out_dir=HERE, input_path=None):
     """Write train.bin, val.bin and meta.pkl into out_dir; return the counts."""
-    out_dir = Path(out_dir)
-    pu.make_out_dir(out_dir)
-    text = pu.read_text(pu.ensure_input(out_dir, input_path, SCRIPT))
+    text = pu.input_text(out_dir, input_path, "data/shakespeare_char/prepare.py")
     # the sorted distinct characters of the whole text (train and val alike), in classic nanoGPT's meta.pkl
     meta = char_meta(sorted(set(text)))
-    chars = CharTokenizer(meta, out_dir / "meta.pkl", meta["vocab_size"])
+    meta_path = os.path.join(out_dir, "meta.pkl")
+    chars = CharTokenizer(meta, meta_path, meta["vocab_size"])
     train_text, val_text = pu.split_text(text)
-    n_train = pu.write_tokens(chars.encode(train_text), out_dir / "train.bin")
-    n_val = pu.write_tokens(chars.encode(val_text), out_dir / "val.bin")
-    pu.write_pickle(meta, out_dir / "meta.pkl")
+    n_train = pu.write_tokens(chars.encode(train_text), os.path.join(out_dir, "train.bin"))
+    n_val = pu.write_tokens(chars.encode(val_text), os.path.join(out_dir, "val.bin"))
+    with pu.writing(meta_path), pu.atomic_write(meta_path) as f:
+        pickle.dump(meta, f)
     return {"chars": len(text), "vocab_size": meta["vocab_size"], "train": n_train, "val": n_val}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = pu.shakespeare_arg_parser("Prepare character-level Tiny Shakespeare.", HERE)
-    args = parser.parse_args(argv)
-    with pu.user_errors():
-        counts = prepare(out_dir=args.out_dir, input_path=args.input)
-    print(f"length of dataset in characters: {counts['chars']:,}")
-    print(f"vocab size: {counts['vocab_size']:,}")
-    print(f"train.bin has {counts['train']:,} tokens")
-    print(f"val.bin has {counts['val']:,} tokens")
-    print(f"wrote train.bin, val.bin, meta.pkl to {Path(args.out_dir).resolve()}")
+def main(argv=None):
+    pu.shakespeare_main(prepare, "Prepare character-level Tiny Shakespeare.", HERE, argv)
 
 
 if __name__ == "__main__":
