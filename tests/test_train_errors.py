@@ -456,11 +456,13 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path):
         time.sleep(0.05)
     proc.terminate()
     _, stderr = proc.communicate(timeout=60)
-    stopped, held = re.fullmatch(
+    said = re.fullmatch(
         rf"interrupted at iter (\d+); out/ckpt.pt holds iter (\d+): resume with python {SCRIPTS['train']} "
         r"--init_from=resume --out_dir=out\n",
         stderr,
-    ).groups()
+    )
+    assert said, stderr  # (what it said instead, if anything)
+    stopped, held = said.groups()
     assert proc.returncode != 0 and 0 < int(held) <= int(stopped)
     assert checkpoint.load(str(tmp_path / "out" / "ckpt.pt"))["iter_num"] == int(held)
     assert not (tmp_path / "out" / checkpoint.LOCK_NAME).exists()
