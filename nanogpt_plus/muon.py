@@ -126,7 +126,10 @@ class Muon(torch.optim.Optimizer):
                 continue
             lr = group["lr"]  # a float (train.py's, changing at each step), or a tensor the caller updates
             if not isinstance(lr, torch.Tensor):
-                lr = self.lr_tensors.setdefault(params[0].device, params[0].new_zeros((), dtype=torch.float32))
+                device = params[0].device
+                if device not in self.lr_tensors:  # (made once: setdefault would allocate one at every step)
+                    self.lr_tensors[device] = params[0].new_zeros((), dtype=torch.float32)
+                lr = self.lr_tensors[device]
                 lr.fill_(group["lr"])  # in place: no host-to-device copy, nothing waits
             self.step_stacked(group, params, grads, buffers, lr.reshape(()))
         return loss
