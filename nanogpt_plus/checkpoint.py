@@ -343,9 +343,14 @@ def interrupt_note(writer, out_dir, it, torchrun):
     return f"interrupted at iter {it}; {os.path.join(out_dir, CKPT_NAME)} holds iter {saved}: resume with {command}"
 
 
+OPTIMIZER_SETTINGS = ("weight_decay", "betas", "momentum", "lr_scale")  # what train.py's config sets in a group
+
+
 def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_model=None):
     """Put back the optimizer and gradient scaler states and this rank's RNGs, so that a resumed
-    run goes on exactly as if it had never stopped (FSDP: a collective)."""
+    run goes on exactly as if it had never stopped (FSDP: a collective). The groups' settings that the config
+    makes (weight decay, betas, Muon's momentum and its lr_scale) stay this run's: a key given now applies."""
+    settings = [{k: group[k] for k in OPTIMIZER_SETTINGS if k in group} for group in optimizer.param_groups]
     try:
         if fsdp_model is not None:
             parallel.load_optimizer_state(fsdp_model, optimizer, ckpt["optimizer"])
@@ -353,6 +358,8 @@ def restore_training_state(ckpt, optimizer, scaler, rank, device, say, fsdp_mode
             optimizer.load_state_dict(ckpt["optimizer"])
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"the checkpoint's optimizer state does not fit the model: {first_line(e)}") from None
+    for group, kept in zip(optimizer.param_groups, settings, strict=True):  # (loading replaced them with the saved)
+        group.update(kept)
     try:
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])

@@ -345,6 +345,30 @@ def test_resume_is_bit_identical(tmp_path):
     assert torch.equal(a["rng_state"][0]["torch"], b["rng_state"][0]["torch"])
 
 
+def test_optimizer_settings_given_on_resume_apply(tmp_path):
+    """--weight_decay and --beta2 given on resume (printed as changed) are what the optimizer steps with, not the
+    checkpoint's: the run trains as one resumed from a checkpoint that had held them all along."""
+    make_dataset(tmp_path)
+    run_train(tmp_path, *TINY, "--out_dir=given", "--max_iters=3", "--eval_interval=3")
+    shutil.copytree(tmp_path / "given", tmp_path / "held")
+    ckpt = load(tmp_path / "held" / "ckpt.pt")  # the other path: the new values in the checkpoint itself
+    ckpt["optimizer"]["param_groups"][0] |= {"weight_decay": 0.0, "betas": (0.9, 0.5)}
+    ckpt["optimizer"]["param_groups"][1]["betas"] = (0.9, 0.5)
+    ckpt["config"] |= {"weight_decay": 0.0, "beta2": 0.5}
+    torch.save(ckpt, tmp_path / "held" / "ckpt.pt")
+    flags = ["--weight_decay=0.0", "--beta2=0.5"]
+    proc = run_train(tmp_path, "--out_dir=given", "--init_from=resume", "--max_iters=5", *flags)
+    assert "note: weight_decay 0.0 (checkpoint had 0.1)" in proc.stdout
+    run_train(tmp_path, "--out_dir=held", "--init_from=resume", "--max_iters=5")
+    given, held = load(tmp_path / "given" / "ckpt.pt"), load(tmp_path / "held" / "ckpt.pt")
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in given["optimizer"]["param_groups"]] == [
+        (0.0, (0.9, 0.5)),
+        (0.0, (0.9, 0.5)),
+    ]
+    for k in held["model"]:
+        assert torch.equal(given["model"][k], held["model"][k]), k
+
+
 # ---------------------------------------------------------------------------- DDP
 
 
