@@ -60,7 +60,14 @@ def from_pretrained(model_type, override_args=None):
         from transformers import GPT2LMHeadModel
     except ImportError:
         raise ImportError("GPT-2 weights need Hugging Face transformers: pip install transformers") from None
-    hf = GPT2LMHeadModel.from_pretrained(model_type)
+    # transformers fills the weights a folder lacks with a random init, and stops at one of another shape with a
+    # RuntimeError: both are said here (a folder holding the files of two models, a config.json edited by hand)
+    hf, info = GPT2LMHeadModel.from_pretrained(model_type, ignore_mismatched_sizes=True, output_loading_info=True)
+    wrong = [f"{k} is missing" for k in sorted(info["missing_keys"])]
+    wrong += [f"{key} is of another shape" for key, *_ in sorted(info["mismatched_keys"])]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ValueError(f"its weights do not fit its config.json: {wrong[0]}{more}")
     c = hf.config
     config = GPTConfig(
         block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
@@ -115,7 +122,8 @@ def check_model_folder(folder):
         raise UserError(f"{folder} has no config.json: give a Hugging Face model folder (export_hf.py writes one)")
     try:
         with open(config, encoding="utf-8") as f:
-            json.load(f)
+            if not isinstance(json.load(f), dict):  # transformers would fail with a TypeError
+                raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise UserError(f"{config} is cut short or corrupt ({reason(e)}): export the model again") from None
     weights = os.path.join(folder, "model.safetensors")

@@ -165,21 +165,31 @@ def input_text(out_dir, given, script):
             print(f"note: using existing {target}; ignoring {source} (delete {target} to use it)", file=sys.stderr)
     elif source is not None:
         try:
-            src = open(source, "rb")
+            with open(source, encoding="utf-8") as src:
+                text = src.read()
+        except UnicodeDecodeError:
+            raise UserError(f"{source} is not UTF-8 text; pass a plain text file") from None
         except OSError as exc:
             raise UserError(f"cannot read {source} ({reason(exc)})") from None
-        with src, writing(target), atomic_write(target) as f:
+        if not text:  # checked before the copy: a bad copy in out_dir would win over every later path
+            raise UserError(f"{source} is empty; pass a text file that holds the text to train on")
+        with open(source, "rb") as src, writing(target), atomic_write(target) as f:
             shutil.copyfileobj(src, f)
+        return text
     else:
         print(f"downloading {TINY_SHAKESPEARE_URL}")
         download(TINY_SHAKESPEARE_URL, target, script)
+    fix = f"delete {target} (or put the text in it) and run again"  # it wins over any path given
     try:
         with open(target, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
     except UnicodeDecodeError:
-        raise UserError(f"{target} is not UTF-8 text; pass a plain text file") from None
+        raise UserError(f"{target} is not UTF-8 text; {fix}") from None
     except OSError as exc:
         raise UserError(f"cannot read {target} ({reason(exc)})") from None
+    if not text:
+        raise UserError(f"{target} is empty; {fix}")
+    return text
 
 
 def split_text(text):

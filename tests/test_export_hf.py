@@ -409,12 +409,37 @@ def _cut(rel, keep):
     return setup
 
 
+def _rewrite_config(change):
+    """config.json replaced by `change` (not a dict), or updated with it."""
+
+    def setup(root: Path):
+        config = json.loads((root / "hf/config.json").read_text())
+        (root / "hf/config.json").write_text(json.dumps(config | change if isinstance(change, dict) else change))
+
+    return setup
+
+
+def _drop_weight(name):
+    def setup(root: Path):
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(root / "hf/model.safetensors")
+        del weights[name]
+        save_file(weights, root / "hf/model.safetensors", metadata={"format": "pt"})
+
+    return setup
+
+
 @pytest.mark.parametrize(
     "folder, setup, phrase",
     [
         ("hf", _cut("hf/model.safetensors", lambda n: n // 2), "hf/model.safetensors is cut short or corrupt"),
         ("hf", _cut("hf/model.safetensors", lambda n: 100), "hf/model.safetensors is cut short or corrupt"),
         ("hf", _cut("hf/config.json", lambda n: n // 2), "hf/config.json is cut short or corrupt"),
+        ("hf", _rewrite_config([]), "hf/config.json is cut short or corrupt"),
+        # files of two models: the weights must not come out of a random init, nor the shapes crash transformers
+        ("hf", _rewrite_config({"n_embd": 32}), "fit its config.json: transformer.h.0.attn.c_attn.bias is of"),
+        ("hf", _drop_weight("transformer.h.0.mlp.c_fc.weight"), "fit its config.json: transformer.h.0.mlp.c_fc.weight"),
         ("runs/a", None, "runs/a holds a training checkpoint, not a Hugging Face model: use --init_from=resume"),
         ("runs/b", None, "runs/b has no config.json: give a Hugging Face model folder"),
     ],

@@ -33,6 +33,21 @@ CASES = [
         "input file not found: nowhere.txt",
         None,
     ),
+    # checked before it is copied: a copy left as data/sc/input.txt would win over every later path
+    (
+        "prepare-input-not-utf8",
+        ["latin1.txt", "--out-dir", "data/sc"],
+        lambda w: (w / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 100),
+        "latin1.txt is not UTF-8 text",
+        None,
+    ),
+    (
+        "prepare-input-empty",
+        ["empty.txt", "--out-dir", "data/sc"],
+        lambda w: (w / "empty.txt").write_bytes(b""),
+        "empty.txt is empty",
+        None,
+    ),
 ]
 
 
@@ -109,3 +124,17 @@ def test_token_bins_shard_docs_below_one_is_one_line(tmp_path):
         load_script("openwebtext").token_bins.write_bins({}, tmp_path / "out", {}, shard_docs=0)
     assert_one_line(str(e.value), "--shard-docs=0 must be at least 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_shakespeare_goes_on_with_a_good_input_after_a_bad_one(tmp_path, monkeypatch, capsys):
+    """A file that is not UTF-8 is refused, and the next run with a good file prepares that one."""
+    from test_data import load_script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 100)
+    small_text(tmp_path / "good.txt")
+    script = load_script("shakespeare_char")
+    message = main_error(script.main, ["latin1.txt", "--out-dir", "sc"], capsys)
+    assert_one_line(message, "latin1.txt is not UTF-8 text")
+    assert main_error(script.main, ["good.txt", "--out-dir", "sc"], capsys) is None
+    assert (tmp_path / "sc" / "input.txt").read_bytes() == (tmp_path / "good.txt").read_bytes()
