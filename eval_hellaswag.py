@@ -18,7 +18,7 @@ from configurator import configure
 from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.atomic import atomic_write
 from nanogpt_plus.errors import UserError, first_line, report_user_errors
-from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
+from nanogpt_plus.huggingface import check_init_from, load_pretrained
 from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.progress import Progress
 from nanogpt_plus.tokenizer import dataset_meta
@@ -42,11 +42,7 @@ config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dt
 
 # what cannot work is an error now, before anything is loaded
 check_device(device, dtype)
-if init_from != "resume" and not is_model_name(init_from):
-    raise UserError(
-        f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir), {', '.join(PRETRAINED)} "
-        "or a Hugging Face model folder"
-    )
+check_init_from(init_from, own=("resume",))
 if limit < 0 or batch_size < 1:
     raise UserError(f"limit={limit} must be 0 or more and batch_size={batch_size} at least 1")
 

@@ -21,7 +21,7 @@ from configurator import check_ranges, configure
 from nanogpt_plus import checkpoint
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
-from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
+from nanogpt_plus.huggingface import check_init_from, load_pretrained
 from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta
 
@@ -52,10 +52,7 @@ config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dt
 
 # what cannot work is an error now, before the model is loaded
 plan = make_plan(device, dtype, compile=compile, attention=attention, task="sample")
-if init_from != "resume" and not is_model_name(init_from):
-    raise UserError(
-        f"unknown init_from {init_from!r}: use 'resume' (the checkpoint in out_dir) or {', '.join(PRETRAINED)}"
-    )
+check_init_from(init_from, own=("resume",))
 check_ranges(config, at_least_1=("num_samples",))
 try:
     check_sampling(max_new_tokens, temperature, top_k)

@@ -28,7 +28,7 @@ from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.dataloader import Batches, find_data_file, how_to_prepare
 from nanogpt_plus.errors import UserError, on_interrupt, report_user_errors
-from nanogpt_plus.huggingface import PRETRAINED, is_model_name, load_pretrained
+from nanogpt_plus.huggingface import check_init_from, load_pretrained
 from nanogpt_plus.muon import muon_and_adamw
 from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.progress import Progress, TimeLeft, TimeSplit
@@ -116,8 +116,7 @@ check_ranges(
 if optimizer not in ("adamw", "muon"):
     raise UserError(f"unknown optimizer={optimizer!r}: use adamw (nanoGPT's) or muon")
 use_muon = optimizer == "muon"  # (from the optimizer's setup on, `optimizer` is the torch optimizer itself)
-if init_from not in ("scratch", "resume") and not is_model_name(init_from):
-    raise UserError(f"unknown init_from={init_from!r}: use scratch, resume, auto, a folder or {', '.join(PRETRAINED)}")
+check_init_from(init_from, own=("scratch", "resume", "auto"))
 check_device(device, dtype)
 micro_steps = parallel.split_grad_accum(gradient_accumulation_steps, parallel.world_size())  # per process
 if wandb_log and importlib.util.find_spec("wandb") is None:

@@ -30,6 +30,13 @@ def is_model_name(name):
     return name in PRETRAINED or os.path.isdir(name)
 
 
+def check_init_from(init_from, own):
+    """A one-line error unless init_from is one of the script's own choices (own), a GPT-2 name or a folder."""
+    if init_from not in own and not is_model_name(init_from):
+        choices = ", ".join((*own, *PRETRAINED))
+        raise UserError(f"unknown init_from={init_from!r}: use {choices} or the path of a Hugging Face model folder")
+
+
 @torch.no_grad()
 def load_hf_state_dict(model, hf_sd):
     """Copy a Hugging Face GPT2LMHeadModel state dict into model (same names, Conv1D transposed)."""

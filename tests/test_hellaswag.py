@@ -242,6 +242,13 @@ def test_a_character_level_checkpoint_is_one_error_line(tmp_path):
     assert not (tmp_path / "data" / "hellaswag").exists()  # refused before any download
 
 
+def test_an_unknown_init_from_is_one_error_line(tmp_path):
+    proc = run_eval(tmp_path, "--init_from=gpt3")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: unknown init_from='gpt3': use resume, gpt2, ")
+    assert proc.stderr.rstrip().endswith("or the path of a Hugging Face model folder")
+
+
 # ---------------------------------------------------------------------------- the file: download, cache, bad lines
 
 

@@ -223,7 +223,7 @@ ERRORS = [
     (["--max_new_tokens=-1"], "max_new_tokens=-1", ""),
     (["--num_samples=0"], "num_samples=0", ""),
     (["--temperature=-0.1"], "temperature=-0.1", ""),
-    (["--init_from=gpt3"], "unknown init_from 'gpt3'", "resume"),
+    (["--init_from=gpt3"], "unknown init_from='gpt3'", "Hugging Face model folder"),
     (["--start="], "the prompt is empty", ""),
 ]
 
