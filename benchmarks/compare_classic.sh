@@ -21,6 +21,7 @@ OUT=${OUT:-/tmp/compare_classic}; mkdir -p "$OUT"
 RESULTS=${RESULTS:-$OUT/results.tsv}  # one line per figure: work, side, value
 INPUT=${INPUT:-.dev/input.txt}
 REPEATS=${REPEATS:-3}  # whole-process repeats of each sample.py run (the median is reported)
+BENCH_BATCHES=${BENCH_BATCHES:-12 32}  # the batch sizes of the bench stage
 PY=${PYTHON:-python3}
 CHAR_OUT=out-shakespeare-char  # both train.py's out_dir for config/train_shakespeare_char.py
 CACHES=$(mktemp -d)  # each side's torch.compile and Triton caches
@@ -89,7 +90,7 @@ stage_train() {  # fresh: an empty compile cache for each side; warm: the same r
 }
 
 stage_bench() {  # GPT-2 124M training step, random tokens, each script's own timing
-  for b in 12 32; do
+  for b in $BENCH_BATCHES; do
     for side in classic ours; do
       local log="$OUT/bench_${side}_b$b.txt"
       use_cache "$side"  # (not the cache of whichever side trained last)
