@@ -163,16 +163,8 @@ def input_text(out_dir, given, script):
     if os.path.isfile(target):
         if source is not None and not filecmp.cmp(source, target, shallow=False):
             print(f"note: using existing {target}; ignoring {source} (delete {target} to use it)", file=sys.stderr)
-    elif source is not None:
-        try:
-            with open(source, encoding="utf-8") as src:
-                text = src.read()
-        except UnicodeDecodeError:
-            raise UserError(f"{source} is not UTF-8 text; pass a plain text file") from None
-        except OSError as exc:
-            raise UserError(f"cannot read {source} ({reason(exc)})") from None
-        if not text:  # checked before the copy: a bad copy in out_dir would win over every later path
-            raise UserError(f"{source} is empty; pass a text file that holds the text to train on")
+    elif source is not None:  # read and checked before the copy: a bad copy in out_dir would win over every later path
+        text = read_text(source, "pass a plain text file", "pass a text file that holds the text to train on")
         with open(source, "rb") as src, writing(target), atomic_write(target) as f:
             shutil.copyfileobj(src, f)
         return text
@@ -180,15 +172,20 @@ def input_text(out_dir, given, script):
         print(f"downloading {TINY_SHAKESPEARE_URL}")
         download(TINY_SHAKESPEARE_URL, target, script)
     fix = f"delete {target} (or put the text in it) and run again"  # it wins over any path given
+    return read_text(target, fix, fix)
+
+
+def read_text(path, fix_not_utf8, fix_empty):
+    """The UTF-8 text of path, or a one-line error that ends with the fix given for what is wrong with it."""
     try:
-        with open(target, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError:
-        raise UserError(f"{target} is not UTF-8 text; {fix}") from None
+        raise UserError(f"{path} is not UTF-8 text; {fix_not_utf8}") from None
     except OSError as exc:
-        raise UserError(f"cannot read {target} ({reason(exc)})") from None
+        raise UserError(f"cannot read {path} ({reason(exc)})") from None
     if not text:
-        raise UserError(f"{target} is empty; {fix}")
+        raise UserError(f"{path} is empty; {fix_empty}")
     return text
 
 
