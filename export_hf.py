@@ -5,7 +5,7 @@
 
 The folder holds config.json, model.safetensors and, for a model on GPT-2's tokens, GPT-2's tokenizer (vocab.json,
 merges.txt, tokenizer_config.json): transformers.pipeline("text-generation", model=hf_dir) works. A character-level
-model's vocabulary is no Hugging Face tokenizer: chars.json lists its characters by id.
+model's vocabulary is no Hugging Face tokenizer: chars.json lists its characters by id (sample.py reads it).
 """
 
 import json
@@ -127,5 +127,6 @@ print(f"exported {out_dir}/{checkpoint.CKPT_NAME} to {hf_dir}: {', '.join(sorted
 if chars is not None:
     print(
         f"note: the weights and config are exported, the tokenizer is not: the {len(chars)} characters of this "
-        f"model are no Hugging Face tokenizer; {hf_dir}/chars.json lists them by id (text -> ids: chars.index(c))"
+        f"model are no Hugging Face tokenizer; {hf_dir}/chars.json lists them by id (text -> ids: chars.index(c)), "
+        f"and sample.py --init_from={hf_dir} reads it"
     )

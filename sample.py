@@ -23,7 +23,7 @@ from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
 from nanogpt_plus.huggingface import check_init_from, load_pretrained
 from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
-from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta
+from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta, exported_chars_meta
 
 report_user_errors(  # a mistake ends the run with one `error:` line, not a traceback
     memory_advice="draw the samples one by one (--batch_samples=False) or fewer at once (--num_samples), use a "
@@ -69,6 +69,9 @@ if start.startswith("FILE:"):  # the prompt from a file
     except OSError as e:
         raise UserError(f"cannot read prompt file {start[5:]} ({reason(e)}): give a UTF-8 text file") from None
 
+chars_path = os.path.join(init_from, "chars.json")  # a character model's vocabulary in an exported folder
+exported_chars = exported_chars_meta(chars_path) if init_from != "resume" and os.path.isfile(chars_path) else None
+
 prepare_torch(seed)
 
 # the model
@@ -83,10 +86,14 @@ model.to(device)
 plan.apply(model)  # compiled in place, if asked: the Sampler's calls run compiled too
 
 # the tokenizer: the characters of the dataset the model was trained on (its meta.pkl), else GPT-2's
+# (or, for a character model exported by export_hf.py, the chars.json in its folder, read before the model)
 dataset, meta_path = dataset_meta(ckpt) if ckpt else (None, None)
 if meta_path:
     print(f"Loading meta from {meta_path}...")
     tokenizer = CharTokenizer.load(meta_path, model.config.vocab_size)
+elif exported_chars:
+    print(f"Loading characters from {chars_path}...")
+    tokenizer = CharTokenizer(exported_chars, chars_path, model.config.vocab_size)
 elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's ids would mean other text
     missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl says what they are"
     raise UserError(

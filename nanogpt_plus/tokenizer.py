@@ -4,6 +4,7 @@ BPE through tiktoken (downloaded once, or found in TIKTOKEN_CACHE_DIR): encoding
 """
 
 import io
+import json
 import pickle
 
 from nanogpt_plus.dataloader import find_data_file
@@ -19,6 +20,21 @@ def dataset_meta(ckpt):
     """The dataset a checkpoint was trained on and its meta.pkl, found as train.py finds it (None if absent)."""
     dataset = ckpt["config"].get("dataset") if isinstance(ckpt.get("config"), dict) else None
     return dataset, find_data_file(str(dataset), "meta.pkl") if dataset else None
+
+
+def exported_chars_meta(path):
+    """The meta dict of a Hugging Face folder's chars.json (export_hf.py writes a character model's vocabulary
+    there: a JSON list of its characters by id)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            chars = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({reason(e)})") from None
+    except ValueError:
+        chars = None
+    if not isinstance(chars, list) or not all(type(ch) is str for ch in chars):
+        raise UserError(f"{path} is not a list of characters as export_hf.py writes it: export the model again")
+    return char_meta(chars)
 
 
 class PlainUnpickler(pickle.Unpickler):

@@ -169,6 +169,27 @@ def test_sample_from_the_folder_samples_as_the_checkpoint(bpe_run):
 
 
 @pytest.mark.slow
+def test_sample_from_a_character_folder_samples_as_the_checkpoint(char_run):
+    """The folder has no meta.pkl: sample.py takes the characters from its chars.json. (Greedy: loading a
+    folder through transformers draws random numbers that a checkpoint's loading does not.)"""
+    root, folder, _ = char_run
+    chars_json = folder / "chars.json"
+    start = "".join(json.loads(chars_json.read_text())[-3:])
+    args = ["--num_samples=1", "--max_new_tokens=24", f"--start={start}", "--top_k=1"]
+    from_checkpoint = run_sample(root, "--out_dir=out", *args)
+    from_folder = run_sample(root, f"--init_from={folder}", *args)
+    assert from_checkpoint.returncode == 0 and from_folder.returncode == 0, from_folder.stderr
+    assert f"Loading characters from {chars_json}" in from_folder.stdout
+    assert samples_of(from_folder.stdout) == samples_of(from_checkpoint.stdout)
+    exported = chars_json.read_text()
+    try:
+        chars_json.write_text('{"a": 0}')
+        assert_one_line_error(run_sample(root, f"--init_from={folder}", *args), "is not a list of characters")
+    finally:
+        chars_json.write_text(exported)
+
+
+@pytest.mark.slow
 def test_train_evaluates_the_folder_as_the_checkpoint(char_run, tmp_path):
     """train.py --eval_only at iteration 0 draws the same eval batches from the checkpoint (resumed) and
     from the exported folder (init_from): the same val loss, biases of zero included."""

@@ -84,7 +84,8 @@ def run_sample(folder: Path, *args):
 def samples_of(stdout: str) -> list[str]:
     """The printed samples: the text between separator lines, config and meta lines dropped."""
     lines = stdout.split("\n")
-    body_start = next(i for i, line in enumerate(lines) if line.startswith(("Loading meta", "No meta.pkl"))) + 1
+    tokenizer_lines = ("Loading meta", "Loading characters", "No meta.pkl")
+    body_start = next(i for i, line in enumerate(lines) if line.startswith(tokenizer_lines)) + 1
     body = "\n".join(lines[body_start:])
     assert body.endswith(SEP + "\n")
     return [s[:-1] for s in body[: -len(SEP) - 1].split(SEP + "\n")]  # print() added a newline
