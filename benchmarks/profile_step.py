@@ -15,9 +15,10 @@ Variants: auto (train.py's plan), regional (the same blocks launched eagerly), n
 flash / cudnn / efficient (that SDPA backend only), model (torch.compile of the whole model, no CUDA
 graph: classic's way), model_graph (the same, recorded as a CUDA graph), autotune (blocks compiled
 with mode max-autotune-no-cudagraphs), coord (auto with coordinate_descent_tuning), aten_random
-(dropout's random numbers from ATen, not Triton), full (full logits, for --gpt2), regions (auto with
-the embeddings, ln_f and the head compiled too, each on its own), eval, eval_model, eval_regions,
-eval_cudnn, eval_flash, classic.
+(dropout's random numbers from ATen, not Triton), full (full logits, for --gpt2), chunk1 (the chunked head
+in one chunk), mm_fp32 (the chunked head's weight gradient summed in float32 by the matmuls, out_dtype),
+regions (auto with the embeddings, ln_f and the head compiled too, each on its own), eval, eval_model,
+eval_regions, eval_cudnn, eval_flash, classic.
 """
 
 import argparse
@@ -35,6 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model.py: not installed
 from model import GPT, GPTConfig  # noqa: E402
+from nanogpt_plus import chunked_loss  # noqa: E402
 from nanogpt_plus.plan import make_plan, prepare_torch  # noqa: E402
 from nanogpt_plus.step import TrainStep  # noqa: E402
 
@@ -101,6 +103,34 @@ def compile_outside_blocks(model):
     model.head_loss = torch.compile(model.head_loss, dynamic=False)
 
 
+CHUNK_TOKENS, ADD_PRODUCT = chunked_loss.CHUNK_TOKENS, chunked_loss.add_product  # as the module has them
+
+
+def add_product_in_matmul(total, a, b, acc):
+    """The 'mm_fp32' variant's chunked_loss.add_product: the matmul writes float32 and adds total itself."""
+    if total is None:
+        return torch.mm(a, b, out_dtype=acc)
+    return torch.addmm(total, a, b, out_dtype=acc)
+
+
+def check_add_product_in_matmul():
+    """The weight gradient of the chunked head with add_product_in_matmul against the module's own."""
+    torch.manual_seed(0)
+    x = torch.randn(3 * 4096, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(50304, 768, device="cuda") * 0.02).requires_grad_()
+    y = torch.randint(50304, (3 * 4096,), device="cuda")
+    grads = []
+    for add in (ADD_PRODUCT, add_product_in_matmul):
+        chunked_loss.add_product, chunked_loss.CHUNK_TOKENS = add, 4096
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            chunked_loss.linear_cross_entropy(x, w, y).backward()
+        grads.append(w.grad.clone())
+        w.grad = None
+    chunked_loss.add_product, chunked_loss.CHUNK_TOKENS = ADD_PRODUCT, CHUNK_TOKENS
+    diff = ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item()
+    print(f"[mm_fp32] weight gradient against add_product's: max abs difference {diff:.2e} of the largest")
+
+
 def time_calls(fn, n, repeats=3):
     times = []
     for _ in range(repeats):
@@ -143,6 +173,12 @@ def train_variant(name, classic_dir):
             torch._inductor.config.fallback_random = True
         if name == "full":  # the full logits and F.cross_entropy instead of the chunked head
             plan = replace(plan, head_loss="full", chunk_step_compiled=False)
+        chunked_loss.CHUNK_TOKENS, chunked_loss.add_product = CHUNK_TOKENS, ADD_PRODUCT  # (a variant before set them)
+        if name == "chunk1":  # the chunked head with all tokens in one chunk
+            chunked_loss.CHUNK_TOKENS = B * T
+        if name == "mm_fp32":  # the chunked head's weight gradient summed by the matmuls, in float32
+            check_add_product_in_matmul()
+            chunked_loss.add_product = add_product_in_matmul
         if name == "autotune":  # each block compiled with Triton's matmul templates tried too
             plan = replace(plan, compile="none")
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda", fused=plan.fused_optimizer)

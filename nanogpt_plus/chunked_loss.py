@@ -34,6 +34,13 @@ def chunk_loss_and_grad(logits, targets, scale):
     return loss, grad.to(dtype)
 
 
+def add_product(total, a, b, acc):
+    """total + a @ b, in the dtype acc (total None: the product alone): the weight's gradient summed over
+    the chunks in float32, though each chunk's product is made in the logits' dtype."""
+    product = (a @ b).to(acc)
+    return product if total is None else total.add_(product)
+
+
 @functools.cache
 def compiled_chunk_loss_and_grad():
     """chunk_loss_and_grad compiled into a few fused kernels (made at first use: importing the
@@ -63,8 +70,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             loss += chunk_loss
             if want_grads:
                 grad_x[i : i + n] = grad @ w
-                product = (grad.t() @ xs[i : i + n]).to(acc)
-                grad_w = product if grad_w is None else grad_w.add_(product)
+                grad_w = add_product(grad_w, grad.t(), xs[i : i + n], acc)
         if want_grads:  # (with no target at all the loss is NaN, as F.cross_entropy's)
             ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return loss / count
