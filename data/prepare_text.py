@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 CODE_POINTS = 0x110000  # every Unicode code point, so one lookup table maps them all
 PLAIN_NAME = re.compile(r"\w[\w.-]*")
+BINS = ("train.bin", "val.bin")
 # Points where GPT-2's pre-tokenizer can restart without changing a token: after a "\n" or before a " ", with
 # non-whitespace on both sides. No piece of its regex spans them, and the piece before ends the same way at the
 # end of a string. ("\n\nX" is not one: at the end of a string "\n\n" is one piece, inside the text two.)
@@ -220,6 +221,10 @@ def prepare(
     """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts. Another dataset there is
     replaced only if overwrite. glob: in a folder, only the files whose name matches it."""
     source, out_dir = Path(source), Path(out_dir)
+    if (out_dir / "prepare.py").is_file():  # its own script would write over what this one writes
+        raise pu.UserError(
+            f"{out_dir} is a built-in dataset's folder (it has a prepare.py): give another --name or --out_dir"
+        )
     if source.is_dir() and out_dir.resolve().is_relative_to(source.resolve()):  # it would read its own bins
         raise pu.UserError(f"the output folder {out_dir} is inside the input folder {source}: write it elsewhere")
     files = input_files(source, glob)
@@ -236,27 +241,20 @@ def prepare(
         )
     chunks = read_chunks(files, chunk_bytes, progress_mb("encoding", total_bytes))
     pieces = split_pieces(chunks, int(n_chars * (1 - val_fraction)), len if tokenizer == "char" else last_safe_cut)
-    made_dir = not out_dir.exists()
-    try:
+    with pu.removed_if_left_empty(out_dir):
         with pu.writing(out_dir):  # (the input's read errors are UserErrors by now)
             out_dir.mkdir(parents=True, exist_ok=True)
-            with pu.atomic_write(out_dir / "train.bin") as train, pu.atomic_write(out_dir / "val.bin") as val:
-                counts = write_splits(token_ids(pieces, tokenizer, vocab), (train, val))
-                check_splits(counts, block_size, val_fraction)
-                train.flush(), val.flush()  # (compared below under their temp names)
-                # a gpt2 run removes meta.pkl: one left from a char run would make train.py and sample.py read chars
-                meta = pickle.dumps(char_meta([chr(c) for c in vocab])) if tokenizer == "char" else None
-                refuse_replacing(out_dir, {"train.bin": Path(train.name), "val.bin": Path(val.name), "meta.pkl": meta},
-                                 overwrite)  # fmt: skip
-                if meta is not None:
-                    with pu.atomic_write(out_dir / "meta.pkl") as f:
-                        f.write(meta)
-    except BaseException:
-        if made_dir and out_dir.is_dir() and not any(out_dir.iterdir()):  # no empty folder left behind either
-            out_dir.rmdir()
-        raise
-    if tokenizer == "gpt2":
-        (out_dir / "meta.pkl").unlink(missing_ok=True)
+        # a gpt2 run removes meta.pkl: one left from a char run would make train.py and sample.py read chars
+        names, remove = ((*BINS, "meta.pkl"), ()) if tokenizer == "char" else (BINS, ("meta.pkl",))
+        with pu.dataset_files(out_dir, names, remove) as f:  # all new together, or the old ones as they were
+            counts = write_splits(token_ids(pieces, tokenizer, vocab), (f["train.bin"], f["val.bin"]))
+            check_splits(counts, block_size, val_fraction)
+            meta = pickle.dumps(char_meta([chr(c) for c in vocab])) if tokenizer == "char" else None
+            for name in BINS:
+                f[name].flush()  # (compared below under their temp names)
+            refuse_replacing(out_dir, {name: Path(f[name].name) for name in BINS} | {"meta.pkl": meta}, overwrite)
+            if meta is not None:
+                f["meta.pkl"].write(meta)
     return {"files": len(files), "chars": n_chars, "vocab_size": len(vocab), "train": counts[0], "val": counts[1]}
 
 

@@ -6,7 +6,9 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 
 UMASK = os.umask(0o022)  # read once at import: reading it sets it, which no background thread may do
 os.umask(UMASK)
@@ -50,6 +52,59 @@ def atomic_write(path, mode="wb", **open_kwargs):
             os.unlink(tmp)
         raise
     sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+@contextlib.contextmanager
+def atomic_files(paths, remove=()):
+    """Temp files beside paths, open to write in binary ({path: file}), that replace them together (a dataset's
+    train.bin, val.bin and meta.pkl): when the block ends cleanly all are synced, then renamed over their paths and
+    the files at `remove` deleted, with Ctrl-C and SIGTERM held until that is done, so that no interrupt leaves some
+    files new and others old; when the block raises, the temps go and every path stays as it was."""
+    temps, files = {}, {}
+    try:
+        for path in paths:
+            temps[path] = temp_beside(path)
+            files[path] = open(temps[path], "wb")
+        yield files
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        with interrupts_deferred():
+            for path, tmp in temps.items():
+                os.replace(tmp, path)
+            for path in remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+    except BaseException:
+        for f in files.values():
+            f.close()
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for folder in {os.path.dirname(os.path.abspath(path)) for path in (*paths, *remove)}:
+        sync_folder(folder)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C and SIGTERM that arrive inside the block are delivered again as it ends, to the handlers
+    they would have met (in the main thread; elsewhere signals never run Python code anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ import pickle
 import random
 import re
 import shlex
-import signal
 import sys
 import threading
 
@@ -20,7 +19,7 @@ import torch
 
 from model import ARCH_KEYS, GPT, MASK_SUFFIXES, GPTConfig, head_apart_from_embedding
 from nanogpt_plus import parallel
-from nanogpt_plus.atomic import atomic_write, remove_stale_temps
+from nanogpt_plus.atomic import atomic_write, interrupts_deferred, remove_stale_temps
 from nanogpt_plus.errors import UserError, cannot_write, first_line, os_errno, reason
 
 CKPT_NAME = "ckpt.pt"
@@ -44,26 +43,6 @@ def cpu_copy(obj, copies=None):
     if isinstance(obj, (list, tuple)):
         return type(obj)(cpu_copy(v, copies) for v in obj)
     return obj
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C and SIGTERM that arrive inside the block are delivered again as it ends, to the handlers
-    they would have met (in the main thread; elsewhere signals never run Python code anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = {
-        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)
 
 
 class BackgroundWriter:

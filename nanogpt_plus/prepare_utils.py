@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 
-from nanogpt_plus.atomic import atomic_write
+from nanogpt_plus.atomic import atomic_files, atomic_write
 from nanogpt_plus.errors import UserError, cannot_write, os_errno, reason  # noqa: F401  (os_errno: for token_bins)
 from nanogpt_plus.progress import Progress  # noqa: F401  (the scripts' progress reporter)
 
@@ -51,6 +51,19 @@ def writing(path):
         yield
     except OSError as exc:
         raise cannot_write(path, exc, "--out-dir") from None
+
+
+@contextmanager
+def removed_if_left_empty(folder):
+    """A folder that does not exist yet and that the block makes goes again if the block fails and leaves it
+    empty: a failed command leaves nothing behind."""
+    made = not os.path.exists(folder)
+    try:
+        yield
+    except BaseException:
+        if made and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+        raise
 
 
 def default_num_proc():
@@ -103,7 +116,7 @@ def shakespeare_main(prepare, description, default_out_dir, argv):
     parser.add_argument("input", nargs="?", help=f"a local copy of the text, not a download (also ${INPUT_ENV})")
     parser.add_argument("--out-dir", default=default_out_dir, help="where the bins go (default: beside the script)")
     args = parser.parse_args(argv)
-    with user_errors():
+    with user_errors(), removed_if_left_empty(args.out_dir):
         counts = prepare(out_dir=args.out_dir, input_path=args.input)
     print(f"length of dataset in characters: {counts.pop('chars'):,}")
     vocab_size = counts.pop("vocab_size", None)  # a character-level dataset's, with its meta.pkl
@@ -203,13 +216,23 @@ def check_uint16(ids):
         )
 
 
-def write_tokens(ids, path):
-    """Write ids as one flat raw uint16 stream (np.ndarray.tofile), atomically; return the count."""
+def write_tokens(ids, f):
+    """Write ids into the open file f as one flat raw uint16 stream (what np.ndarray.tofile writes); return the
+    count."""
     arr = np.asarray(ids, dtype=np.int64)
     check_uint16(arr)
-    with writing(path), atomic_write(path) as f:
-        f.write(arr.astype(np.uint16).data)  # not tofile: its short write is an OSError without the reason
+    f.write(arr.astype(np.uint16).data)  # not tofile: its short write is an OSError without the reason
     return int(arr.size)
+
+
+@contextmanager
+def dataset_files(out_dir, names, remove=()):
+    """The files `names` of the dataset in out_dir, open to write ({name: file}) and replacing the old ones
+    together when the block ends (atomic_files), the files `remove` deleted then: a failure or an interrupt never
+    leaves train.bin of one text beside val.bin or meta.pkl of another. An OS error is one line."""
+    paths = {name: os.path.join(out_dir, name) for name in names}
+    with writing(out_dir), atomic_files(list(paths.values()), [os.path.join(out_dir, n) for n in remove]) as files:
+        yield {name: files[path] for name, path in paths.items()}
 
 
 def print_counts(counts, out_dir, meta=False):

@@ -214,7 +214,7 @@ def test_download_failure_is_one_line_and_leaves_nothing(name, fake_get, tmp_pat
     why = "(ConnectionError)" if fake_get is connection_error else "(HTTP 404)"  # not the library's text
     assert f"could not download input.txt from raw.githubusercontent.com {why}" in err and len(err) < 200
     assert ENV in err and f"data/{name}/prepare.py path/to/input.txt" in err
-    assert os.listdir(out) == []  # neither input.txt nor a temp file
+    assert not out.exists()  # neither input.txt nor a temp file, nor the folder made for them
 
 
 def test_download_success_writes_input(tmp_path, monkeypatch):
@@ -236,9 +236,9 @@ def test_download_success_writes_input(tmp_path, monkeypatch):
 def test_ids_beyond_uint16_are_refused(tmp_path):
     from nanogpt_plus.prepare_utils import UserError, write_tokens
 
-    with pytest.raises(UserError, match="uint16"):
-        write_tokens([1, 65536], tmp_path / "x.bin")
-    assert os.listdir(tmp_path) == []
+    with open(tmp_path / "x.bin", "wb") as f, pytest.raises(UserError, match="uint16"):
+        write_tokens([1, 65536], f)
+    assert (tmp_path / "x.bin").read_bytes() == b""
 
 
 # ---------------------------------------------------------------- openwebtext

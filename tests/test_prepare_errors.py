@@ -138,3 +138,103 @@ def test_shakespeare_goes_on_with_a_good_input_after_a_bad_one(tmp_path, monkeyp
     assert_one_line(message, "latin1.txt is not UTF-8 text")
     assert main_error(script.main, ["good.txt", "--out-dir", "sc"], capsys) is None
     assert (tmp_path / "sc" / "input.txt").read_bytes() == (tmp_path / "good.txt").read_bytes()
+
+
+# ---------------------------------------------------------------- a dataset's files are replaced together
+
+
+def contents(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_dataset_files_are_replaced_all_or_none(tmp_path, monkeypatch):
+    """A failure inside the block keeps every old file (and leaves no temp); an interrupt that lands while the new
+    files are renamed into place is held until the last one is in, and the file to remove gone."""
+    import signal
+
+    from nanogpt_plus.prepare_utils import dataset_files
+
+    old = {"meta.pkl": b"old meta", "train.bin": b"old train", "val.bin": b"old val"}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(KeyboardInterrupt), dataset_files(tmp_path, ("train.bin", "val.bin", "meta.pkl")) as f:
+        f["train.bin"].write(b"new train")
+        raise KeyboardInterrupt
+    assert contents(tmp_path) == old
+
+    replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        replace(src, dst)
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C right after the first rename
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), dataset_files(tmp_path, ("train.bin", "val.bin"), ("meta.pkl",)) as f:
+        f["train.bin"].write(b"new train")
+        f["val.bin"].write(b"new val")
+    assert contents(tmp_path) == {"train.bin": b"new train", "val.bin": b"new val"}
+
+
+def test_an_interrupted_shakespeare_char_prepare_keeps_the_old_dataset(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after train.bin of a new text is written: train.bin, val.bin and meta.pkl stay those of the old one."""
+    from test_data import load_script
+
+    from nanogpt_plus import prepare_utils
+
+    monkeypatch.chdir(tmp_path)
+    script = load_script("shakespeare_char")
+    small_text(tmp_path / "old.txt")
+    (tmp_path / "new.txt").write_text("abcdefgh " * 2000)
+    assert main_error(script.main, ["old.txt", "--out-dir", "sc"], capsys) is None
+    (tmp_path / "sc" / "input.txt").unlink()  # (else it wins over the path given)
+    before = {name: data for name, data in contents(tmp_path / "sc").items() if name != "input.txt"}
+    write_tokens = prepare_utils.write_tokens
+    calls = []
+
+    def interrupted_at_val(ids, f):
+        calls.append(f)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write_tokens(ids, f)
+
+    monkeypatch.setattr(prepare_utils, "write_tokens", interrupted_at_val)
+    with pytest.raises(SystemExit):
+        script.main(["new.txt", "--out-dir", "sc"])
+    assert capsys.readouterr().err.strip() == "interrupted"
+    after = contents(tmp_path / "sc")
+    assert after.pop("input.txt") == (tmp_path / "new.txt").read_bytes()  # the text asked for, for the next run
+    assert after == before
+
+
+def test_shakespeare_bpe_removes_a_character_level_meta_pkl(tmp_path, monkeypatch, capsys):
+    """GPT-2 tokens written over a character-level dataset: its meta.pkl goes, or train.py would read characters."""
+    from test_data import load_script
+
+    monkeypatch.chdir(tmp_path)
+    small_text(tmp_path / "text.txt")
+    assert main_error(load_script("shakespeare_char").main, ["text.txt", "--out-dir", "sc"], capsys) is None
+    assert main_error(load_script("shakespeare").main, ["--out-dir", "sc"], capsys) is None
+    assert sorted(os.listdir(tmp_path / "sc")) == ["input.txt", "train.bin", "val.bin"]
+
+
+def test_a_failed_shakespeare_prepare_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    from test_data import load_script
+
+    monkeypatch.chdir(tmp_path)
+    message = main_error(load_script("shakespeare_char").main, ["nowhere.txt", "--out-dir", "new/sc"], capsys)
+    assert_one_line(message, "input file not found")
+    assert os.listdir(tmp_path) == ["new"]  # (a parent made on the way stays: only the folder asked for goes)
+    assert os.listdir(tmp_path / "new") == []
+
+
+def test_prepare_text_refuses_a_built_in_dataset_folder(tmp_path, monkeypatch, capsys):
+    """Its prepare.py would write over the user's dataset (data/shakespeare_char as --name, say)."""
+    from test_prepare_text import pt as prepare_text
+
+    monkeypatch.chdir(tmp_path)
+    small_text(tmp_path / "text.txt")
+    (tmp_path / "builtin").mkdir()
+    (tmp_path / "builtin" / "prepare.py").write_text("# a built-in dataset's script\n")
+    message = main_error(prepare_text.main, ["text.txt", "--out_dir", "builtin"], capsys)
+    assert_one_line(message, "builtin is a built-in dataset's folder", "another --name")
+    assert os.listdir(tmp_path / "builtin") == ["prepare.py"]

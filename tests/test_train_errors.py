@@ -128,6 +128,14 @@ CASES = [
         "--out_dir=NEW_DIR",
         None,
     ),
+    (  # a prepare cut short between its files, as before they were replaced together: bins and meta.pkl disagree
+        "bins-of-other-text-than-meta-pkl",
+        [],
+        lambda root: shutil.copy(make_dataset(root, "t16", vocab=16) / "meta.pkl", root / "data/tiny/meta.pkl"),
+        "--dataset=tiny holds token id 31 but its meta.pkl has 16 characters: the bins and meta.pkl come from "
+        "different texts; prepare the dataset again",
+        None,
+    ),
     (
         "dataset-prepared-again-as-gpt2",
         RESUME,

@@ -23,8 +23,10 @@ def prepare(out_dir=HERE, input_path=None):
     enc = gpt2_encoding()
     # Split on characters before tokenizing, as classic nanoGPT does; token counts follow from that.
     train_text, val_text = pu.split_text(text)
-    n_train = pu.write_tokens(encode(train_text, enc), os.path.join(out_dir, "train.bin"))
-    n_val = pu.write_tokens(encode(val_text, enc), os.path.join(out_dir, "val.bin"))
+    # (a meta.pkl of a character-level dataset once in this folder goes: train.py would read these ids as characters)
+    with pu.dataset_files(out_dir, ("train.bin", "val.bin"), remove=("meta.pkl",)) as f:
+        n_train = pu.write_tokens(encode(train_text, enc), f["train.bin"])
+        n_val = pu.write_tokens(encode(val_text, enc), f["val.bin"])
     return {"chars": len(text), "train": n_train, "val": n_val}
 
 

@@ -22,10 +22,10 @@ def prepare(out_dir=HERE, input_path=None):
     meta_path = os.path.join(out_dir, "meta.pkl")
     chars = CharTokenizer(meta, meta_path, meta["vocab_size"])
     train_text, val_text = pu.split_text(text)
-    n_train = pu.write_tokens(chars.encode(train_text), os.path.join(out_dir, "train.bin"))
-    n_val = pu.write_tokens(chars.encode(val_text), os.path.join(out_dir, "val.bin"))
-    with pu.writing(meta_path), pu.atomic_write(meta_path) as f:
-        pickle.dump(meta, f)
+    with pu.dataset_files(out_dir, ("train.bin", "val.bin", "meta.pkl")) as f:  # all three new, or the old ones
+        n_train = pu.write_tokens(chars.encode(train_text), f["train.bin"])
+        n_val = pu.write_tokens(chars.encode(val_text), f["val.bin"])
+        pickle.dump(meta, f["meta.pkl"])
     return {"chars": len(text), "vocab_size": meta["vocab_size"], "train": n_train, "val": n_val}
 
 
