@@ -19,7 +19,7 @@ import torch
 from configurator import check_ranges, configure
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus.dataloader import Batches
-from nanogpt_plus.engine import Sampler
+from nanogpt_plus.engine import MAX_TOKENS, Sampler
 from nanogpt_plus.errors import UserError, report_user_errors
 from nanogpt_plus.muon import muon_and_adamw
 from nanogpt_plus.plan import check_device, chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
@@ -64,8 +64,10 @@ if burn_in < 0:
     raise UserError(f"burn_in={burn_in} must not be negative (0: no untimed steps)")
 if optimizer not in ("adamw", "muon"):
     raise UserError(f"unknown optimizer={optimizer!r}: use adamw (nanoGPT's) or muon")
-if sample and max_new_tokens < 1:  # sampling is timed per new token: with none there is nothing to time
-    raise UserError(f"max_new_tokens={max_new_tokens} must be at least 1 with --sample=True (the tokens it times)")
+if sample and not 1 <= max_new_tokens < MAX_TOKENS:  # sampling is timed per new token: none, nothing to time
+    raise UserError(
+        f"max_new_tokens={max_new_tokens} must be at least 1 with --sample=True (the tokens it times), and below 2**62"
+    )
 try:
     gpt_config = GPTConfig(**{k: config[k] for k in ARCH_KEYS})  # (dropout 0)
 except ValueError as e:  # a shape no GPT can have

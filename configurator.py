@@ -19,6 +19,7 @@ import tokenize
 from nanogpt_plus.errors import UserError
 
 SIMPLE_TYPES = (int, float, bool, str)
+OWN_RANGE_KEYS = ("seed",)  # torch.manual_seed's range, 2**64 values, is checked where it is used
 
 
 def config_keys(namespace):
@@ -30,6 +31,9 @@ def coerce(key, value, default, nullable=()):
     """value, checked against the type of the default; an int is widened for a float key."""
     if default is None or (value is None and key in nullable):
         return value
+    if type(value) is int and not -(2**63) <= value < 2**63 and key not in OWN_RANGE_KEYS:  # no size or count is
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)"
+        raise UserError(f"{key}={shown} is out of range: give a number below 2**63")
     if type(default) is float and type(value) is int:
         return float(value)
     if type(value) is not type(default):

@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from configurator import configure
+from configurator import check_ranges, configure
 from nanogpt_plus import checkpoint, hellaswag, parallel
 from nanogpt_plus.atomic import atomic_write
 from nanogpt_plus.errors import UserError, first_line, report_user_errors
@@ -43,8 +43,7 @@ config["dtype"] = dtype = chosen_dtype(device, dtype, changed)  # the default dt
 # what cannot work is an error now, before anything is loaded
 check_device(device, dtype)
 check_init_from(init_from, own=("resume",))
-if limit < 0 or batch_size < 1:
-    raise UserError(f"limit={limit} must be 0 or more and batch_size={batch_size} at least 1")
+check_ranges(config, at_least_1=("batch_size",), not_negative=("limit",))
 
 procs, device = parallel.init(backend, device)
 say = print if procs.master else lambda *args, **kwargs: None

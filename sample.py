@@ -93,9 +93,9 @@ if meta_path:
     tokenizer = CharTokenizer.load(meta_path, model.config.vocab_size)
 elif exported_chars:
     print(f"Loading characters from {chars_path}...")
-    tokenizer = CharTokenizer(exported_chars, chars_path, model.config.vocab_size)
+    tokenizer = CharTokenizer(exported_chars, chars_path, model.config.vocab_size, "export the model again")
 elif model.config.vocab_size < GPT2_VOCAB:  # a character-level model: GPT-2's ids would mean other text
-    missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl says what they are"
+    missing = f"no data/{dataset}/meta.pkl was found" if dataset else "no meta.pkl or chars.json says what they are"
     raise UserError(
         f"the model has {model.config.vocab_size} tokens, too few for GPT-2's, and {missing}: "
         "sample its checkpoint (--out_dir) from the folder you trained in"

@@ -20,7 +20,7 @@ import torch
 from model import ARCH_KEYS, GPT, MASK_SUFFIXES, GPTConfig, head_apart_from_embedding
 from nanogpt_plus import parallel
 from nanogpt_plus.atomic import atomic_write, interrupts_deferred, remove_stale_temps
-from nanogpt_plus.errors import UserError, cannot_write, first_line, os_errno, reason
+from nanogpt_plus.errors import UserError, cannot_write, first_line, os_errno, reason, unpickling_problem
 
 CKPT_NAME = "ckpt.pt"
 
@@ -111,7 +111,7 @@ def load(path, resume=False):
                 f"refusing to load {path}: it holds objects other than tensors and plain values, "
                 "which could run code; only load checkpoints you trust with plain contents"
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt ({first_line(e)}): restore it from a backup") from None
+        raise UserError(f"checkpoint {path} is corrupt ({unpickling_problem(e)}): restore it from a backup") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ... for a truncated zip
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first_line(e)}): restore it or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:

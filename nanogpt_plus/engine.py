@@ -70,9 +70,12 @@ def linear_weights(model, dtype):
     }
 
 
+MAX_TOKENS = 2**62  # a bound no sample reaches, under which the prompt and the new tokens count in int64
+
+
 def check_sampling(max_new_tokens, temperature, top_k):
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be 0 or more")
+    if not 0 <= max_new_tokens < MAX_TOKENS:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be 0 or more, and below 2**62")
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be 0 or more (0 means greedy decoding)")
     if top_k is not None and top_k < 1:
@@ -84,9 +87,13 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     the top_k, drawn from their softmax. The draw is torch.multinomial's own for one sample, argmax(probs / q)
     with q ~ Exp(1), written out: the same tokens from the same generator state, without the check multinomial
     reads back to the host, which would stall every step."""
-    if temperature == 0:
+    if temperature < torch.finfo(logits.dtype).tiny:  # 0, or as good as 0 for dividing the logits by it
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / temperature
+    scaled = logits / temperature
+    # a temperature so small that a logit overflows: its limit, the largest logits' softmax, with the largest at 0
+    # (where every scaled logit is finite, the division as it is: the same draws as nanoGPT's)
+    shifted = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    logits = torch.where(torch.isfinite(scaled).all(dim=-1, keepdim=True), scaled, shifted)
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))

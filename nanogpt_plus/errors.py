@@ -65,6 +65,15 @@ def first_line(e):
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
+def unpickling_problem(e):
+    """What torch.load(weights_only=True) found wrong with a file, in a few words: a global it will not import
+    ('GLOBAL ...': a crafted file that could run code), else its unpickler's finding, without torch's advice to
+    load the file with weights_only=False."""
+    text = str(e)
+    detail = text.partition("WeightsUnpickler error:")[2] or text
+    return next((line.strip()[:200] for line in detail.splitlines() if line.strip()), type(e).__name__)
+
+
 def reason(e):
     """Why an operation failed, in a few words and without the library's text: the system's reason
     for an OS error ('No space left on device', also inside a Rust library's message), an HTTP

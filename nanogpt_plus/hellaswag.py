@@ -104,6 +104,8 @@ def read(path):
             return parse(f.read(), path)
     except FileNotFoundError:
         raise UserError(f"hellaswag_file {path} not found: check the path, or leave it empty to download") from None
+    except IsADirectoryError:
+        raise UserError(f"hellaswag_file {path} is a folder: give the path of HellaSwag's .jsonl file in it") from None
     except OSError as e:
         raise UserError(f"cannot read {path} ({first_line(e)})") from None
 

@@ -5,12 +5,13 @@ our parameter names, but keeps four weights of each block as Conv1D, (in, out): 
 
 import json
 import os
+import pickle
 
 import torch
 import torch.nn as nn
 
 from model import GPT, MASK_SUFFIXES, GPTConfig, LayerNorm, head_apart_from_embedding
-from nanogpt_plus.errors import UserError, first_line, reason
+from nanogpt_plus.errors import UserError, first_line, reason, unpickling_problem
 from nanogpt_plus.tokenizer import EOT
 
 # OpenAI's GPT-2 checkpoints, by their Hugging Face names
@@ -110,10 +111,21 @@ def load_pretrained(name, dropout=0.0):
         check_model_folder(name)
     try:
         return from_pretrained(name, dict(dropout=dropout))
+    except pickle.UnpicklingError as e:  # (transformers loads a pytorch_model.bin with weights_only=True)
+        if "GLOBAL" in str(e):
+            raise UserError(
+                f"refusing to load {name}: its weights file holds objects other than tensors, which could run code; "
+                "only load models you trust with plain contents"
+            ) from None
+        raise UserError(f"cannot load {name}: its weights file is corrupt ({unpickling_problem(e)})") from None
     except OSError as e:  # the hub's errors, or transformers' on a folder
         raise UserError(f"cannot load {name} ({reason(e)}): check the name, the folder or the network") from None
     except ValueError as e:  # the weights do not fit a GPT
         raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
+    except Exception as e:  # a folder's config.json edited by hand, say (transformers' errors vary by version)
+        if name in PRETRAINED:
+            raise
+        raise UserError(f"cannot load {name} ({first_line(e)}): export the model again") from None
 
 
 def check_model_folder(folder):

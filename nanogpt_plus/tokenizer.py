@@ -62,10 +62,13 @@ def load_meta(path, keys=("vocab_size",)):
     return meta
 
 
-def char_vocabulary(meta, path, vocab_size):
+PREPARED_AGAIN = "the dataset was prepared again, from other text; prepare it from the model's own text"
+
+
+def char_vocabulary(meta, path, vocab_size, mismatch=PREPARED_AGAIN):
     """The characters of a meta.pkl by id ({id: str}; nanoGPT's itos is a dict, a list also does), checked to be
     the vocabulary of a model of vocab_size tokens: a dataset prepared again from other text would decode the
-    model's ids as other characters."""
+    model's ids as other characters (`mismatch` says why they differ and what to do)."""
     itos = dict(enumerate(meta["itos"])) if isinstance(meta["itos"], list) else meta["itos"]
     stoi = meta.get("stoi", {})
     plain = isinstance(itos, dict) and all(type(i) is int and type(ch) is str for i, ch in itos.items())
@@ -74,10 +77,7 @@ def char_vocabulary(meta, path, vocab_size):
     if any(itos.get(i) != ch for ch, i in stoi.items()):  # else encoding gives ids the model lacks, or the wrong ones
         raise UserError(f"{path} is not a character vocabulary (its stoi does not invert its itos): rerun prepare.py")
     if sorted(itos) != list(range(vocab_size)) or meta["vocab_size"] != vocab_size:
-        raise UserError(
-            f"{path} has {len(itos)} characters but the model has {vocab_size} tokens: the dataset was prepared "
-            "again, from other text; prepare it from the model's own text"
-        )
+        raise UserError(f"{path} has {len(itos)} characters but the model has {vocab_size} tokens: {mismatch}")
     return itos
 
 
@@ -101,8 +101,8 @@ def check_resumed_vocabulary(dataset, meta_path, meta_vocab_size, vocab_size):
 class CharTokenizer:
     """A character vocabulary (a meta dict from `path`), checked to be that of a model of vocab_size tokens."""
 
-    def __init__(self, meta, path, vocab_size):
-        self.path, self.stoi, self.itos = path, meta["stoi"], char_vocabulary(meta, path, vocab_size)
+    def __init__(self, meta, path, vocab_size, mismatch=PREPARED_AGAIN):
+        self.path, self.stoi, self.itos = path, meta["stoi"], char_vocabulary(meta, path, vocab_size, mismatch)
 
     @classmethod
     def load(cls, path, vocab_size):

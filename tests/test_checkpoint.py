@@ -2,6 +2,7 @@
 without running their code, the out_dir lock, the background writer, and the temp files of killed runs."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def test_crafted_checkpoint_is_refused(work, script):
     assert_one_line_error(proc, "refusing to load out/ckpt.pt")
     assert not marker.exists()
     assert snapshot(work) == before
+
+
+def test_a_checkpoint_of_random_bytes_is_corrupt_without_torchs_advice(work):
+    (work / "out" / "ckpt.pt").write_bytes(random.Random(0).randbytes(5000))
+    proc = run_here("sample", work, ["--out_dir=out"])
+    assert_one_line_error(proc, "checkpoint out/ckpt.pt is corrupt (")
+    assert "weights_only" not in proc.stderr and "Re-running" not in proc.stderr  # (torch's advice: load it unsafely)
 
 
 def test_a_held_out_dir_is_refused_with_its_holders_pid_and_a_dead_runs_lock_is_not(tmp_path):

@@ -89,6 +89,8 @@ def test_int_for_float_becomes_float():
         ("--zzz=3", r"^unknown config key 'zzz': \(python \w+\.py --help lists every key\)$"),
         ("--_hidden=2", r"unknown config key '_hidden'"),
         ("--batch_size", r"needs a value: write --batch_size=VALUE"),
+        ("--batch_size=1" + "0" * 20, r"^batch_size=1" + "0" * 20 + r" is out of range: give a number below 2\*\*63$"),
+        ("--learning_rate=-1" + "0" * 400, r"^learning_rate=-1000000000000000000\.\.\. \(401 digits\) is out of range"),
     ],
 )
 def test_override_errors_are_one_line_naming_the_key(arg, message):

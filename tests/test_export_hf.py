@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_sample import run_sample, samples_of
 from test_train import TINY, make_dataset, run_train
-from user_errors import assert_one_line, run_here, run_in_process, snapshot
+from user_errors import Payload, assert_one_line, run_here, run_in_process, snapshot
 
 from model import ARCH_KEYS, GPT, GPTConfig
 from nanogpt_plus import checkpoint
@@ -185,8 +185,48 @@ def test_sample_from_a_character_folder_samples_as_the_checkpoint(char_run):
     try:
         chars_json.write_text('{"a": 0}')
         assert_one_line_error(run_sample(root, f"--init_from={folder}", *args), "is not a list of characters")
+        chars_json.write_text(json.dumps(json.loads(exported)[:-1]))
+        proc = run_sample(root, f"--init_from={folder}", *args)  # (after transformers' progress bar)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last == f"error: {chars_json} has 31 characters but the model has 32 tokens: export the model again"
     finally:
         chars_json.write_text(exported)
+
+
+def hf_folder_with(char_run, tmp_path, config=None, weights=None):
+    """A copy of the exported character model's folder, its config.json edited (config: keys to set) or its
+    weights as a pytorch_model.bin of `weights` instead of model.safetensors."""
+    folder = tmp_path / "hf"
+    shutil.copytree(char_run[1], folder)
+    if config:
+        (folder / "config.json").write_text(json.dumps(json.loads((folder / "config.json").read_text()) | config))
+    if weights is not None:
+        (folder / "model.safetensors").unlink()
+        torch.save(weights, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_crafted_pytorch_model_bin_is_refused_in_one_line(char_run, tmp_path):
+    pytest.importorskip("transformers")
+    marker = tmp_path / "payload_ran"
+    folder = hf_folder_with(char_run, tmp_path, weights={"x": Payload(marker)})
+    proc = run_sample(char_run[0], f"--init_from={folder}", "--max_new_tokens=2")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: refusing to load {folder}: its weights file")
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [{"activation_function": "bogus"}, {"n_embd": "x"}])
+def test_a_config_json_transformers_cannot_use_is_one_line(char_run, tmp_path, config):
+    pytest.importorskip("transformers")
+    folder = hf_folder_with(char_run, tmp_path, config=config)
+    proc = run_sample(char_run[0], f"--init_from={folder}", "--max_new_tokens=2")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot load {folder} (") and last.endswith("): export the model again"), last
 
 
 @pytest.mark.slow

@@ -242,6 +242,20 @@ def test_a_character_level_checkpoint_is_one_error_line(tmp_path):
     assert not (tmp_path / "data" / "hellaswag").exists()  # refused before any download
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size=0"], "error: batch_size=0 must be at least 1"),  # (not limit, which is fine)
+        (["--limit=-1"], "error: limit=-1 must not be negative"),
+        (["--hellaswag_file=."], "error: hellaswag_file . is a folder: give the path of HellaSwag's .jsonl file"),
+    ],
+)
+def test_a_bad_option_is_one_error_line_naming_it(tmp_path, args, message):
+    proc = run_eval(tmp_path, "--init_from=gpt2", *args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(message), proc.stderr
+
+
 def test_an_unknown_init_from_is_one_error_line(tmp_path):
     proc = run_eval(tmp_path, "--init_from=gpt3")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

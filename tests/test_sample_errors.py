@@ -31,6 +31,7 @@ CASES = [
         None,
     ),
     ("sample-max_new_tokens", ["--max_new_tokens=-1"], None, "max_new_tokens=-1 must be 0 or more", None),
+    ("sample-max_new_tokens-huge", [f"--max_new_tokens={2**62}"], None, "and below 2**62", None),
     ("sample-unknown-key", ["--temprature=0"], None, "did you mean 'temperature'", None),
 ]
 
@@ -95,11 +96,13 @@ def test_a_meta_pkl_whose_stoi_is_not_its_itos_inverse_is_one_line(run_dirs, mon
 
 @pytest.mark.parametrize("source", ["checkpoint", "hf"])
 def test_sample_a_character_model_without_its_meta_pkl_is_one_line(exported, monkeypatch, source):
-    """GPT-2's tokenizer on a 40-token model would print other text than the model means."""
+    """GPT-2's tokenizer on a 40-token model would print other text than the model means. (The folder without
+    the chars.json that export_hf.py writes beside the weights.)"""
     shutil.rmtree(exported / "data")
+    (exported / "hf" / "chars.json").unlink()
     args = ["--out_dir=runs/a"] if source == "checkpoint" else ["--init_from=hf"]
     message = run_in_process(REPO / "sample.py", exported, [*args, "--device=cpu", "--start=!"], monkeypatch)
-    missing = "no data/toy/meta.pkl was found" if source == "checkpoint" else "no meta.pkl says what they are"
+    missing = "no data/toy/meta.pkl was found" if source == "checkpoint" else "no meta.pkl or chars.json says what"
     assert_one_line(message, f"the model has 40 tokens, too few for GPT-2's, and {missing}")
 
 
