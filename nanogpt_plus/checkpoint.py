@@ -85,7 +85,9 @@ class BackgroundWriter:
             self.thread = None
         if self.error is not None:
             (path, e), self.error = self.error, None
-            why = reason(e) if os_errno(e) else "torch.save failed"  # (not its puzzles)
+            # (torch.save over a full disk raises a RuntimeError of its own, the OSError in its context)
+            cause = next((c for c in (e, e.__cause__, e.__context__) if c is not None and os_errno(c)), None)
+            why = reason(cause) if cause else "torch.save failed"  # (not its puzzles)
             there = f"the checkpoint of iter {self.written}" if self.written is not None else "a complete earlier one"
             raise UserError(
                 f"could not write the checkpoint {path} ({why}); the file there, if any, is {there}: "

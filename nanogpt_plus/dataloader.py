@@ -24,10 +24,13 @@ def find_data_file(dataset, name):
     return None
 
 
-def how_to_prepare(dataset):
-    """What makes data/<dataset>/'s bins: its prepare.py, else (a misspelled name, your text) prepare_text.py."""
+def how_to_prepare(dataset, again=False):
+    """What makes data/<dataset>/'s bins (first, or again): its prepare.py, else (a misspelled name, your text)
+    prepare_text.py."""
     if find_data_file(dataset, "prepare.py"):
-        return f"run python data/{dataset}/prepare.py first"
+        return f"run python data/{dataset}/prepare.py {'again' if again else 'first'}"
+    if again:
+        return f"prepare it again: python data/prepare_text.py FILE --name {dataset} --overwrite"
     return (f"check --dataset, or make it from your text: python data/prepare_text.py FILE --name {dataset} "
             f"(there is no data/{dataset}/prepare.py)")  # fmt: skip
 
@@ -57,8 +60,8 @@ class Batches:
             size = os.path.getsize(path)
             if size % 2:  # a file cut short, or no token file: read on, every token after a cut is wrong
                 raise UserError(
-                    f"{path} is {size:,} bytes, not a whole number of 2-byte token ids: it is cut short or no "
-                    f"token file; run python data/{dataset}/prepare.py again"
+                    f"{path} is {size:,} bytes, not a whole number of 2-byte token ids (cut short, or no "
+                    f"token file): {how_to_prepare(dataset, again=True)}"
                 )
             tokens = size // 2
             if tokens < block_size + 1:

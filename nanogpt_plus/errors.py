@@ -41,6 +41,11 @@ def report_user_errors(memory_advice=TRAINING_MEMORY_ADVICE):
         if issubclass(kind, UserError):
             line = f"error: {value}"
         elif issubclass(kind, KeyboardInterrupt):
+            # the process is ending: a second Ctrl-C (pressed when nothing seems to happen) or SIGTERM while the
+            # note waits for a checkpoint being written, or while the process exits, is ignored, not a traceback
+            # in this hook that leaves the checkpoint half-written
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
             line = interrupt_note() if interrupt_note else "interrupted"
         elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)

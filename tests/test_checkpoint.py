@@ -1,6 +1,7 @@
 """Checkpoints (nanogpt_plus/checkpoint.py, atomic.py): each entry's type checked on loading, crafted ones refused
 without running their code, the out_dir lock, the background writer, and the temp files of killed runs."""
 
+import errno
 import os
 import random
 import signal
@@ -149,6 +150,23 @@ def test_checkpoint_writer_saves_the_state_of_the_moment_it_was_asked(tmp_path):
     with pytest.raises(UserError, match=r"\(No such file or directory\); the file there, if any, is the checkpoint of"):
         writer.wait()
     writer.wait()  # the failure is reported once
+
+
+def test_a_full_disk_under_torch_save_is_said_as_such(tmp_path, monkeypatch):
+    """torch.save over a full disk raises a RuntimeError of its own ('unexpected pos'), the OSError its context."""
+
+    def save_on_a_full_disk(obj, f):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # noqa: B904
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    writer = checkpoint.BackgroundWriter()
+    writer.submit({"x": 1}, str(tmp_path / "ckpt.pt"), label=1)
+    with pytest.raises(UserError, match=r"ckpt.pt \(No space left on device\); the file there, if any, is a complete"):
+        writer.wait()
+    assert os.listdir(tmp_path) == []
 
 
 def test_ctrl_c_while_the_writer_starts_its_thread_arrives_after_and_the_write_can_be_waited_for(tmp_path, monkeypatch):

@@ -148,3 +148,30 @@ def test_offline_errors_name_what_failed_without_the_library_text(tmp_path, monk
     write_checkpoint(tmp_path, build_model(args), args, dataset="openwebtext")
     message = run_in_process(REPO / "sample.py", tmp_path, ["--device=cpu"], monkeypatch)
     assert_one_line(message, "cannot load tiktoken's gpt2 encoding (ProxyError): it is downloaded once")
+
+
+def test_ctrl_c_again_while_the_interrupt_note_waits_is_ignored(capsys):
+    """A second Ctrl-C or SIGTERM while Ctrl-C's note waits for the checkpoint being written (people press it again
+    when nothing seems to happen): the note, not a traceback in the hook that leaves the checkpoint half-written."""
+    import signal
+
+    from nanogpt_plus import errors
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, note = sys.excepthook, errors.interrupt_note
+    try:
+        errors.report_user_errors()
+        signal.signal(signal.SIGTERM, errors.interrupt)  # (as train.py has it: SIGTERM stops the run as Ctrl-C)
+
+        def note_after_a_wait():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            return "interrupted at iter 2; out/ckpt.pt holds iter 2"
+
+        errors.interrupt_note = note_after_a_wait
+        sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+        assert capsys.readouterr().err == "interrupted at iter 2; out/ckpt.pt holds iter 2\n"
+    finally:
+        sys.excepthook, errors.interrupt_note = hook, note
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -405,7 +405,11 @@ def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes
         f.write(b"\x07")
     with pytest.raises(UserError) as e:
         dataloader.Batches("tiny", 16, 4, "cpu", in_memory_bytes=in_memory_bytes)
-    assert_one_line(str(e.value), "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids")
+    assert_one_line(
+        str(e.value),
+        "data/tiny/train.bin is 12,001 bytes, not a whole number of 2-byte token ids",
+        "prepare it again: python data/prepare_text.py FILE --name tiny --overwrite",  # (tiny has no prepare.py)
+    )
 
 
 # ---------------------------------------------------------------------------- a new run and the old run's log

@@ -87,7 +87,7 @@ def run_here(script: str | Path, cwd: Path, args, env=None, fixed=True) -> subpr
     out, err, at_exit = io.StringIO(), io.StringIO(), []
     threads = set(threading.enumerate())
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    sigterm = signal.getsignal(signal.SIGTERM)
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
         for name in [k for k in os.environ if k not in clean_env()]:
             mp.delenv(name)
@@ -120,6 +120,7 @@ def run_here(script: str | Path, cwd: Path, args, env=None, fixed=True) -> subpr
                         f(*a, **k)
                     checkpoint.unlock_all()
         finally:
+            signal.signal(signal.SIGINT, sigint)
             signal.signal(signal.SIGTERM, sigterm)
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
