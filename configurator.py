@@ -31,11 +31,15 @@ def coerce(key, value, default, nullable=()):
     """value, checked against the type of the default; an int is widened for a float key."""
     if default is None or (value is None and key in nullable):
         return value
-    if type(value) is int and not -(2**63) <= value < 2**63 and key not in OWN_RANGE_KEYS:  # no size or count is
+    if type(value) is int and type(default) in (int, float) and key not in OWN_RANGE_KEYS:
         shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)"
-        raise UserError(f"{key}={shown} is out of range: give a number below 2**63")
-    if type(default) is float and type(value) is int:
-        return float(value)
+        if type(default) is int and not -(2**63) <= value < 2**63:  # no size or count is beyond int64
+            raise UserError(f"{key}={shown} is out of range: give a number from -2**63 to 2**63 - 1")
+        if type(default) is float:
+            try:
+                return float(value)
+            except OverflowError:
+                raise UserError(f"{key}={shown} is out of range: a float's size is below 1e308") from None
     if type(value) is not type(default):
         shown = "None" if value is None else f"{value!r} ({type(value).__name__})"
         also = " or None" if key in nullable else ""

@@ -21,7 +21,7 @@ from configurator import check_ranges, configure
 from nanogpt_plus import checkpoint
 from nanogpt_plus.engine import Sampler, check_sampling
 from nanogpt_plus.errors import UserError, reason, report_user_errors
-from nanogpt_plus.huggingface import check_init_from, load_pretrained
+from nanogpt_plus.huggingface import PRETRAINED, check_init_from, load_pretrained
 from nanogpt_plus.plan import chosen_dtype, default_device, default_dtype, make_plan, prepare_torch
 from nanogpt_plus.tokenizer import GPT2_VOCAB, CharTokenizer, GPT2Tokenizer, dataset_meta, exported_chars_meta
 
@@ -70,7 +70,8 @@ if start.startswith("FILE:"):  # the prompt from a file
         raise UserError(f"cannot read prompt file {start[5:]} ({reason(e)}): give a UTF-8 text file") from None
 
 chars_path = os.path.join(init_from, "chars.json")  # a character model's vocabulary in an exported folder
-exported_chars = exported_chars_meta(chars_path) if init_from != "resume" and os.path.isfile(chars_path) else None
+exported = init_from not in ("resume", *PRETRAINED) and os.path.isfile(chars_path)
+exported_chars = exported_chars_meta(chars_path) if exported else None
 
 prepare_torch(seed)
 

@@ -16,7 +16,8 @@ flash / cudnn / efficient (that SDPA backend only), model (torch.compile of the 
 graph: classic's way), model_graph (the same, recorded as a CUDA graph), autotune (blocks compiled
 with mode max-autotune-no-cudagraphs), coord (auto with coordinate_descent_tuning), aten_random
 (dropout's random numbers from ATen, not Triton), full (full logits, for --gpt2), chunk1 (the chunked head
-in one chunk), mm_fp32 (the chunked head's weight gradient summed in float32 by the matmuls, out_dtype),
+in one chunk, for --gpt2), mm_fp32 (the chunked head's weight gradient summed in float32 by the matmuls, out_dtype,
+for --gpt2: shakespeare_char's 65 tokens take the full head),
 regions (auto with the embeddings, ln_f and the head compiled too, each on its own), eval, eval_model,
 eval_regions, eval_cudnn, eval_flash, classic.
 """
@@ -121,12 +122,11 @@ def check_add_product_in_matmul():
     y = torch.randint(50304, (3 * 4096,), device="cuda")
     grads = []
     for add in (ADD_PRODUCT, add_product_in_matmul):
-        chunked_loss.add_product, chunked_loss.CHUNK_TOKENS = add, 4096
+        chunked_loss.add_product, chunked_loss.CHUNK_TOKENS = add, 4096  # (main puts both back for the next variant)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             chunked_loss.linear_cross_entropy(x, w, y).backward()
         grads.append(w.grad.clone())
         w.grad = None
-    chunked_loss.add_product, chunked_loss.CHUNK_TOKENS = ADD_PRODUCT, CHUNK_TOKENS
     diff = ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item()
     print(f"[mm_fp32] weight gradient against add_product's: max abs difference {diff:.2e} of the largest")
 
@@ -173,12 +173,11 @@ def train_variant(name, classic_dir):
             torch._inductor.config.fallback_random = True
         if name == "full":  # the full logits and F.cross_entropy instead of the chunked head
             plan = replace(plan, head_loss="full", chunk_step_compiled=False)
-        chunked_loss.CHUNK_TOKENS, chunked_loss.add_product = CHUNK_TOKENS, ADD_PRODUCT  # (a variant before set them)
         if name == "chunk1":  # the chunked head with all tokens in one chunk
             chunked_loss.CHUNK_TOKENS = B * T
         if name == "mm_fp32":  # the chunked head's weight gradient summed by the matmuls, in float32
             check_add_product_in_matmul()
-            chunked_loss.add_product = add_product_in_matmul
+            chunked_loss.CHUNK_TOKENS, chunked_loss.add_product = CHUNK_TOKENS, add_product_in_matmul
         if name == "autotune":  # each block compiled with Triton's matmul templates tried too
             plan = replace(plan, compile="none")
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cuda", fused=plan.fused_optimizer)
@@ -249,6 +248,7 @@ def main():
         torch._dynamo.reset()
         torch._inductor.config.coordinate_descent_tuning = False
         torch._inductor.config.fallback_random = False
+        chunked_loss.CHUNK_TOKENS, chunked_loss.add_product = CHUNK_TOKENS, ADD_PRODUCT  # (a variant before set them)
         try:
             eval_variant(name) if name.startswith("eval") else train_variant(name, args.classic)
         except Exception as e:  # one variant failing (a backend that refuses the shape) must not end the rest

@@ -221,9 +221,10 @@ def prepare(
     """Write train.bin, val.bin (and, for char, meta.pkl) into out_dir; return the counts. Another dataset there is
     replaced only if overwrite. glob: in a folder, only the files whose name matches it."""
     source, out_dir = Path(source), Path(out_dir)
-    if (out_dir / "prepare.py").is_file():  # its own script would write over what this one writes
+    if (out_dir / "prepare.py").is_file() and not overwrite:  # (data/shakespeare_char, say)
         raise pu.UserError(
-            f"{out_dir} is a built-in dataset's folder (it has a prepare.py): give another --name or --out_dir"
+            f"{out_dir} has a prepare.py of its own, which writes over this dataset when run: give another --name or "
+            "--out_dir, or pass --overwrite"
         )
     if source.is_dir() and out_dir.resolve().is_relative_to(source.resolve()):  # it would read its own bins
         raise pu.UserError(f"the output folder {out_dir} is inside the input folder {source}: write it elsewhere")

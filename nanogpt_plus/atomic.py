@@ -3,6 +3,7 @@ writes is written under a temp name beside its target, synced, then renamed over
 """
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -59,7 +60,8 @@ def atomic_files(paths, remove=()):
     """Temp files beside paths, open to write in binary ({path: file}), that replace them together (a dataset's
     train.bin, val.bin and meta.pkl): when the block ends cleanly all are synced, then renamed over their paths and
     the files at `remove` deleted, with Ctrl-C and SIGTERM held until that is done, so that no interrupt leaves some
-    files new and others old; when the block raises, the temps go and every path stays as it was."""
+    files new and others old; when the block raises, the temps go and every path stays as it was. (A folder in the
+    way of a path is found before any rename; a rename that failed otherwise would leave the set half new.)"""
     temps, files = {}, {}
     try:
         for path in paths:
@@ -70,6 +72,9 @@ def atomic_files(paths, remove=()):
             f.flush()
             os.fsync(f.fileno())
             f.close()
+        for path in (*paths, *remove):
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         with interrupts_deferred():
             for path, tmp in temps.items():
                 os.replace(tmp, path)
@@ -78,7 +83,8 @@ def atomic_files(paths, remove=()):
                     os.unlink(path)
     except BaseException:
         for f in files.values():
-            f.close()
+            with contextlib.suppress(OSError):  # (closing flushes again what a full disk refused: refused again)
+                f.close()
         for tmp in temps.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -89,11 +89,12 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     reads back to the host, which would stall every step."""
     if temperature < torch.finfo(logits.dtype).tiny:  # 0, or as good as 0 for dividing the logits by it
         return torch.argmax(logits, dim=-1, keepdim=True)
-    scaled = logits / temperature
-    # a temperature so small that a logit overflows: its limit, the largest logits' softmax, with the largest at 0
-    # (where every scaled logit is finite, the division as it is: the same draws as nanoGPT's)
-    shifted = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    logits = torch.where(torch.isfinite(scaled).all(dim=-1, keepdim=True), scaled, shifted)
+    scaled = logits / temperature  # nanoGPT's, and its draws
+    if temperature * torch.finfo(logits.dtype).max < 1e6:  # so small that a logit of 1e6 or less could overflow:
+        # then (on such rows) the limit, the largest logits' softmax, with the largest at 0 (no inf - inf: NaN)
+        shifted = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        scaled = torch.where(torch.isfinite(scaled).all(dim=-1, keepdim=True), scaled, shifted)
+    logits = scaled
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))

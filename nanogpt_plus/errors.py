@@ -26,6 +26,14 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def finishing(signum, frame):
+    """Ctrl-C (or SIGTERM) again while an interrupted process finishes (the checkpoint being written, its exit),
+    pressed when nothing seems to happen: said, not a traceback that leaves the checkpoint half-written; once more
+    ends the process at once (the earlier checkpoint, if any, stays whole)."""
+    print("still finishing the checkpoint being written: press Ctrl-C once more to quit without it", file=sys.stderr)
+    signal.signal(signum, signal.SIG_DFL)
+
+
 # What to do when a batch does not fit, in the keys of the scripts that train (train.py, bench.py)
 TRAINING_MEMORY_ADVICE = "lower --batch_size (raise --gradient_accumulation_steps to keep the tokens per iteration)"
 
@@ -41,11 +49,8 @@ def report_user_errors(memory_advice=TRAINING_MEMORY_ADVICE):
         if issubclass(kind, UserError):
             line = f"error: {value}"
         elif issubclass(kind, KeyboardInterrupt):
-            # the process is ending: a second Ctrl-C (pressed when nothing seems to happen) or SIGTERM while the
-            # note waits for a checkpoint being written, or while the process exits, is ignored, not a traceback
-            # in this hook that leaves the checkpoint half-written
             for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, signal.SIG_IGN)
+                signal.signal(signum, finishing)
             line = interrupt_note() if interrupt_note else "interrupted"
         elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)

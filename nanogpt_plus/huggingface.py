@@ -6,6 +6,7 @@ our parameter names, but keeps four weights of each block as Conv1D, (in, out): 
 import json
 import os
 import pickle
+import traceback
 
 import torch
 import torch.nn as nn
@@ -123,9 +124,16 @@ def load_pretrained(name, dropout=0.0):
     except ValueError as e:  # the weights do not fit a GPT
         raise UserError(f"cannot load {name} ({first_line(e)}): check the name or the folder") from None
     except Exception as e:  # a folder's config.json edited by hand, say (transformers' errors vary by version)
-        if name in PRETRAINED:
-            raise
+        if name in PRETRAINED or not raised_by(e, ("transformers", "huggingface_hub")):
+            raise  # ours, torch's (running out of memory: the script's own line) or a bug: as it is
         raise UserError(f"cannot load {name} ({first_line(e)}): export the model again") from None
+
+
+def raised_by(e, packages):
+    """Whether exception e was raised in the code of one of these packages (its traceback's last frame)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    parts = os.path.normpath(frames[-1].filename).split(os.sep) if frames else []
+    return any(package in parts for package in packages)
 
 
 def check_model_folder(folder):

@@ -32,8 +32,10 @@ def exported_chars_meta(path):
         raise UserError(f"cannot read {path} ({reason(e)})") from None
     except ValueError:
         chars = None
-    if not isinstance(chars, list) or not all(type(ch) is str for ch in chars):
+    if not isinstance(chars, list) or not all(type(ch) is str and len(ch) == 1 for ch in chars):
         raise UserError(f"{path} is not a list of characters as export_hf.py writes it: export the model again")
+    if len(set(chars)) < len(chars):
+        raise UserError(f"{path} lists a character twice, which export_hf.py never writes: export the model again")
     return char_meta(chars)
 
 

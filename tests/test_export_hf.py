@@ -185,6 +185,10 @@ def test_sample_from_a_character_folder_samples_as_the_checkpoint(char_run):
     try:
         chars_json.write_text('{"a": 0}')
         assert_one_line_error(run_sample(root, f"--init_from={folder}", *args), "is not a list of characters")
+        chars_json.write_text('["a", "bc"]')
+        assert_one_line_error(run_sample(root, f"--init_from={folder}", *args), "is not a list of characters")
+        chars_json.write_text(json.dumps(json.loads(exported) + json.loads(exported)[:1]))
+        assert_one_line_error(run_sample(root, f"--init_from={folder}", *args), "lists a character twice")
         chars_json.write_text(json.dumps(json.loads(exported)[:-1]))
         proc = run_sample(root, f"--init_from={folder}", *args)  # (after transformers' progress bar)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -216,6 +220,19 @@ def test_a_crafted_pytorch_model_bin_is_refused_in_one_line(char_run, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: refusing to load {folder}: its weights file")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("error", [MemoryError(), KeyError("mismatched_keys")])
+def test_an_error_not_of_transformers_loading_a_folder_stays_itself(char_run, monkeypatch, error):
+    """Out of memory (the script's own line says so) or a bug of ours: not 'export the model again'."""
+    from nanogpt_plus import huggingface
+
+    def failing(name, override_args):
+        raise error
+
+    monkeypatch.setattr(huggingface, "from_pretrained", failing)
+    with pytest.raises(type(error)):
+        huggingface.load_pretrained(str(char_run[1]))
 
 
 @pytest.mark.slow

@@ -296,11 +296,13 @@ def test_sample_next_draws_as_torch_multinomial():
         assert torch.equal(engine.sample_next(logits, generator=torch.Generator().manual_seed(3)), expected)
 
 
-@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
-def test_a_temperature_too_small_for_the_logits_is_greedy(temperature):
-    """logits / temperature overflows: the limit is the argmax (not token 0, which NaN probabilities gave)."""
-    logits = torch.randn(7, VOCAB, generator=torch.Generator().manual_seed(1))
-    logits[:, 0] = -5.0  # (token 0 is never the best)
+@pytest.mark.parametrize("temperature, scale", [(1e-36, 1e3), (1e-40, 1.0), (1e-300, 1.0)])
+def test_a_temperature_too_small_for_the_logits_is_greedy(temperature, scale):
+    """logits / temperature overflows: the limit is the argmax (not token 0, which NaN probabilities gave). 1e-36
+    divides logits of 1e3 into float32's overflow; the others are below the float's smallest normal number."""
+    logits = torch.randn(7, VOCAB, generator=torch.Generator().manual_seed(1)) * scale
+    logits[:, 0] = -5.0 * scale  # (token 0 is never the best)
+    assert (temperature >= torch.finfo(logits.dtype).tiny) == (temperature == 1e-36)
     for top_k in (None, 5):
         got = engine.sample_next(logits, temperature, top_k, generator=torch.Generator().manual_seed(2))
         assert torch.equal(got, logits.argmax(dim=-1, keepdim=True))

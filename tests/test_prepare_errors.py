@@ -144,7 +144,7 @@ def test_shakespeare_goes_on_with_a_good_input_after_a_bad_one(tmp_path, monkeyp
 
 
 def contents(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() if p.is_file() else "folder" for p in sorted(folder.iterdir())}
 
 
 def test_dataset_files_are_replaced_all_or_none(tmp_path, monkeypatch):
@@ -173,6 +173,27 @@ def test_dataset_files_are_replaced_all_or_none(tmp_path, monkeypatch):
         f["train.bin"].write(b"new train")
         f["val.bin"].write(b"new val")
     assert contents(tmp_path) == {"train.bin": b"new train", "val.bin": b"new val"}
+
+
+def test_dataset_files_on_a_full_disk_or_with_a_folder_in_the_way_leave_no_temp(tmp_path):
+    """A full disk refusing what is flushed at the end (closing flushes again, and is refused again), or a folder
+    where a file goes: the old files stay as they were, and no temp is left to fill the disk."""
+    from user_errors import small_files
+
+    from nanogpt_plus.prepare_utils import dataset_files
+
+    old = {"train.bin": b"old train", "val.bin": b"old val"}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    bins = ("train.bin", "val.bin")
+    with pytest.raises(UserError, match="File too large"), small_files(4096), dataset_files(tmp_path, bins) as f:
+        f["train.bin"].write(b"x" * 1000)  # buffered: refused only when flushed, past the limit below
+        f["val.bin"].write(b"y" * 5000)
+    assert contents(tmp_path) == old
+    (tmp_path / "meta.pkl").mkdir()
+    with pytest.raises(UserError, match="Is a directory"), dataset_files(tmp_path, (*bins, "meta.pkl")) as f:
+        f["train.bin"].write(b"new train")
+    assert contents(tmp_path) == old | {"meta.pkl": "folder"}
 
 
 def test_an_interrupted_shakespeare_char_prepare_keeps_the_old_dataset(tmp_path, monkeypatch, capsys):
@@ -227,7 +248,7 @@ def test_a_failed_shakespeare_prepare_leaves_no_empty_folder(tmp_path, monkeypat
     assert os.listdir(tmp_path / "new") == []
 
 
-def test_prepare_text_refuses_a_built_in_dataset_folder(tmp_path, monkeypatch, capsys):
+def test_prepare_text_refuses_a_folder_with_a_prepare_py_unless_asked(tmp_path, monkeypatch, capsys):
     """Its prepare.py would write over the user's dataset (data/shakespeare_char as --name, say)."""
     from test_prepare_text import pt as prepare_text
 
@@ -236,5 +257,7 @@ def test_prepare_text_refuses_a_built_in_dataset_folder(tmp_path, monkeypatch, c
     (tmp_path / "builtin").mkdir()
     (tmp_path / "builtin" / "prepare.py").write_text("# a built-in dataset's script\n")
     message = main_error(prepare_text.main, ["text.txt", "--out_dir", "builtin"], capsys)
-    assert_one_line(message, "builtin is a built-in dataset's folder", "another --name")
+    assert_one_line(message, "builtin has a prepare.py of its own", "another --name")
     assert os.listdir(tmp_path / "builtin") == ["prepare.py"]
+    assert main_error(prepare_text.main, ["text.txt", "--out_dir", "builtin", "--overwrite"], capsys) is None
+    assert sorted(os.listdir(tmp_path / "builtin")) == ["meta.pkl", "prepare.py", "train.bin", "val.bin"]
