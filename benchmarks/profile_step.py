@@ -24,18 +24,18 @@ eval_regions, eval_cudnn, eval_flash, classic.
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # model.py: not installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # model.py: not installed
 from model import GPT, GPTConfig  # noqa: E402
 from nanogpt_plus import chunked_loss  # noqa: E402
 from nanogpt_plus.plan import make_plan, prepare_torch  # noqa: E402
@@ -89,7 +89,7 @@ def build(dropout=None):
 
 
 def classic_model(classic_dir):
-    spec = importlib.util.spec_from_file_location("classic_model", Path(classic_dir) / "model.py")
+    spec = importlib.util.spec_from_file_location("classic_model", os.path.join(classic_dir, "model.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     prepare_torch(1337)
