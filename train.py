@@ -188,17 +188,7 @@ model_args = {k: getattr(model.config, k) for k in ARCH_KEYS} | {"dropout": drop
 model.to(device)
 say(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 batches = Batches(dataset, block_size, batch_size, device)  # (block_size is final now)
-needed = max(meta_vocab_size or 0, (batches.max_token() or 0) + 1)
-if meta_vocab_size and needed > meta_vocab_size:  # the bins are of other text than meta.pkl's characters
-    raise UserError(
-        f"--dataset={dataset} holds token id {needed - 1} but its meta.pkl has {meta_vocab_size} characters: the "
-        "bins and meta.pkl come from different texts; prepare the dataset again"
-    )
-if needed > model_args["vocab_size"]:
-    raise UserError(
-        f"--dataset={dataset} needs a vocabulary of {needed} tokens but the model has vocab_size="
-        f"{model_args['vocab_size']}: train it from scratch or use a model with a large enough vocabulary"
-    )
+batches.check_vocabulary(meta_vocab_size, model_args["vocab_size"])  # the ids of the bins: meta.pkl's, the model's
 hellaswag_items = None  # loaded once (and downloaded, the first time) for every HellaSwag eval
 if hellaswag_interval:
     hellaswag_items = hellaswag.prepare(hellaswag_file, procs, say)

@@ -47,7 +47,7 @@ class Batches:
     afresh for every batch (a long-lived np.memmap keeps growing the resident memory)."""
 
     def __init__(self, dataset, block_size, batch_size, device, seed=1337, in_memory_bytes=1 << 30):
-        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.dataset, self.block_size, self.batch_size, self.seed = dataset, block_size, batch_size, seed
         self.device = torch.device(device)
         self.paths, self.arrays = {}, {}
         for split in ("train", "val"):
@@ -86,6 +86,21 @@ class Batches:
         if any(a is None for a in self.arrays.values()):
             return None
         return max(int(a.max()) for a in self.arrays.values())
+
+    def check_vocabulary(self, meta_vocab_size, vocab_size):
+        """One line unless the token ids of the bins (if in memory) are meta.pkl's characters (if any) and fit a
+        model of vocab_size tokens."""
+        needed = max(meta_vocab_size or 0, (self.max_token() or 0) + 1)
+        if meta_vocab_size and needed > meta_vocab_size:  # the bins are of other text than meta.pkl's characters
+            raise UserError(
+                f"--dataset={self.dataset} holds token id {needed - 1} but its meta.pkl has {meta_vocab_size} "
+                "characters: the bins and meta.pkl come from different texts; prepare the dataset again"
+            )
+        if needed > vocab_size:
+            raise UserError(
+                f"--dataset={self.dataset} needs a vocabulary of {needed} tokens but the model has vocab_size="
+                f"{vocab_size}: train it from scratch or use a model with a large enough vocabulary"
+            )
 
     def starts(self, split, key):
         gen = torch.Generator().manual_seed(stream_seed(self.seed, split, key))

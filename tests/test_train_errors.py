@@ -412,6 +412,17 @@ def test_a_bin_of_an_odd_size_is_one_line(tmp_path, monkeypatch, in_memory_bytes
     )
 
 
+def test_token_ids_beyond_the_models_vocabulary_are_one_line(tmp_path, monkeypatch):
+    """A model of fewer tokens than the bins hold (GPT-2 weights on other ids, say): its embedding would fail."""
+    make_dataset(tmp_path, vocab=32)
+    monkeypatch.chdir(tmp_path)
+    batches = dataloader.Batches("tiny", 16, 4, "cpu")
+    batches.check_vocabulary(32, 32)  # (and no error where they fit)
+    with pytest.raises(UserError) as e:
+        batches.check_vocabulary(None, 20)
+    assert_one_line(str(e.value), "--dataset=tiny needs a vocabulary of 32 tokens but the model has vocab_size=20")
+
+
 # ---------------------------------------------------------------------------- a new run and the old run's log
 
 OLD_LOG = "iter,loss,val_loss,lr,time_ms,mfu,hellaswag\n" + "".join(f"{i},3.5,,0.001,12.0,,\n" for i in range(20))
