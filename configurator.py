@@ -32,19 +32,24 @@ def coerce(key, value, default, nullable=()):
     if default is None or (value is None and key in nullable):
         return value
     if type(value) is int and type(default) in (int, float) and key not in OWN_RANGE_KEYS:
-        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)"
         if type(default) is int and not -(2**63) <= value < 2**63:  # no size or count is beyond int64
-            raise UserError(f"{key}={shown} is out of range: give a number from -2**63 to 2**63 - 1")
+            raise UserError(f"{key}={short(value)} is out of range: give a number from -2**63 to 2**63 - 1")
         if type(default) is float:
             try:
                 return float(value)
             except OverflowError:
-                raise UserError(f"{key}={shown} is out of range: a float's size is below 1e308") from None
+                raise UserError(f"{key}={short(value)} is out of range: a float's size is below 1e308") from None
     if type(value) is not type(default):
         shown = "None" if value is None else f"{value!r} ({type(value).__name__})"
         also = " or None" if key in nullable else ""
         raise UserError(f"{key} expects {type(default).__name__}{also}, got {shown}")
     return value
+
+
+def short(number):
+    """An integer as it reads in one line: its first 20 digits and their count, if it has more than 24."""
+    digits = str(number)
+    return digits if len(digits) <= 24 else f"{digits[:20]}... ({len(digits.lstrip('-'))} digits)"
 
 
 def parse_value(text, default):

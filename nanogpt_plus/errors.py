@@ -49,8 +49,9 @@ def report_user_errors(memory_advice=TRAINING_MEMORY_ADVICE):
         if issubclass(kind, UserError):
             line = f"error: {value}"
         elif issubclass(kind, KeyboardInterrupt):
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, finishing)
+            if interrupt_note:  # (train.py's: it waits for the checkpoint being written)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, finishing)
             line = interrupt_note() if interrupt_note else "interrupted"
         elif issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no complaint at exit either)
